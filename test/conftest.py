@@ -1,0 +1,44 @@
+"""Shared test fixtures: ../shared location, DDS isolation for every ROS process a test starts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = Path(os.environ.get("TSCM_SHARED_DIR", REPO_ROOT.parent / "shared")).resolve()
+
+# DDS isolation: loopback only, our Fast DDS profile, one domain per test session. Child processes inherit.
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(REPO_ROOT / "config" / "fastdds_localhost.xml"))
+os.environ.setdefault("ROS_DOMAIN_ID", str(10 + os.getpid() % 90))
+
+SHARED_MISSING = "SHARED_MISSING: ../shared is not present"
+
+
+def require_shared() -> Path:
+    """Return ../shared; skip when it is absent, fail when TSCM_REQUIRE_SHARED=1 (CI)."""
+    if not SHARED_DIR.is_dir():
+        if os.environ.get("TSCM_REQUIRE_SHARED") == "1":
+            pytest.fail(f"{SHARED_MISSING} (TSCM_REQUIRE_SHARED=1)")
+        pytest.skip(SHARED_MISSING)
+    return SHARED_DIR
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    return require_shared()
+
+
+@pytest.fixture(scope="session")
+def corridor_dir(shared_dir: Path) -> Path:
+    return shared_dir / "data" / "corridor"
+
+
+@pytest.fixture(scope="session")
+def reference_json(shared_dir: Path) -> dict:
+    import json
+
+    return json.loads((shared_dir / "reference" / "tscm_official_reference.json").read_text())
