@@ -228,10 +228,13 @@ def _check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], 
     unexpected = sorted(set(state_dict) - set(expected))
     problems = []
     if missing:
-        problems.append(f"missing keys ({len(missing)}): {', '.join(missing[:10])}" + (" ..." * (len(missing) > 10)))
+        problems.append(
+            f"missing keys ({len(missing)}): {', '.join(missing[:10])}" + (" ..." * (len(missing) > 10))
+        )
     if unexpected:
         problems.append(
-            f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:10])}" + (" ..." * (len(unexpected) > 10))
+            f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:10])}"
+            + (" ..." * (len(unexpected) > 10))
         )
     for key in sorted(set(expected) & set(state_dict)):
         if tuple(expected[key].shape) != tuple(state_dict[key].shape):
@@ -243,18 +246,40 @@ def _check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], 
         raise ModelFormatError(f"{source} does not fit the network: " + "; ".join(problems))
 
 
+def _has_meta_tensors(model: nn.Module) -> bool:
+    for module in model.modules():
+        tensors = [*module._parameters.values(), *module._buffers.values(), *vars(module).values()]
+        if any(isinstance(t, torch.Tensor) and t.is_meta for t in tensors):
+            return True
+    return False
+
+
 def build_from_state_dict(
     arch: str, options: Mapping, state_dict: Mapping[str, torch.Tensor], *, source: str
 ) -> nn.Module:
-    """Build ``arch`` with ``options`` and load ``state_dict`` strictly (clear errors on mismatch)."""
+    """Build ``arch`` with ``options`` and load ``state_dict`` strictly (clear errors on mismatch).
+
+    The network is built on the ``meta`` device (no random initialisation; the teacher builds ~10x faster)
+    and the loaded tensors are assigned to it; if anything stays on ``meta`` it is rebuilt normally.
+    """
     from tscm_ros.models import build_model
 
     try:
-        model = build_model(arch, seed=None, **dict(options))
+        with torch.device("meta"):
+            model = build_model(arch, seed=None, **dict(options))
     except (TypeError, ValueError, KeyError) as error:
-        raise ModelFormatError(f"{source}: cannot build network arch={arch!r} options={dict(options)}: {error}") from error
-    _check_state_dict(model, state_dict, source)
-    model.load_state_dict(state_dict, strict=True)
+        raise ModelFormatError(
+            f"{source}: cannot build network arch={arch!r} options={dict(options)}: {error}"
+        ) from error
+    except (RuntimeError, NotImplementedError):  # an initialiser that cannot run on meta
+        model = None
+    if model is not None:
+        _check_state_dict(model, state_dict, source)
+        model.load_state_dict(state_dict, strict=True, assign=True)
+    if model is None or _has_meta_tensors(model):
+        model = build_model(arch, seed=None, **dict(options))
+        _check_state_dict(model, state_dict, source)
+        model.load_state_dict(state_dict, strict=True)
     return model.eval()
 
 
@@ -266,17 +291,26 @@ def _finish(model: nn.Module, device: str | torch.device, fingerprint: str, prov
     return model
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", *, verify: bool = True) -> nn.Module:
+def load_model(
+    path: str | os.PathLike, device: str | torch.device = "cpu", *, verify: bool = True
+) -> nn.Module:
     """Load our model directory (or its ``model.json``) or a published checkpoint, in eval mode on ``device``.
 
-    The module gets ``.fingerprint``, ``.provenance`` and ``.trained``. With ``verify`` the weights' fingerprint
-    is recomputed and compared with ``model.json`` (detects corrupt or swapped weights).
+    The module gets ``.fingerprint``, ``.provenance`` and ``.trained``. With ``verify`` the weights'
+    fingerprint is recomputed and compared with ``model.json`` (detects corrupt or swapped weights).
     """
     path = Path(path)
     if path.is_file() and is_published_checkpoint(path):
-        from tscm_ros.published import convert_published_state_dict, read_published_checkpoint
+        from tscm_ros.published import (
+            PublishedCheckpointError,
+            convert_published_state_dict,
+            read_published_checkpoint,
+        )
 
-        arch, options, state_dict = convert_published_state_dict(read_published_checkpoint(path))
+        try:
+            arch, options, state_dict = convert_published_state_dict(read_published_checkpoint(path))
+        except PublishedCheckpointError as error:
+            raise ModelFormatError(str(error)) from error
         model = build_from_state_dict(arch, options, state_dict, source=f"published checkpoint {path}")
         fingerprint = fingerprint_state_dict(state_dict, arch, options)
         return _finish(model, device, fingerprint, f"published TSCM checkpoint {path.name}", True)
@@ -295,4 +329,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", *, v
             )
     model = build_from_state_dict(arch, options, state_dict, source=str(model_dir / WEIGHTS_FILE))
     provenance = str(config.get("provenance", ""))
-    return _finish(model, device, config["fingerprint"], provenance, bool(config.get("trained", bool(provenance))))
+    return _finish(
+        model, device, config["fingerprint"], provenance, bool(config.get("trained", bool(provenance)))
+    )

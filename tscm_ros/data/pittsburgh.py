@@ -11,6 +11,9 @@ Expected layout (the NetVLAD / TSCM / STUN download, ``pittsburgh.zip``)::
 ``root/query`` (override with ``database_dir=`` / ``query_dir=``; both may be absolute). ``root`` defaults to
 the parent of the folder holding the ``.mat`` file (i.e. ``pittsburgh/`` above).
 
+``tscm_evaluate --dataset pittsburgh:MAT[:ROOT]`` evaluates on such a file (e.g.
+``pittsburgh:pittsburgh/structure/pitts30k_test.mat``), reporting both protocols.
+
 The ``dbStruct`` variable is read **positionally**, as the published code does:
 ``whichSet, dbImageFns, utmDb (2xN), qImageFns, utmQ (2xN), numImages, numQueries, posDistThr,
 posDistSqThr, nonTrivPosDistSqThr``. Image lists may be MATLAB cell arrays or char matrices (space-padded
@@ -28,6 +31,7 @@ import scipy.io
 from scipy.spatial import cKDTree
 
 from tscm_ros.evaluation.dataset import RetrievalDataset
+from tscm_ros.evaluation.datasets import register_dataset
 
 FIELD_NAMES = (
     "whichSet",
@@ -95,7 +99,9 @@ def read_db_struct(path: str | Path) -> dict:
     except Exception as exc:  # scipy raises several types for corrupt files
         raise PittsburghFormatError(f"{path}: not a readable MATLAB file ({exc})") from exc
     if "dbStruct" not in mat:
-        raise PittsburghFormatError(f"{path}: no 'dbStruct' variable (found {sorted(k for k in mat if k[0] != '_')})")
+        raise PittsburghFormatError(
+            f"{path}: no 'dbStruct' variable (found {sorted(k for k in mat if k[0] != '_')})"
+        )
     struct = mat["dbStruct"].item()
     if len(struct) < len(FIELD_NAMES):
         raise PittsburghFormatError(f"{path}: dbStruct has {len(struct)} fields, expected {len(FIELD_NAMES)}")
@@ -106,7 +112,8 @@ def read_db_struct(path: str | Path) -> dict:
     num_q = int(np.asarray(struct[6]).item())
     if num_db != len(database) or num_q != len(queries):
         raise PittsburghFormatError(
-            f"{path}: numImages/numQueries = {num_db}/{num_q} but the lists hold {len(database)}/{len(queries)}"
+            f"{path}: numImages/numQueries = {num_db}/{num_q} "
+            f"but the lists hold {len(database)}/{len(queries)}"
         )
     return {
         "whichSet": which_set[0] if which_set else "",
@@ -214,3 +221,14 @@ def write_pittsburgh_mat(
     path.parent.mkdir(parents=True, exist_ok=True)
     scipy.io.savemat(str(path), {"dbStruct": dict(zip(FIELD_NAMES, values, strict=True))})
     return path
+
+
+def load_pittsburgh_spec(argument: str) -> RetrievalDataset:
+    """``tscm_evaluate`` dataset spec argument: ``MAT`` or ``MAT:ROOT``."""
+    mat, sep, root = argument.partition(".mat:")
+    if sep:
+        return load_pittsburgh(mat + ".mat", root, check_images=True)
+    return load_pittsburgh(argument, check_images=True)
+
+
+register_dataset("pittsburgh", load_pittsburgh_spec)

@@ -1,1 +1,34 @@
-"""placemap."""
+"""ROS-free place map: faiss index of L2-normalised descriptors + SQLite metadata, atomic persistence."""
+
+from .errors import (
+    IndexSpecError,
+    MapConsistencyError,
+    MapCorruptError,
+    MapDimensionError,
+    MapError,
+    MapFingerprintError,
+    MapFormatError,
+    MapNotFoundError,
+)
+from .map import FORMAT, FORMAT_VERSION, PlaceMap
+from .records import Match, PlaceMeta, Pose, Utm
+from .spec import IndexSpec
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "IndexSpec",
+    "IndexSpecError",
+    "MapConsistencyError",
+    "MapCorruptError",
+    "MapDimensionError",
+    "MapError",
+    "MapFingerprintError",
+    "MapFormatError",
+    "MapNotFoundError",
+    "Match",
+    "PlaceMap",
+    "PlaceMeta",
+    "Pose",
+    "Utm",
+]

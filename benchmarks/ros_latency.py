@@ -1,0 +1,166 @@
+"""Camera -> keyframe-output latency of place_recognition_node over Fast DDS on one host.
+
+Publishes 640x480 rgb8 sensor_msgs/Image (best-effort sensor-data QoS, as camera drivers do) at 5 Hz and
+30 Hz to a node process started with ``publish_descriptor: true`` and ``min_interval_s: 0`` so every processed
+frame produces a ``~/descriptor`` message. Latency = wall-clock receive time of that message minus the wall
+clock publish time of the image with the same header stamp (both on this host). Also reports dropped frames
+(published minus processed), the node process' CPU % and the Describer's own time on the same image.
+
+    .venv/bin/python benchmarks/ros_latency.py [--duration-5hz 30] [--duration-30hz 60] [--model-path DIR]
+
+Uses the loopback Fast DDS profile and a private ROS domain unless they are already set in the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(REPO / "config" / "fastdds_localhost.xml"))
+os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
+
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from sensor_msgs.msg import Image, PointCloud2  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+
+from tscm_ros.images import rgb_to_image_fields  # noqa: E402
+from tscm_ros.ros.messages import byte_array, diagnostic_values, ns_to_stamp, stamp_to_ns  # noqa: E402
+from tscm_ros.ros.testing import NodeProcess, RosProbe, best_effort_qos, reliable_qos  # noqa: E402
+
+NODE = "/place_recognition_node"
+WIDTH, HEIGHT = 640, 480
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process from /proc (seconds)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def describer_time_ms(model_path: str | None, rgb: np.ndarray, repeats: int) -> tuple[float, float]:
+    """p50 / p95 of Describer.describe on one image, in this process (node not running)."""
+    from tscm_ros.describer import Describer
+
+    describer = Describer(model_path, batch_size=1)
+    describer.describe(rgb)  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        describer.describe(rgb)
+        times.append((time.perf_counter() - started) * 1000)
+    return float(np.percentile(times, 50)), float(np.percentile(times, 95))
+
+
+def make_image(rgb: np.ndarray) -> Image:
+    fields = rgb_to_image_fields(rgb, "rgb8")
+    msg = Image(
+        header=Header(frame_id="camera"), height=HEIGHT, width=WIDTH, encoding="rgb8", step=fields["step"]
+    )
+    msg.data = byte_array(fields["data"])
+    return msg
+
+
+def run_rate(probe: RosProbe, node: NodeProcess, rate_hz: float, duration_s: float, msg: Image) -> dict:
+    """Publish at ``rate_hz`` for ``duration_s``; return latency / drop / CPU figures."""
+    descriptors = probe.subscribe(PointCloud2, f"{NODE}/descriptor", reliable_qos(100))
+    publisher = probe.publisher(Image, "/image", best_effort_qos(1))
+    assert probe.wait_for_subscribers(publisher, 1, 30.0), "node did not subscribe"
+    time.sleep(1.0)  # let the descriptor subscription match too
+    published: dict[int, float] = {}
+    period = 1.0 / rate_hz
+    base_stamp_ns = int(rate_hz) * 1_000_000 * 1_000_000_000  # distinct stamps per run
+    cpu_start, wall_start = cpu_seconds(node.pid), time.monotonic()
+    next_time = time.monotonic()
+    index = 0
+    while time.monotonic() - wall_start < duration_s:
+        stamp_ns = base_stamp_ns + int(index * period * 1e9)
+        msg.header.stamp = ns_to_stamp(stamp_ns)
+        published[stamp_ns] = time.time()
+        publisher.publish(msg)
+        index += 1
+        next_time += period
+        time.sleep(max(0.0, next_time - time.monotonic()))
+    time.sleep(2.0)  # the last frame in flight
+    cpu = (cpu_seconds(node.pid) - cpu_start) / (time.monotonic() - wall_start) * 100
+    received = [(when, stamp_to_ns(m.header.stamp)) for when, m in descriptors.items]
+    latencies = [(published[s] - published[min(published)], (when - published[s]) * 1000)
+                 for when, s in received if s in published]  # fmt: skip
+    probe.node.destroy_publisher(publisher)
+    values = np.array([ms for _, ms in latencies])
+    first = np.array([ms for t, ms in latencies if t < 10.0])
+    last = np.array([ms for t, ms in latencies if t >= duration_s - 10.0])
+    return {
+        "rate_hz": rate_hz,
+        "published": len(published),
+        "processed": len(latencies),
+        "dropped": len(published) - len(latencies),
+        "p50": float(np.percentile(values, 50)) if values.size else float("nan"),
+        "p95": float(np.percentile(values, 95)) if values.size else float("nan"),
+        "first10_p50": float(np.percentile(first, 50)) if first.size else float("nan"),
+        "last10_p50": float(np.percentile(last, 50)) if last.size else float("nan"),
+        "cpu_percent": cpu,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-path", default="", help="trained student ('' = untrained, same cost)")
+    parser.add_argument("--duration-5hz", type=float, default=30.0)
+    parser.add_argument("--duration-30hz", type=float, default=60.0)
+    parser.add_argument("--describer-repeats", type=int, default=30)
+    args = parser.parse_args()
+
+    rgb = np.random.default_rng(0).integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+    describer_p50, describer_p95 = describer_time_ms(args.model_path or None, rgb, args.describer_repeats)
+
+    parameters = {
+        "model_path": args.model_path,
+        "publish_descriptor": True,
+        "min_interval_s": 0.0,
+        "similarity_threshold": -1.0,
+        "top_k": 5,
+    }
+    results = []
+    diagnostics_values: dict[str, str] = {}
+    with RosProbe("latency_probe") as probe, NodeProcess(parameters=parameters) as node:
+        diagnostics = probe.subscribe(DiagnosticArray, "/diagnostics", reliable_qos(10))
+        if not node.wait_for_output("ready:", 300):
+            print(node.output(), file=sys.stderr)
+            return 1
+        for rate, duration in ((5.0, args.duration_5hz), (30.0, args.duration_30hz)):
+            results.append(run_rate(probe, node, rate, duration, make_image(rgb)))
+        diagnostics.wait_count(1, 5.0)
+        if diagnostics.messages:
+            diagnostics_values = diagnostic_values(diagnostics.messages[-1].status[0])
+
+    print(
+        f"\nplace_recognition_node latency, {WIDTH}x{HEIGHT} rgb8, best-effort sensor QoS, loopback Fast DDS"
+    )
+    print(f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; model: "
+          f"{args.model_path or 'untrained student'}")  # fmt: skip
+    print(
+        f"Describer alone (this process, same image): p50 {describer_p50:.1f} ms, p95 {describer_p95:.1f} ms"
+    )
+    print(f"node inference (diagnostics): p50 {diagnostics_values.get('inference_ms_p50', '?')} ms, "
+          f"p95 {diagnostics_values.get('inference_ms_p95', '?')} ms")  # fmt: skip
+    columns = ["input", "published", "processed", "dropped", "latency p50 ms", "p95 ms", "first 10 s p50",
+               "last 10 s p50", "node CPU %"]  # fmt: skip
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for r in results:
+        cells = [f"{r['rate_hz']:.0f} Hz", r["published"], r["processed"], r["dropped"]]
+        cells += [f"{r[key]:.1f}" for key in ("p50", "p95", "first10_p50", "last10_p50")]
+        cells.append(f"{r['cpu_percent']:.0f}")
+        print("| " + " | ".join(str(cell) for cell in cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Launch place_recognition_node with a parameter file and the usual overrides.
+
+    ros2 launch tscm_ros place_recognition.launch.py image_topic:=/camera/image_raw \
+        model_path:=/path/to/student map_path:=/data/maps/office device:=cuda
+
+Launch arguments left empty keep the value from ``params_file``; non-empty ones override it.
+"""
+
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import Node
+from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchDescription
+
+PACKAGE = "tscm_ros"
+OVERRIDABLE = ("model_path", "map_path", "device")
+
+
+def _launch_setup(context, *args, **kwargs):
+    """Build the node once the launch arguments are known, passing only the non-empty overrides."""
+    overrides = {"use_sim_time": LaunchConfiguration("use_sim_time").perform(context).lower() == "true"}
+    for name in OVERRIDABLE:
+        value = LaunchConfiguration(name).perform(context)
+        if value:
+            overrides[name] = value
+    node = Node(
+        package=PACKAGE,
+        executable="place_recognition_node",
+        name="place_recognition_node",
+        namespace=LaunchConfiguration("namespace"),
+        output="screen",
+        emulate_tty=True,
+        parameters=[LaunchConfiguration("params_file"), overrides],
+        remappings=[
+            ("image", LaunchConfiguration("image_topic")),
+            ("image/compressed", [LaunchConfiguration("image_topic"), "/compressed"]),
+            ("odom", LaunchConfiguration("odom_topic")),
+        ],
+    )
+    return [node]
+
+
+def generate_launch_description() -> LaunchDescription:
+    share = FindPackageShare(PACKAGE)
+    return LaunchDescription(
+        [
+            DeclareLaunchArgument(
+                "image_topic",
+                default_value="/camera/image_raw",
+                description="camera topic (sensor_msgs/Image; +/compressed with image_transport: compressed)",
+            ),
+            DeclareLaunchArgument("odom_topic", default_value="/odom", description="nav_msgs/Odometry topic"),
+            DeclareLaunchArgument(
+                "params_file",
+                default_value=PathJoinSubstitution([share, "config", "place_recognition.yaml"]),
+                description="node parameter file",
+            ),
+            DeclareLaunchArgument(
+                "model_path", default_value="", description="trained TSCM student (empty: file)"
+            ),
+            DeclareLaunchArgument("map_path", default_value="", description="place map path (empty: file)"),
+            DeclareLaunchArgument(
+                "device", default_value="", description="auto|cpu|cuda|cuda:N (empty: file)"
+            ),
+            DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
+            DeclareLaunchArgument(
+                "use_sim_time", default_value="false", description="use /clock (bag replay)"
+            ),
+            DeclareLaunchArgument(
+                "fastdds_localhost",
+                default_value="false",
+                description="use the package's loopback-only Fast DDS profile (all nodes on this computer)",
+            ),
+            SetEnvironmentVariable(
+                "FASTDDS_DEFAULT_PROFILES_FILE",
+                PathJoinSubstitution([share, "config", "fastdds_localhost.xml"]),
+                condition=IfCondition(LaunchConfiguration("fastdds_localhost")),
+            ),
+            OpaqueFunction(function=_launch_setup),
+        ]
+    )

@@ -1,0 +1,152 @@
+"""ONNX / TorchScript export, the ONNX Runtime Describer and the optimised CPU path: parity with eager."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+
+from tscm_ros.describer import Describer
+from tscm_ros.export import export_onnx, fold_batch_norms, main
+from tscm_ros.model_io import ModelFormatError, load_model, model_fingerprint, save_model
+from tscm_ros.models import build_model
+
+TOLERANCE = 1e-4
+
+
+def _cpu_session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def student() -> torch.nn.Module:
+    return build_model("student", seed=0)
+
+
+@pytest.fixture(scope="module")
+def exported_dir(student, tmp_path_factory) -> Path:
+    """Our model directory with model.onnx and model.ts written by the tscm_export CLI."""
+    model_dir = save_model(student, tmp_path_factory.mktemp("export") / "student", provenance="export test")
+    assert main([str(model_dir), "--onnx", "--torchscript"]) == 0
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def inputs() -> torch.Tensor:
+    return torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(11))
+
+
+@pytest.fixture(scope="module")
+def eager_outputs(student, inputs) -> np.ndarray:
+    with torch.inference_mode():
+        return student(inputs).numpy()
+
+
+@pytest.fixture(scope="module")
+def corridor_images(corridor_dir) -> list[np.ndarray]:
+    paths = (
+        sorted((corridor_dir / "query").glob("*.jpg"))[:2] + sorted((corridor_dir / "ref").glob("*.jpg"))[-1:]
+    )
+    return [np.asarray(Image.open(path).convert("RGB")) for path in paths]
+
+
+@pytest.fixture(scope="module")
+def torch_descriptors(exported_dir, corridor_images) -> np.ndarray:
+    return Describer(exported_dir, device="cpu").describe(corridor_images)
+
+
+def test_onnx_dynamic_batch_parity(student, exported_dir, inputs, eager_outputs):
+    proto = onnx.load(str(exported_dir / "model.onnx"))
+    metadata = {entry.key: entry.value for entry in proto.metadata_props}
+    assert metadata["tscm_ros.fingerprint"] == model_fingerprint(student)
+    assert metadata["tscm_ros.arch"] == "student" and metadata["tscm_ros.descriptor_dim"] == "2048"
+    assert metadata["tscm_ros.provenance"] == "export test"
+    batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param and not batch_dim.HasField("dim_value")  # symbolic batch axis
+    session = _cpu_session(exported_dir / "model.onnx")
+    assert [i.name for i in session.get_inputs()] == ["images"]
+    assert [o.name for o in session.get_outputs()] == ["descriptors"]
+    for batch in (1, 3):
+        (out,) = session.run(None, {"images": inputs[:batch].numpy()})
+        assert out.shape == (batch, 2048)
+        np.testing.assert_allclose(out, eager_outputs[:batch], atol=TOLERANCE, rtol=0)
+
+
+def test_onnx_dynamo_exporter_parity(student, tmp_path, inputs, eager_outputs):
+    path = export_onnx(student, tmp_path / "dynamo.onnx", dynamo=True)
+    session = _cpu_session(path)
+    for batch in (1, 3):
+        (out,) = session.run(None, {session.get_inputs()[0].name: inputs[:batch].numpy()})
+        np.testing.assert_allclose(out, eager_outputs[:batch], atol=TOLERANCE, rtol=0)
+
+
+def test_torchscript_parity(student, exported_dir, inputs, eager_outputs):
+    extra = {"tscm_ros.json": ""}
+    scripted = torch.jit.load(str(exported_dir / "model.ts"), map_location="cpu", _extra_files=extra)
+    assert json.loads(extra["tscm_ros.json"])["tscm_ros.fingerprint"] == model_fingerprint(student)
+    with torch.inference_mode():
+        for batch in (1, 3):
+            out = scripted(inputs[:batch]).numpy()
+            np.testing.assert_allclose(out, eager_outputs[:batch], atol=TOLERANCE, rtol=0)
+
+
+def test_onnxruntime_describer_parity(exported_dir, corridor_images, torch_descriptors):
+    describer = Describer(exported_dir, backend="onnxruntime", num_threads=2, batch_size=2)
+    assert describer.backend == "onnxruntime" and describer.dim == 2048
+    assert describer.fingerprint == load_model(exported_dir).fingerprint
+    assert "onnxruntime" in describer.label and "export test" in describer.label
+    out = describer.describe(corridor_images)
+    assert out.dtype == np.float32 and out.shape == torch_descriptors.shape
+    np.testing.assert_allclose(out, torch_descriptors, atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    by_file = Describer(
+        exported_dir / "model.onnx", backend="onnxruntime", providers=["CPUExecutionProvider"]
+    )
+    assert by_file.fingerprint == describer.fingerprint
+
+
+def test_optimized_torch_path_parity(exported_dir, corridor_images, torch_descriptors):
+    optimized = Describer(exported_dir, device="cpu", optimize=True)
+    assert isinstance(optimized._model, torch.jit.ScriptModule)
+    np.testing.assert_allclose(optimized.describe(corridor_images), torch_descriptors, atol=TOLERANCE, rtol=0)
+
+
+def test_fold_batch_norms_parity(student, inputs, eager_outputs):
+    import copy
+
+    folded = fold_batch_norms(copy.deepcopy(student))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    with torch.inference_mode():
+        np.testing.assert_allclose(folded(inputs[:1]).numpy(), eager_outputs[:1], atol=TOLERANCE, rtol=0)
+
+
+def test_stale_onnx_is_refused(exported_dir, tmp_path):
+    stale_dir = Path(shutil.copytree(exported_dir, tmp_path / "stale"))
+    save_model(build_model("student", seed=1), stale_dir)  # new weights, old model.onnx
+    with pytest.raises(ModelFormatError, match="stale"):
+        Describer(stale_dir, backend="onnxruntime")
+
+
+def test_missing_onnx_says_how_to_export(tmp_path, student):
+    model_dir = save_model(student, tmp_path / "no_onnx")
+    with pytest.raises(ModelFormatError, match="tscm_export"):
+        Describer(model_dir, backend="onnxruntime")
+
+
+def test_unknown_provider(exported_dir):
+    with pytest.raises(ValueError, match="not available"):
+        Describer(exported_dir, backend="onnxruntime", providers=["NoSuchExecutionProvider"])
+
+
+def test_export_cli_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main([str(tmp_path)])  # neither --onnx nor --torchscript
+    assert main([str(tmp_path / "missing"), "--onnx"]) == 2
+    assert "does not exist" in capsys.readouterr().err

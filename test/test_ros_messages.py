@@ -1,0 +1,144 @@
+"""In-process checks of the ROS helpers: message building/decoding, pose buffer, frame slot (no DDS)."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+import pytest
+from rclpy.serialization import deserialize_message, serialize_message
+from sensor_msgs.msg import PointCloud2, PointField
+from std_msgs.msg import Header
+from visualization_msgs.msg import Marker
+
+from tscm_ros.ros import messages
+from tscm_ros.ros.latest_slot import LatestSlot
+from tscm_ros.ros.pose_buffer import PoseBuffer
+from tscm_ros.ros.testing import format_parameter
+
+NS = 1_000_000_000
+
+
+def test_stamp_conversions_round_trip():
+    for stamp_ns in (0, 1, NS - 1, 1_700_000_000 * NS + 123_456_789):
+        stamp = messages.ns_to_stamp(stamp_ns)
+        assert 0 <= stamp.nanosec < NS
+        assert messages.stamp_to_ns(stamp) == stamp_ns
+
+
+def test_candidate_cloud_layout_and_round_trip_through_cdr():
+    header = Header(stamp=messages.ns_to_stamp(5 * NS + 7), frame_id="camera")
+    rows = [
+        {"x": 1.5, "y": -2.0, "z": 0.25, "query_id": 40, "match_id": 3, "match_stamp": 12.125,
+         "similarity": 0.9, "rank": 0},
+        {"x": math.nan, "y": math.nan, "z": math.nan, "query_id": 40, "match_id": 2**32 - 1,
+         "match_stamp": 1.7e9 + 0.5, "similarity": -0.25, "rank": 1},
+    ]  # fmt: skip
+    cloud = messages.candidates_cloud(header, rows)
+    assert (cloud.height, cloud.width, cloud.point_step, cloud.row_step) == (1, 2, 34, 68)
+    assert (cloud.is_dense, cloud.is_bigendian) == (False, False)
+    assert [(f.name, f.offset, f.datatype) for f in cloud.fields] == [
+        ("x", 0, PointField.FLOAT32), ("y", 4, PointField.FLOAT32), ("z", 8, PointField.FLOAT32),
+        ("query_id", 12, PointField.UINT32), ("match_id", 16, PointField.UINT32),
+        ("match_stamp", 20, PointField.FLOAT64), ("similarity", 28, PointField.FLOAT32),
+        ("rank", 32, PointField.UINT16),
+    ]  # fmt: skip
+    decoded = messages.cloud_to_array(deserialize_message(serialize_message(cloud), PointCloud2))
+    assert decoded["match_id"].tolist() == [3, 2**32 - 1]
+    assert decoded["match_stamp"].tolist() == [12.125, 1.7e9 + 0.5]  # float64 keeps sub-ms stamps
+    assert decoded["rank"].tolist() == [0, 1]
+    np.testing.assert_allclose(decoded["similarity"], [0.9, -0.25], rtol=1e-6)
+    assert decoded["x"][0] == 1.5 and np.isnan(decoded["x"][1])
+    # the documented manual decoding gives the same bytes
+    manual = np.frombuffer(bytes(cloud.data), dtype=messages.CANDIDATE_DTYPE, count=cloud.width)
+    assert manual.tobytes() == decoded.tobytes()
+
+
+def test_empty_candidate_cloud_is_valid():
+    cloud = messages.candidates_cloud(Header(), [])
+    assert (cloud.width, len(cloud.data), len(cloud.fields)) == (0, 0, 8)
+    assert messages.cloud_to_array(cloud).shape == (0,)
+
+
+def test_cloud_decoding_honours_padding_and_row_step():
+    dtype = np.dtype({"names": ["a", "b"], "formats": ["<f4", "<u2"], "offsets": [0, 8], "itemsize": 12})
+    points = np.zeros(3, dtype=dtype)
+    points["a"], points["b"] = [1.0, 2.0, 3.0], [7, 8, 9]
+    cloud = messages.array_to_cloud(Header(), points)
+    assert cloud.point_step == 12 and [f.offset for f in cloud.fields] == [0, 8]
+    # append row padding as some drivers do
+    cloud.row_step += 4
+    cloud.data = messages.byte_array(bytes(cloud.data) + b"\xff" * 4)
+    decoded = messages.cloud_to_array(cloud)
+    assert decoded["a"].tolist() == [1.0, 2.0, 3.0] and decoded["b"].tolist() == [7, 8, 9]
+    cloud.data = messages.byte_array(bytes(cloud.data)[:10])
+    with pytest.raises(ValueError, match="shorter"):
+        messages.cloud_to_array(cloud)
+
+
+def test_descriptor_cloud():
+    vector = np.random.default_rng(1).standard_normal(2048).astype(np.float32)
+    cloud = messages.descriptor_cloud(Header(frame_id="camera"), vector)
+    assert (cloud.width, cloud.point_step, [f.name for f in cloud.fields]) == (2048, 4, ["d"])
+    np.testing.assert_array_equal(np.frombuffer(bytes(cloud.data), "<f4"), vector)
+
+
+def test_lio_sam_pose_markers_and_covariance():
+    loop = messages.lio_sam_loop(10 * NS + 500_000_000, 3 * NS)
+    assert list(loop.data) == [10.5, 3.0]
+    covariance = messages.diagonal_covariance([1, 2, 3, 4, 5, 6])
+    assert np.array_equal(np.array(covariance).reshape(6, 6), np.diag([1.0, 2, 3, 4, 5, 6]))
+    with pytest.raises(ValueError):
+        messages.diagonal_covariance([1, 2])
+    pose = messages.matched_pose_msg(Header(frame_id="map"), (1, 2, 3), None, [0.1] * 6)
+    assert (pose.pose.pose.position.x, pose.pose.pose.orientation.w) == (1.0, 1.0)
+    markers = messages.loop_edge_markers(
+        Header(frame_id="map"), [((0, 0, 0), (1, 1, 1)), ((2, 0, 0), (3, 0, 0))]
+    )
+    (marker,) = markers.markers
+    assert marker.type == Marker.LINE_LIST and len(marker.points) == 4
+    assert (marker.points[3].x, marker.scale.x > 0, marker.color.a) == (3.0, True, 1.0)
+
+
+def test_pose_buffer_interpolates_and_respects_max_age():
+    buffer = PoseBuffer()
+    half_turn = (0.0, 0.0, 1.0, 0.0)  # 180 degrees about z
+    buffer.add(10 * NS, (0, 0, 0), (0, 0, 0, 1), "odom")
+    buffer.add(12 * NS, (2, 4, 0), half_turn, "odom")
+    middle = buffer.lookup(11 * NS, max_age_ns=NS)
+    np.testing.assert_allclose(middle.position, [1, 2, 0])
+    np.testing.assert_allclose(middle.orientation_xyzw, [0, 0, math.sin(math.pi / 4), math.cos(math.pi / 4)])
+    assert middle.frame_id == "odom"
+    assert buffer.lookup(12 * NS + NS // 2, max_age_ns=NS).stamp_ns == 12 * NS  # newest within age
+    assert buffer.lookup(14 * NS, max_age_ns=NS) is None  # too old
+    assert buffer.lookup(9 * NS, max_age_ns=NS // 2) is None
+    # out-of-order arrivals are kept sorted
+    buffer.add(11 * NS, (5, 5, 5), (0, 0, 0, 1))
+    np.testing.assert_allclose(buffer.lookup(11 * NS, max_age_ns=0).position, [5, 5, 5])
+
+
+def test_latest_slot_keeps_the_newest_and_counts_drops():
+    slot: LatestSlot[int] = LatestSlot()
+    for value in range(5):
+        slot.put(value)
+    assert slot.take(timeout=0.1) == 4
+    assert (slot.received, slot.dropped) == (5, 4)
+    assert slot.take(timeout=0.05) is None
+    got = []
+    consumer = threading.Thread(target=lambda: got.append(slot.take(timeout=5)))
+    consumer.start()
+    slot.put(9)
+    consumer.join(5)
+    assert got == [9]
+    slot.close()
+    assert slot.take(timeout=5) is None and slot.closed
+
+
+def test_ros_argument_formatting():
+    assert format_parameter(True) == "true"
+    assert format_parameter(3) == "3"
+    assert format_parameter(0.5) == "0.5"
+    assert format_parameter(-1.0) == "-1.0"
+    assert format_parameter("it's") == "'it''s'"
+    assert format_parameter([0.25, 1.0]) == "[0.25,1.0]"

@@ -1,0 +1,462 @@
+"""``tscm_demo``: the end-to-end demo, with no data or weights to download.
+
+Default (no arguments): render a deterministic two-lap drive through a procedural street loop (see
+:mod:`tscm_ros.demo.scene`), write it as a rosbag2 (sqlite3) with camera images + odometry, build a place map
+and loop-closure candidates from the bag with the same pipeline as ``tscm_build_map``, and score the
+candidates against the known poses: a candidate is correct when the matched place lies within ``--radius``
+metres of the query. Recall is over the keyframes that *have* an earlier place within the radius (outside
+the exclusion window): every keyframe of lap 2, and the last metres of lap 1 where the loop closes.
+
+``--corridor PATH`` does the same with real images (VPR-Bench Corridor: ``ref/`` then ``query/`` as one
+5 Hz stream, no poses; a query matches ref images within +-2 indices, the dataset's own ground truth).
+
+The model is ``models/`` of the installed package or of the repository checkout when it holds a
+``model.json``; otherwise the seeded **untrained** student, which the output states clearly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tscm_ros.bags import write_image_bag
+from tscm_ros.demo.scene import NS_PER_S, SceneConfig, build_world, generate_frames, plan_trajectory
+from tscm_ros.loop_closure import LoopClosureConfig, LoopClosureDetector
+from tscm_ros.pipelines.build_map import BuildResult, build_map_from_bag, write_plots
+from tscm_ros.placemap import PlaceMap, Pose
+
+LOGGER = logging.getLogger(__name__)
+DEFAULT_OUT = Path("tscm_demo_output")
+BAG_DIR = "demo_bag"
+SCENE_JSON = "scene.json"
+SUMMARY_JSON = "demo_summary.json"
+PR_PNG = "pr_curve.png"
+
+
+# -------------------------------------------------------------------------------------------- model
+
+
+def find_default_model() -> Path | None:
+    """``models/`` with a ``model.json``: the installed share dir (ament_index) first, else the checkout."""
+    folders = []
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        folders.append(Path(get_package_share_directory("tscm_ros")) / "models")
+    except Exception:  # not installed with colcon / no AMENT_PREFIX_PATH: fall back to the checkout
+        pass
+    folders.append(Path(__file__).resolve().parents[2] / "models")
+    for folder in folders:
+        if (folder / "model.json").is_file():
+            return folder
+    return None
+
+
+def make_describer(model: Path | None, *, untrained: bool, device: str, batch_size: int = 8):
+    """The describer the demo uses and a sentence saying which model it is."""
+    from tscm_ros.describer import Describer
+
+    if model is None and not untrained:
+        model = find_default_model()
+    if model is None:
+        describer = Describer(None, device=device, batch_size=batch_size)
+        why = "requested with --untrained" if untrained else "no trained model found (models/model.json)"
+        note = (
+            f"model: {describer.label} -- {why}; descriptors come from random weights, so expect weak "
+            "place recognition"
+        )
+    else:
+        describer = Describer(model, device=device, batch_size=batch_size)
+        note = f"model: {describer.label}"
+    return describer, note
+
+
+# ------------------------------------------------------------------------------------------- scoring
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    threshold: float
+    keyframes: int
+    revisits: int  # keyframes with a true earlier match outside the exclusion window
+    reported: int  # keyframes with a candidate at the threshold
+    correct: int
+    precision: float
+    recall: float
+    recall_at_1: float  # top-1 correct among revisits, no threshold
+    average_precision: float  # area under the PR curve of the top-1 similarity sweep
+    best_f1: float
+    best_f1_threshold: float
+    pr_curve: tuple[tuple[float, float, float], ...] = dataclasses.field(repr=False, default=())
+
+    def lines(self) -> list[str]:
+        return [
+            f"keyframes: {self.keyframes}, revisits with a true match: {self.revisits}",
+            f"at threshold {self.threshold:.4f}: {self.reported} candidates, {self.correct} correct -> "
+            f"precision {self.precision:.3f}, recall {self.recall:.3f}",
+            f"recall@1 over revisits (no threshold): {self.recall_at_1:.3f}",
+            f"PR sweep of the top-1 similarity: average precision {self.average_precision:.3f}, "
+            f"best F1 {self.best_f1:.3f} at threshold {self.best_f1_threshold:.4f} (oracle, for reference)",
+        ]
+
+
+def top1_per_keyframe(result: BuildResult, config: LoopClosureConfig) -> list[tuple[int, int, float] | None]:
+    """Replay the described frames through a fresh detector with no threshold: (query, match stamp, sim).
+
+    Keyframe selection does not depend on the threshold, so the keyframes equal those of ``result``; a
+    thresholded top-1 run is exactly this list filtered by similarity.
+    """
+    replay_config = dataclasses.replace(config, similarity_threshold=-1.0, top_k=1, consistency_n=1)
+    place_map = PlaceMap.create(result.descriptors.shape[1], "flat")
+    detector = LoopClosureDetector(place_map, replay_config)
+    top1: list[tuple[int, int, float] | None] = []
+    for descriptor, stamp, pose in zip(
+        result.descriptors, result.frame_stamps_ns, result.frame_poses, strict=True
+    ):
+        outcome = detector.process(descriptor, int(stamp), pose=pose)
+        if outcome.is_keyframe:
+            best = outcome.candidates[0] if outcome.candidates else None
+            top1.append((int(stamp), best.match_stamp_ns, best.similarity) if best else (int(stamp), -1, -2))
+    place_map.close()
+    return top1
+
+
+def evaluate(
+    result: BuildResult,
+    config: LoopClosureConfig,
+    is_match: Callable[[int, int], bool],
+    threshold: float,
+) -> Evaluation:
+    """Score top-1 loop-closure candidates of ``result`` against ground truth ``is_match(query, place)``."""
+    top1 = top1_per_keyframe(result, config)
+    stamps = [query for query, _, _ in top1]
+    exclusion_ns = config.exclusion_window_s * NS_PER_S
+    revisit = [
+        any(place <= query - exclusion_ns and is_match(query, place) for place in stamps) for query in stamps
+    ]
+    has_match = [match >= 0 for _, match, _ in top1]
+    similarity = np.array([sim for _, _, sim in top1])
+    correct = np.array(
+        [ok and is_match(query, match) for (query, match, _), ok in zip(top1, has_match, strict=True)]
+    )
+    revisits = int(sum(revisit))
+    reported_mask = np.array(has_match) & (similarity >= threshold)
+    reported = int(reported_mask.sum())
+    n_correct = int((correct & reported_mask).sum())
+    # PR sweep over the top-1 similarity
+    order = np.argsort(-similarity, kind="stable")
+    valid = np.array(has_match)[order]
+    hits = np.cumsum(correct[order] & valid)
+    counts = np.cumsum(valid)
+    precision_curve = hits / np.maximum(counts, 1)
+    recall_curve = hits / max(revisits, 1)
+    curve = tuple(
+        (float(similarity[order][i]), float(precision_curve[i]), float(recall_curve[i]))
+        for i in range(len(order))
+        if valid[i]
+    )
+    recall_steps = np.diff(np.concatenate([[0.0], recall_curve[valid]]))
+    average_precision = float(np.sum(recall_steps * precision_curve[valid]))
+    f1 = 2 * precision_curve * recall_curve / np.maximum(precision_curve + recall_curve, 1e-12)
+    f1 = np.where(valid, f1, 0.0)
+    best = int(np.argmax(f1)) if len(f1) else 0
+    return Evaluation(
+        threshold=threshold,
+        keyframes=len(top1),
+        revisits=revisits,
+        reported=reported,
+        correct=n_correct,
+        precision=n_correct / reported if reported else 0.0,
+        recall=n_correct / revisits if revisits else 0.0,
+        recall_at_1=float((correct & np.array(revisit)).sum() / revisits) if revisits else 0.0,
+        average_precision=average_precision,
+        best_f1=float(f1[best]) if len(f1) else 0.0,
+        best_f1_threshold=float(similarity[order][best]) if len(f1) else float("nan"),
+        pr_curve=curve,
+    )
+
+
+def write_pr_plot(path: Path, evaluation: Evaluation, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5.5, 4.5), dpi=110)
+    if evaluation.pr_curve:
+        recall = [r for _, _, r in evaluation.pr_curve]
+        precision = [p for _, p, _ in evaluation.pr_curve]
+        axis.plot(recall, precision, "-", color="tab:blue", label=f"AP {evaluation.average_precision:.3f}")
+    axis.plot(evaluation.recall, evaluation.precision, "o", color="tab:red",
+              label=f"threshold {evaluation.threshold:.3f}")  # fmt: skip
+    axis.set_xlim(0, 1.02)
+    axis.set_ylim(0, 1.02)
+    axis.set_xlabel("recall (revisits)")
+    axis.set_ylabel("precision")
+    axis.set_title(title, fontsize=9)
+    axis.legend(loc="lower left", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def _colour_plots(result: BuildResult, is_match: Callable[[int, int], bool], title: str) -> list[Path]:
+    correct = [is_match(c.query_stamp_ns, c.match_stamp_ns) for c in result.candidates]
+    return write_plots(result.out_dir, result.keyframes, result.candidates, title=title, correct=correct)
+
+
+# ------------------------------------------------------------------------------------------ demo run
+
+
+@dataclass
+class DemoResult:
+    build: BuildResult
+    evaluation: Evaluation
+    model_note: str
+    plots: list[Path]
+    bag: Path
+    seconds: float
+    output: list[str]
+
+
+def _prepare_bag_dir(out_dir: Path, identity: dict, overwrite: bool) -> tuple[Path, bool]:
+    """(bag path, reuse?) -- reuse a bag this demo wrote with identical settings, refuse foreign ones."""
+    bag = out_dir / BAG_DIR
+    marker = out_dir / SCENE_JSON
+    identity = json.loads(json.dumps(identity))  # tuples -> lists, as read back from the file
+    if bag.exists():
+        same = marker.is_file() and json.loads(marker.read_text()) == identity
+        if same and not overwrite:
+            return bag, True
+        if not marker.is_file() and not overwrite:
+            raise FileExistsError(f"{bag} exists and was not written by tscm_demo; use another --out")
+        shutil.rmtree(bag)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return bag, False
+
+
+def _emit(lines: list[str], text: str) -> None:
+    lines.append(text)
+    print(text, flush=True)
+
+
+def run_demo(
+    out_dir: str | Path = DEFAULT_OUT,
+    *,
+    scene: SceneConfig | None = None,
+    model: Path | None = None,
+    untrained: bool = False,
+    device: str = "auto",
+    threshold: float = 0.8,
+    radius_m: float = 3.0,
+    exclusion_window_s: float | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    describer=None,
+) -> DemoResult:
+    """Procedural two-lap scene -> rosbag2 -> map + loop closures -> precision/recall against the poses."""
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    scene = scene or SceneConfig()
+    output: list[str] = []
+    identity = {"scene": dataclasses.asdict(scene), "format": 1}
+    bag, reuse = _prepare_bag_dir(out_dir, identity, overwrite)
+    if reuse:
+        _emit(output, f"reusing the demo bag {bag} (same scene settings)")
+    else:
+        size = f"{scene.width}x{scene.height}"
+        _emit(
+            output, f"rendering {scene.laps} laps x {scene.frames_per_lap} frames ({size}) -> rosbag2 {bag}"
+        )
+        world = build_world(scene)
+        poses = [
+            (sample.stamp_ns, Pose(sample.position, sample.orientation, "map"))
+            for sample in plan_trajectory(scene, world)
+        ]
+        images = ((frame.stamp_ns, frame.rgb) for frame in generate_frames(scene, world))
+        write_image_bag(bag, images, poses=poses, pose_topic="/odom", frame_id="camera")
+        (out_dir / SCENE_JSON).write_text(json.dumps(identity, indent=2))
+    if describer is None:
+        describer, note = make_describer(model, untrained=untrained, device=device)
+    else:
+        note = f"model: {describer.label}"
+    _emit(output, note)
+    if exclusion_window_s is None:  # a third of a lap: recent frames are "now", not revisits
+        exclusion_window_s = scene.frames_per_lap / scene.rate_hz / 3
+    config = LoopClosureConfig(similarity_threshold=threshold, exclusion_window_s=exclusion_window_s, top_k=1)
+    build = build_map_from_bag(bag, out_dir, describer=describer, detector_config=config, progress=progress)
+    _emit(output, build.summary())
+
+    def is_match(query_ns: int, place_ns: int) -> bool:
+        query, place = poses_by_stamp.get(query_ns), poses_by_stamp.get(place_ns)
+        return query is not None and place is not None and query.distance_to(place) <= radius_m
+
+    poses_by_stamp = {int(s): p for s, p in zip(build.frame_stamps_ns, build.frame_poses, strict=True) if p}
+    evaluation = evaluate(build, config, is_match, threshold)
+    title = f"demo scene, {describer.label}, R={radius_m:g} m"
+    plots = _colour_plots(build, is_match, title) + [write_pr_plot(out_dir / PR_PNG, evaluation, title)]
+    _emit(output, f"ground truth: a candidate is correct when the matched place is within {radius_m:g} m")
+    for line in evaluation.lines():
+        _emit(output, line)
+    for plot in plots:
+        _emit(output, f"plot: {plot}")
+    seconds = time.perf_counter() - started
+    _emit(output, f"demo finished in {seconds:.1f} s")
+    _write_summary(out_dir, note, evaluation, build, seconds, {"radius_m": radius_m, "scene": identity})
+    return DemoResult(build, evaluation, note, plots, bag, seconds, output)
+
+
+def _write_summary(out_dir: Path, note: str, evaluation: Evaluation, build: BuildResult, seconds: float,
+                   extra: dict) -> None:  # fmt: skip
+    summary = {
+        "model": note,
+        **{k: v for k, v in dataclasses.asdict(evaluation).items() if k != "pr_curve"},
+        "frames": build.frames,
+        "candidates": len(build.candidates),
+        "describe_ms_per_frame": 1000 * build.describe_seconds / max(build.frames, 1),
+        "seconds": seconds,
+        **extra,
+    }
+    (out_dir / SUMMARY_JSON).write_text(json.dumps(summary, indent=2, default=str))
+
+
+def _list_jpegs(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not files:
+        raise FileNotFoundError(f"no images in {folder}")
+    return files
+
+
+def run_corridor(
+    corridor: str | Path,
+    out_dir: str | Path = DEFAULT_OUT / "corridor",
+    *,
+    model: Path | None = None,
+    untrained: bool = False,
+    device: str = "auto",
+    threshold: float = 0.8,
+    tolerance: int = 2,
+    exclusion_window_s: float | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    describer=None,
+    limit: int | None = None,
+) -> DemoResult:
+    """Real images: ``ref/`` then ``query/`` of a VPR-Bench style folder as one 5 Hz stream, no poses."""
+    from tscm_ros.images import decode_image_bytes
+
+    started = time.perf_counter()
+    corridor, out_dir = Path(corridor), Path(out_dir)
+    refs, queries = _list_jpegs(corridor / "ref"), _list_jpegs(corridor / "query")
+    if limit:
+        refs, queries = refs[:limit], queries[:limit]
+    output: list[str] = []
+    period = NS_PER_S // 5
+    start = 1_700_000_000 * NS_PER_S
+    labels: dict[int, tuple[str, int]] = {}
+    stream = []
+    for group, files in (("ref", refs), ("query", queries)):
+        for index, path in enumerate(files):
+            stamp = start + len(stream) * period
+            labels[stamp] = (group, index)
+            stream.append((stamp, path))
+    identity = {"corridor": str(corridor.resolve()), "files": len(stream), "format": 1}
+    bag, reuse = _prepare_bag_dir(out_dir, identity, overwrite)
+    if not reuse:
+        _emit(output, f"writing {len(refs)} ref + {len(queries)} query images as a 5 Hz rosbag2 {bag}")
+        write_image_bag(bag, ((stamp, decode_image_bytes(path.read_bytes())) for stamp, path in stream))
+        (out_dir / SCENE_JSON).write_text(json.dumps(identity, indent=2))
+    if describer is None:
+        describer, note = make_describer(model, untrained=untrained, device=device)
+    else:
+        note = f"model: {describer.label}"
+    _emit(output, note)
+    if exclusion_window_s is None:  # a third of the reference traversal
+        exclusion_window_s = len(refs) / 5 / 3
+    config = LoopClosureConfig(similarity_threshold=threshold, exclusion_window_s=exclusion_window_s, top_k=1)
+    build = build_map_from_bag(bag, out_dir, describer=describer, detector_config=config, progress=progress)
+    _emit(output, build.summary())
+
+    def is_match(query_ns: int, place_ns: int) -> bool:
+        query, place = labels.get(query_ns), labels.get(place_ns)
+        if query is None or place is None:
+            return False
+        return query[0] == "query" and place[0] == "ref" and abs(query[1] - place[1]) <= tolerance
+
+    evaluation = evaluate(build, config, is_match, threshold)
+    title = f"corridor, {describer.label}, |i-j|<={tolerance}"
+    plots = _colour_plots(build, is_match, title) + [write_pr_plot(out_dir / PR_PNG, evaluation, title)]
+    _emit(output, f"ground truth: query i matches ref j when |i - j| <= {tolerance} (dataset convention)")
+    for line in evaluation.lines():
+        _emit(output, line)
+    for plot in plots:
+        _emit(output, f"plot: {plot}")
+    seconds = time.perf_counter() - started
+    _emit(output, f"corridor run finished in {seconds:.1f} s")
+    _write_summary(out_dir, note, evaluation, build, seconds, {"tolerance": tolerance, "source": identity})
+    return DemoResult(build, evaluation, note, plots, bag, seconds, output)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    defaults = SceneConfig()
+    parser = argparse.ArgumentParser(
+        prog="tscm_demo",
+        description="TSCM place-recognition demo: procedural two-lap drive -> rosbag2 -> place map -> "
+        "loop closures -> precision/recall against the known poses. No downloads.",
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
+    parser.add_argument("--model", type=Path, help="model directory (default: models/ if it has model.json)")
+    parser.add_argument("--untrained", action="store_true", help="use the seeded untrained student")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threshold", type=float, default=0.8, help="loop-closure cosine threshold")
+    parser.add_argument("--radius", type=float, default=3.0, help="ground-truth radius (m), scene mode")
+    parser.add_argument("--frames-per-lap", type=int, default=defaults.frames_per_lap)
+    parser.add_argument("--width", type=int, default=defaults.width)
+    parser.add_argument("--height", type=int, default=defaults.height)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--corridor", type=Path, help="VPR-Bench folder with ref/, query/")
+    parser.add_argument("--overwrite", action="store_true", help="re-create the bag in --out")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    common = dict(
+        model=args.model, untrained=args.untrained, device=args.device, threshold=args.threshold,
+        overwrite=args.overwrite, progress=not args.no_progress,
+    )  # fmt: skip
+    try:
+        if args.corridor:
+            out = args.out / "corridor" if args.out == DEFAULT_OUT else args.out
+            run_corridor(args.corridor, out, **common)
+        else:
+            if args.frames_per_lap < 4 or args.width < 32 or args.height < 24:
+                raise ValueError("--frames-per-lap must be >= 4 and the image at least 32x24")
+            scene = SceneConfig(
+                seed=args.seed, frames_per_lap=args.frames_per_lap, width=args.width, height=args.height
+            )
+            run_demo(args.out, scene=scene, radius_m=args.radius, **common)
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
+        print(f"tscm_demo: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""``tscm_evaluate``: Recall@N, mAP and the top-1 PR curve (+AP) of a model or of saved descriptors.
+
+Examples::
+
+    tscm_evaluate --dataset corridor:../shared/data/corridor --model models/student --out eval/corridor
+    tscm_evaluate --dataset folders:../shared/data/vpr_triplets --untrained --out eval/triplets
+    tscm_evaluate --dataset vprbench:DIR --descriptors db.npy,q.npy --out eval/x
+
+Writes ``results.json``, ``pr_curve.png`` and ``recall_at_n.png`` into ``--out`` (plus the computed
+descriptors as ``database.npy`` / ``queries.npy`` when a model ran) and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from . import metrics
+from .dataset import RetrievalDataset
+from .datasets import DatasetError, load_dataset
+
+LOGGER = logging.getLogger("tscm_evaluate")
+
+
+def _parse_ns(text: str) -> tuple[int, ...]:
+    try:
+        ns = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--ns must be comma-separated integers, got {text!r}") from None
+    if not ns or ns[0] < 1:
+        raise argparse.ArgumentTypeError(f"--ns values must be >= 1, got {text!r}")
+    return ns
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tscm_evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--dataset", required=True,
+        help="corridor:DIR | vprbench:DIR | folders:DIR | utm-csv:FILE[:METRES] (or a registered kind)",
+    )  # fmt: skip
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--model", type=Path, help="model directory / model.json / .onnx / published checkpoint"
+    )
+    source.add_argument("--untrained", action="store_true", help="seeded random network (a baseline only)")
+    source.add_argument("--descriptors", help="precomputed DB.npy,QUERIES.npy (float32, one row per image)")
+    parser.add_argument("--arch", default="student", choices=("student", "teacher"))
+    parser.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"))
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--protocol", help="ground-truth protocol (default: every one the dataset has)")
+    parser.add_argument(
+        "--ns", type=_parse_ns, default=metrics.DEFAULT_NS, help="recall@N values, e.g. 1,5,10,20"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def _load_descriptors(spec: str, dataset: RetrievalDataset) -> tuple[np.ndarray, np.ndarray]:
+    parts = [p for p in spec.split(",") if p]
+    if len(parts) != 2:
+        raise SystemExit(f"--descriptors needs DB.npy,QUERIES.npy, got {spec!r}")
+    arrays = []
+    for path, expected, what in zip(
+        parts, (len(dataset.database), len(dataset.queries)), ("database", "queries"), strict=True
+    ):
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"cannot read {what} descriptors {path}: {exc}") from exc
+        if array.ndim != 2 or len(array) != expected:
+            raise SystemExit(f"{path}: expected ({expected}, D) {what} descriptors, got shape {array.shape}")
+        arrays.append(array.astype(np.float32))
+    if arrays[0].shape[1] != arrays[1].shape[1]:
+        raise SystemExit(f"descriptor dimensions differ: {arrays[0].shape[1]} vs {arrays[1].shape[1]}")
+    return arrays[0], arrays[1]
+
+
+def _describe(args: argparse.Namespace, dataset: RetrievalDataset) -> tuple[np.ndarray, np.ndarray, dict]:
+    from tscm_ros.describer import Describer, describe_files  # heavy (torch): import only when needed
+
+    describer = Describer(
+        None if args.untrained else args.model, arch=args.arch, backend=args.backend, device=args.device,
+        batch_size=args.batch_size,
+    )  # fmt: skip
+    if args.untrained:
+        print(
+            "=" * 78
+            + f"\nWARNING: {describer.label}: these numbers are a random-weights baseline\n"
+            + "=" * 78
+        )
+    started = time.perf_counter()
+    database = describe_files(describer, dataset.database)
+    queries = describe_files(describer, dataset.queries)
+    seconds = time.perf_counter() - started
+    info = {
+        "label": describer.label, "fingerprint": describer.fingerprint, "backend": args.backend,
+        "device": str(describer.device), "describe_seconds": seconds,
+        "ms_per_image": 1000 * seconds / max(1, len(database) + len(queries)),
+    }  # fmt: skip
+    return database, queries, info
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    if np.any(~np.isfinite(x)) or np.any(norms < 1e-12):
+        raise SystemExit("descriptors contain NaN/inf or all-zero rows")
+    return np.ascontiguousarray(x / norms, dtype=np.float32)
+
+
+def evaluate(
+    database: np.ndarray,
+    queries: np.ndarray,
+    dataset: RetrievalDataset,
+    ns: Sequence[int],
+    protocol: str | None,
+) -> dict:
+    """Metrics per protocol: recall@N, mAP@K and the top-1 PR curve."""
+    protocols = [protocol] if protocol else list(dataset.positives)
+    missing = [p for p in protocols if p not in dataset.positives]
+    if missing:
+        raise SystemExit(f"dataset has no protocol {missing[0]!r}; it has {list(dataset.positives)}")
+    k = min(max(ns), len(database))
+    sims, ranked = metrics.exact_search(_normalise(database), _normalise(queries), k)
+    results = {}
+    for name in protocols:
+        positives = dataset.positives[name]
+        pr = metrics.retrieval_pr_curve(sims[:, 0], ranked[:, 0], positives)
+        results[name] = {
+            "recall": {str(n): v for n, v in metrics.recall_at_n(ranked, positives, ns).items()},
+            "map_at_k": metrics.mean_average_precision(ranked, positives),
+            "k": k,
+            "queries_with_positives": int(sum(len(p) > 0 for p in positives)),
+            "pr": pr.to_dict(),
+        }
+    return results
+
+
+def _plot(results: dict, out: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for name, r in results.items():
+        pr = r["pr"]
+        ax.plot(pr["recall"], pr["precision"], marker=".", label=f"{name} (AP {pr['average_precision']:.3f})")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02), title=f"{title}: top-1 PR")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "pr_curve.png", dpi=120)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for name, r in results.items():
+        ns = [int(n) for n in r["recall"]]
+        ax.plot(ns, list(r["recall"].values()), marker="o", label=name)
+    ax.set(xlabel="N", ylabel="Recall@N", ylim=(0, 1.02), title=f"{title}: Recall@N")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "recall_at_n.png", dpi=120)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
+    )
+    if not (args.model or args.untrained or args.descriptors):
+        raise SystemExit("tscm_evaluate: give --model DIR, --untrained or --descriptors DB.npy,Q.npy")
+    try:
+        dataset = load_dataset(args.dataset)
+    except (DatasetError, FileNotFoundError) as exc:
+        raise SystemExit(f"tscm_evaluate: {exc}") from exc
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.descriptors:
+        database, queries = _load_descriptors(args.descriptors, dataset)
+        model = {"label": f"precomputed descriptors {args.descriptors}"}
+    else:
+        database, queries, model = _describe(args, dataset)
+        np.save(args.out / "database.npy", database)
+        np.save(args.out / "queries.npy", queries)
+    results = evaluate(database, queries, dataset, args.ns, args.protocol)
+    report = {
+        "dataset": {"spec": args.dataset, "name": dataset.name, "database": len(dataset.database),
+                    "queries": len(dataset.queries)},
+        "model": model,
+        "descriptor_dim": int(database.shape[1]),
+        "protocols": results,
+    }  # fmt: skip
+    (args.out / "results.json").write_text(json.dumps(report, indent=2))
+    _plot(results, args.out, dataset.name)
+    sizes = f"{len(dataset.database)} database / {len(dataset.queries)} queries"
+    print(f"\n{dataset.name}: {sizes}, {model['label']}\n")
+    header = ["protocol"] + [f"R@{n}" for n in args.ns] + ["mAP@K", "AP (top-1 PR)", "R@100%P"]
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for name, r in results.items():
+        pr = r["pr"]
+        cells = [name] + [f"{v:.4f}" for v in r["recall"].values()]
+        cells += [
+            f"{r['map_at_k']:.4f}",
+            f"{pr['average_precision']:.4f}",
+            f"{pr['recall_at_100_precision']:.4f}",
+        ]
+        print("| " + " | ".join(cells) + " |")
+    print(f"\nwrote {args.out / 'results.json'}, pr_curve.png, recall_at_n.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

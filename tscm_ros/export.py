@@ -1,0 +1,224 @@
+"""Export a TSCM network to ONNX / TorchScript, and the optimised CPU inference path.
+
+``tscm_export MODEL_DIR --onnx --torchscript [--out DIR]`` writes ``model.onnx`` (dynamic batch, input
+``images`` (B, 3, 224, 224) ImageNet-normalised float32, output ``descriptors`` (B, 2048) L2-normalised) and
+``model.ts`` (traced TorchScript) next to the model. The ONNX ``metadata_props`` carry the model's
+fingerprint (``tscm_ros.fingerprint``), arch, descriptor_dim and provenance, so the ONNX Runtime
+:class:`~tscm_ros.describer.Describer` can report them and detect a stale export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["export_onnx", "export_torchscript", "fold_batch_norms", "optimize_for_cpu", "main"]
+
+LOGGER = logging.getLogger(__name__)
+DEFAULT_OPSET = 17
+INPUT_NAME = "images"
+OUTPUT_NAME = "descriptors"
+METADATA_PREFIX = "tscm_ros."
+
+
+def _example_input(model: nn.Module, batch: int = 1) -> torch.Tensor:
+    height, width = getattr(model, "input_size", (224, 224))
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn((batch, 3, height, width), generator=generator).to(device)
+
+
+def model_metadata(model: nn.Module) -> dict[str, str]:
+    """Metadata written into exported files: fingerprint, arch, options, descriptor_dim, provenance."""
+    import json
+
+    from tscm_ros.model_io import model_fingerprint
+
+    fingerprint = getattr(model, "fingerprint", None) or model_fingerprint(model)
+    return {
+        METADATA_PREFIX + "fingerprint": fingerprint,
+        METADATA_PREFIX + "arch": str(model.arch),
+        METADATA_PREFIX + "options": json.dumps(model.options, sort_keys=True),
+        METADATA_PREFIX + "descriptor_dim": str(int(model.descriptor_dim)),
+        METADATA_PREFIX + "input_size": json.dumps(list(getattr(model, "input_size", (224, 224)))),
+        METADATA_PREFIX + "provenance": str(getattr(model, "provenance", "") or ""),
+    }
+
+
+def _replace_atomically(write, path: Path) -> Path:
+    """Call ``write(tmp_path)`` and move the result onto ``path`` (no half-written file on failure)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        write(Path(tmp_name))
+        os.replace(tmp_name, path)
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+    return path
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = True,
+    dynamo: bool = False,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Export ``model.forward`` to ONNX with a dynamic batch axis; returns ``path``.
+
+    ``dynamo=False`` (default) uses the TorchScript-based exporter: ~10x faster to export here and gives
+    the same graph quality for this network (both checked to match eager within 1e-7 with onnxruntime).
+    ``dynamo=True`` uses ``torch.export`` (opset >= 18 is then used). ``metadata`` defaults to
+    :func:`model_metadata`.
+    """
+    import onnx
+
+    model = model.eval()
+    example = _example_input(model, batch=2 if dynamic_batch else 1)
+    metadata = dict(model_metadata(model) if metadata is None else metadata)
+
+    def write(tmp: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about the networks' shape checks
+            if dynamo:
+                dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+                torch.onnx.export(
+                    model, (example,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                    opset_version=max(opset, 18), dynamic_shapes=dynamic_shapes, dynamo=True,
+                    external_data=False, verbose=False,
+                )  # fmt: skip
+            else:
+                dynamic_axes = (
+                    {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+                )
+                torch.onnx.export(
+                    model, (example,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                    opset_version=opset, dynamic_axes=dynamic_axes, dynamo=False,
+                )  # fmt: skip
+        proto = onnx.load(str(tmp))
+        del proto.metadata_props[:]
+        for key, value in metadata.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+
+    return _replace_atomically(write, Path(path))
+
+
+def export_torchscript(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Trace ``model.forward`` (batch size stays dynamic for this network) and ``torch.jit.save`` it.
+
+    The model metadata (:func:`model_metadata`) is stored as ``_extra_files["tscm_ros.json"]``.
+    """
+    import json
+
+    model = model.eval()
+    example = _example_input(model, batch=2)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, example)
+    extra = {"tscm_ros.json": json.dumps(model_metadata(model))}
+    return _replace_atomically(lambda tmp: torch.jit.save(traced, str(tmp), _extra_files=extra), Path(path))
+
+
+def fold_batch_norms(module: nn.Module) -> nn.Module:
+    """Fold every eval-mode ``BatchNorm2d`` that directly follows a ``Conv2d`` into it (in place).
+
+    Works on the torchvision ResNet layout the networks use: siblings ``convN``/``bnN`` in a module and
+    ``Sequential`` (conv, bn) pairs (e.g. ``downsample``). The BatchNorm is replaced by ``Identity``.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for parent in module.modules():
+        children = dict(parent.named_children())
+        pairs = []
+        if isinstance(parent, nn.Sequential):
+            names = list(children)
+            pairs = [(a, b) for a, b in zip(names, names[1:], strict=False)]
+        else:
+            pairs = [(name, "bn" + name[4:]) for name in children if name.startswith("conv")]
+        for conv_name, bn_name in pairs:
+            conv, bn = children.get(conv_name), children.get(bn_name)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and not bn.training:
+                setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
+                setattr(parent, bn_name, nn.Identity())
+                children[bn_name] = nn.Identity()
+    return module
+
+
+def optimize_for_cpu(
+    model: nn.Module, input_size: Sequence[int] = (224, 224), *, channels_last: bool = True
+) -> torch.jit.ScriptModule:
+    """Fastest measured CPU inference form: BN folded, channels_last, traced + ``torch.jit.freeze``.
+
+    Returns a frozen TorchScript module computing the same descriptors as ``model`` (checked within 1e-4
+    in the tests; see ``benchmarks/descriptor_speed.py`` for the speed). The input model is not modified.
+    """
+    optimized = fold_batch_norms(copy.deepcopy(model).eval().cpu())
+    example = torch.randn((2, 3, *input_size), generator=torch.Generator().manual_seed(0))
+    if channels_last:
+        optimized = optimized.to(memory_format=torch.channels_last)
+        example = example.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        frozen = torch.jit.freeze(torch.jit.trace(optimized, example))
+        frozen(example)  # first calls run the profiling/optimisation passes
+        frozen(example)
+    for name in ("arch", "options", "descriptor_dim", "input_size"):
+        if hasattr(model, name):
+            setattr(frozen, name, getattr(model, name))
+    return frozen
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``tscm_export MODEL [--onnx] [--torchscript] [--out DIR]``."""
+    parser = argparse.ArgumentParser(
+        prog="tscm_export",
+        description="Export a tscm_ros model (directory, model.json or published checkpoint) to ONNX "
+        "(model.onnx, dynamic batch) and/or TorchScript (model.ts).",
+    )
+    parser.add_argument("model", type=Path, help="model directory, its model.json, or a published .pth.tar")
+    parser.add_argument("--onnx", action="store_true", help="write model.onnx")
+    parser.add_argument("--torchscript", action="store_true", help="write model.ts")
+    parser.add_argument("--out", type=Path, help="output directory (default: the model directory)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    parser.add_argument("--dynamo", action="store_true", help="use the torch.export-based ONNX exporter")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not (args.onnx or args.torchscript):
+        parser.error("nothing to do: give --onnx and/or --torchscript")
+    from tscm_ros.model_io import load_model
+
+    try:
+        model = load_model(args.model)
+    except (ValueError, OSError) as error:
+        print(f"tscm_export: error: {error}", file=sys.stderr)
+        return 2
+    out_dir = args.out or (args.model if args.model.is_dir() else args.model.parent)
+    if args.onnx:
+        path = export_onnx(model, out_dir / "model.onnx", opset=args.opset, dynamo=args.dynamo)
+        print(f"wrote {path} (fingerprint {model.fingerprint})")
+    if args.torchscript:
+        path = export_torchscript(model, out_dir / "model.ts")
+        print(f"wrote {path} (fingerprint {model.fingerprint})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

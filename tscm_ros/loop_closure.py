@@ -1,0 +1,277 @@
+"""Loop-closure candidates from a stream of keyframe descriptors and a :class:`PlaceMap`.
+
+Per incoming frame, :class:`LoopClosureDetector`:
+
+1. **Keyframe policy** -- the frame is a keyframe when it is the first one, or when every enabled gate
+   passes: at least ``min_interval_s`` since the last keyframe, descriptor change (1 - cosine to the
+   last keyframe) at least ``min_descriptor_change``, and travel at least ``min_travel_m`` (only checked
+   when both this frame and the last keyframe have a pose). Other frames are dropped.
+2. **Query** -- top-``top_k`` places with similarity >= ``similarity_threshold``. In mapping mode
+   places stamped after ``stamp - exclusion_window_s`` and places within ``exclusion_keyframes``
+   keyframes of this one are excluded (they are "now", not revisits). Localisation mode queries a
+   loaded map as is (its stamps belong to another session), without exclusions.
+3. **NMS** -- within one query, a candidate is dropped when a better one matches a place within
+   ``nms_window_keyframes`` keyframe indices (or ``nms_window_s`` seconds) of it.
+4. **Consistency** -- two candidates of consecutive keyframes *agree* when their matched places are
+   within ``consistency_tolerance_keyframes`` keyframe indices (or ``consistency_tolerance_s`` seconds)
+   of each other. A candidate is emitted when it ends a chain of ``consistency_n`` agreeing candidates
+   in ``consistency_n`` consecutive keyframes (``consistency_n=1``: every candidate is emitted).
+5. **Mapping mode** adds the keyframe to the map afterwards; localisation mode never adds.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from .placemap import PlaceMap, PlaceMeta, Pose, Utm
+
+_NS_PER_S = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class LoopClosureConfig:
+    """Keyframe, query and filtering settings. Invalid values raise ``ValueError`` naming the field."""
+
+    min_interval_s: float = 0.0
+    min_descriptor_change: float = 0.0
+    min_travel_m: float = 0.0
+    exclusion_window_s: float = 30.0
+    exclusion_keyframes: int = 0
+    top_k: int = 5
+    similarity_threshold: float = 0.8
+    consistency_n: int = 1
+    consistency_tolerance_keyframes: int = 3
+    consistency_tolerance_s: float = 0.0
+    nms_window_keyframes: int = 0
+    nms_window_s: float = 0.0
+    mode: Literal["mapping", "localization"] = "mapping"
+
+    def __post_init__(self) -> None:
+        non_negative = (
+            "min_interval_s", "min_descriptor_change", "min_travel_m", "exclusion_window_s",
+            "exclusion_keyframes", "consistency_tolerance_keyframes", "consistency_tolerance_s",
+            "nms_window_keyframes", "nms_window_s",
+        )  # fmt: skip
+        for name in non_negative:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"LoopClosureConfig.{name} must be a finite number, got {value!r}")
+            if value < 0:
+                raise ValueError(f"LoopClosureConfig.{name} must be >= 0, got {value}")
+        if self.min_descriptor_change > 2:
+            raise ValueError(
+                "LoopClosureConfig.min_descriptor_change is 1 - cosine, in [0, 2]; "
+                f"got {self.min_descriptor_change}"
+            )
+        for name in ("top_k", "consistency_n"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"LoopClosureConfig.{name} must be an integer >= 1, got {value!r}")
+        for name in ("exclusion_keyframes", "consistency_tolerance_keyframes", "nms_window_keyframes"):
+            if not isinstance(getattr(self, name), int):
+                raise ValueError(f"LoopClosureConfig.{name} must be an integer, got {getattr(self, name)!r}")
+        if not -1.0 <= self.similarity_threshold <= 1.0:
+            raise ValueError(
+                "LoopClosureConfig.similarity_threshold is a cosine in [-1, 1], "
+                f"got {self.similarity_threshold}"
+            )
+        if self.mode not in ("mapping", "localization"):
+            raise ValueError(f"LoopClosureConfig.mode must be 'mapping' or 'localization', got {self.mode!r}")
+
+
+@dataclass(frozen=True)
+class LoopCandidate:
+    """A loop closure between the query keyframe and a map place.
+
+    ``query_id``: the query's place id in mapping mode; in localisation mode (nothing is added) the
+    detector's keyframe counter.
+    """
+
+    query_id: int
+    query_stamp_ns: int
+    match_id: int
+    match_stamp_ns: int
+    similarity: float
+    rank: int
+    match_pose: Pose | None
+    query_pose: Pose | None
+    query_keyframe_index: int = -1
+    match_keyframe_index: int = -1
+    match_frame_id: str = ""
+    match_utm: Utm | None = None
+
+
+@dataclass(frozen=True)
+class KeyframeResult:
+    """What :meth:`LoopClosureDetector.process` did with one frame."""
+
+    is_keyframe: bool
+    place_id: int | None
+    candidates: list[LoopCandidate] = field(default_factory=list)
+    skipped_reason: str = ""  # why the frame is not a keyframe ("min_interval_s", ...)
+
+
+@dataclass
+class _ChainEntry:
+    keyframe_index: int
+    stamp_ns: int
+    length: int
+
+
+class LoopClosureDetector:
+    """Keyframe selection + loop-closure queries against ``place_map``. Thread-safe (one lock)."""
+
+    def __init__(self, place_map: PlaceMap, config: LoopClosureConfig | None = None) -> None:
+        self.place_map = place_map
+        self.config = config or LoopClosureConfig()
+        self._lock = threading.Lock()
+        self._last_descriptor: np.ndarray | None = None
+        self._last_stamp_ns: int | None = None
+        self._last_pose: Pose | None = None
+        self._keyframe_count = 0
+        self._previous_chain: list[_ChainEntry] = []
+
+    @property
+    def keyframe_count(self) -> int:
+        return self._keyframe_count
+
+    def reset(self) -> None:
+        """Forget the keyframe and consistency history (the map is untouched)."""
+        with self._lock:
+            self._last_descriptor = self._last_stamp_ns = self._last_pose = None
+            self._previous_chain = []
+
+    def process(
+        self,
+        descriptor: np.ndarray,
+        stamp_ns: int,
+        *,
+        frame_id: str = "",
+        source: str = "",
+        pose: Pose | None = None,
+        utm: Utm | None = None,
+    ) -> KeyframeResult:
+        """Handle one frame's descriptor (``(D,)``, L2-normalised) stamped ``stamp_ns`` (int ns)."""
+        vector = np.asarray(descriptor, dtype=np.float32).reshape(-1)
+        if vector.shape[0] != self.place_map.dim:
+            raise ValueError(
+                f"descriptor has {vector.shape[0]} values, the map holds {self.place_map.dim}-d ones"
+            )
+        norm = float(np.linalg.norm(vector))
+        if not math.isfinite(norm) or norm < 1e-12:
+            raise ValueError("descriptor must be finite and non-zero")
+        vector = vector / norm
+        stamp_ns = int(stamp_ns)
+        cfg = self.config
+        with self._lock:
+            reason = self._keyframe_gate(vector, stamp_ns, pose)
+            if reason:
+                return KeyframeResult(is_keyframe=False, place_id=None, skipped_reason=reason)
+            mapping = cfg.mode == "mapping"
+            keyframe_index = self.place_map.next_keyframe_index if mapping else self._keyframe_count
+            matches = self.place_map.search(
+                vector, cfg.top_k,
+                query_stamp_ns=stamp_ns if mapping else None,
+                exclusion_window_s=cfg.exclusion_window_s,
+                query_keyframe_index=keyframe_index if mapping else None,
+                exclusion_keyframes=cfg.exclusion_keyframes if mapping else None,
+            )  # fmt: skip
+            matches = [m for m in matches if m.similarity >= cfg.similarity_threshold]
+            matches = self._non_maximum_suppression(matches)
+            place_id = None
+            if mapping:
+                meta = PlaceMeta(stamp_ns=stamp_ns, frame_id=frame_id, source=source,
+                                 keyframe_index=keyframe_index, pose=pose, utm=utm)  # fmt: skip
+                place_id = int(self.place_map.add(vector[None, :], [meta])[0])
+            consistent = self._consistent(matches)
+            query_id = place_id if place_id is not None else keyframe_index
+            candidates = [
+                LoopCandidate(
+                    query_id=query_id,
+                    query_stamp_ns=stamp_ns,
+                    match_id=m.place_id,
+                    match_stamp_ns=m.meta.stamp_ns,
+                    similarity=m.similarity,
+                    rank=rank,
+                    match_pose=m.meta.pose,
+                    query_pose=pose,
+                    query_keyframe_index=keyframe_index,
+                    match_keyframe_index=m.meta.keyframe_index,
+                    match_frame_id=m.meta.frame_id,
+                    match_utm=m.meta.utm,
+                )  # fmt: skip
+                for rank, m in enumerate(consistent)
+            ]
+            self._last_descriptor, self._last_stamp_ns, self._last_pose = (
+                vector,
+                stamp_ns,
+                pose or self._last_pose,
+            )
+            self._keyframe_count += 1
+            return KeyframeResult(is_keyframe=True, place_id=place_id, candidates=candidates)
+
+    # ------------------------------------------------------------------ steps
+    def _keyframe_gate(self, vector: np.ndarray, stamp_ns: int, pose: Pose | None) -> str:
+        """'' when the frame is a keyframe, else the name of the gate that rejected it."""
+        cfg = self.config
+        if self._last_descriptor is None:
+            return ""
+        elapsed_ns = stamp_ns - self._last_stamp_ns
+        if 0 <= elapsed_ns < cfg.min_interval_s * _NS_PER_S:  # time going backwards (bag loop) passes
+            return "min_interval_s"
+        if cfg.min_descriptor_change > 0:
+            change = 1.0 - float(np.dot(vector, self._last_descriptor))
+            if change < cfg.min_descriptor_change:
+                return "min_descriptor_change"
+        if (
+            cfg.min_travel_m > 0
+            and pose is not None
+            and self._last_pose is not None
+            and pose.distance_to(self._last_pose) < cfg.min_travel_m
+        ):
+            return "min_travel_m"
+        return ""
+
+    def _close(self, a_kf: int, a_ns: int, b_kf: int, b_ns: int, window_kf: int, window_s: float) -> bool:
+        if abs(a_kf - b_kf) <= window_kf:
+            return True
+        return window_s > 0 and abs(a_ns - b_ns) <= window_s * _NS_PER_S
+
+    def _non_maximum_suppression(self, matches: list) -> list:
+        cfg = self.config
+        if cfg.nms_window_keyframes == 0 and cfg.nms_window_s == 0:
+            return matches
+        kept: list = []
+        for match in matches:  # best first
+            meta = match.meta
+            if not any(
+                self._close(meta.keyframe_index, meta.stamp_ns, k.meta.keyframe_index, k.meta.stamp_ns,
+                            cfg.nms_window_keyframes, cfg.nms_window_s)
+                for k in kept
+            ):  # fmt: skip
+                kept.append(match)
+        return kept
+
+    def _consistent(self, matches: list) -> list:
+        """Extend agreement chains with this keyframe's matches; return those with a long enough chain."""
+        cfg = self.config
+        chain = []
+        for match in matches:
+            meta = match.meta
+            length = 1 + max(
+                (
+                    prev.length
+                    for prev in self._previous_chain
+                    if self._close(meta.keyframe_index, meta.stamp_ns, prev.keyframe_index, prev.stamp_ns,
+                                   cfg.consistency_tolerance_keyframes, cfg.consistency_tolerance_s)
+                ),
+                default=0,
+            )  # fmt: skip
+            chain.append(_ChainEntry(meta.keyframe_index, meta.stamp_ns, length))
+        self._previous_chain = chain
+        return [m for m, entry in zip(matches, chain, strict=True) if entry.length >= cfg.consistency_n]

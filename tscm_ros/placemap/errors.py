@@ -1,0 +1,35 @@
+"""Errors raised by the place map. All derive from :class:`MapError`."""
+
+from __future__ import annotations
+
+
+class MapError(Exception):
+    """Base class of every place-map error."""
+
+
+class IndexSpecError(MapError, ValueError):
+    """An index spec string or :class:`IndexSpec` is invalid."""
+
+
+class MapNotFoundError(MapError, FileNotFoundError):
+    """The map directory or one of its files is missing."""
+
+
+class MapFormatError(MapError):
+    """map.json is not a tscm_ros place map or has an unknown format version."""
+
+
+class MapCorruptError(MapError):
+    """A file is truncated, garbage or does not match its recorded sha256."""
+
+
+class MapConsistencyError(MapError):
+    """The faiss index, the metadata database and map.json disagree (e.g. place counts)."""
+
+
+class MapDimensionError(MapError, ValueError):
+    """A descriptor or map dimension does not match what was expected."""
+
+
+class MapFingerprintError(MapError):
+    """The map was built with another model (descriptor fingerprint mismatch)."""

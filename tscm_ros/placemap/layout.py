@@ -1,0 +1,121 @@
+"""On-disk layout of a place map and the atomic save/resolve logic.
+
+A map is a directory::
+
+    my_map/
+      current -> v00000007          # symlink: the version load() reads
+      v00000007/
+        map.json                    # format, dim, spec, fingerprint, counts, sha256 of the two files below
+        index.faiss                 # faiss.write_index of the whole index (id layer included)
+        places.sqlite               # metadata (self-contained, rollback journal)
+      v00000006/                    # the previous version, kept until the next save
+
+Saving writes a complete new version into ``.tmp-<random>``, fsyncs every file and the folder, renames it
+to ``vNNNNNNNN`` (fsync parent), then points ``current`` at it by renaming a fresh symlink over the old one
+(``rename(2)`` is atomic; fsync parent). A ``kill -9`` at any instant therefore leaves ``current`` on
+either the old or the new complete version. Leftover ``.tmp-*`` folders and versions older than the
+previous one are deleted by the next save. A folder holding ``map.json`` directly (e.g. a copied version)
+also loads. One writer per map directory at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import MapError, MapNotFoundError
+
+CURRENT_LINK = "current"
+MAP_JSON = "map.json"
+INDEX_FILE = "index.faiss"
+DB_FILE = "places.sqlite"
+_VERSION_RE = re.compile(r"^v(\d{8})$")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def resolve_version_dir(path: Path) -> Path:
+    """The folder that holds map.json: ``path/current`` (resolved) or ``path`` itself."""
+    path = Path(path)
+    link = path / CURRENT_LINK
+    if link.is_symlink() or link.exists():
+        target = link.resolve()
+        if not (target / MAP_JSON).is_file():
+            raise MapNotFoundError(f"{link} points to {target}, which holds no {MAP_JSON}")
+        return target
+    if (path / MAP_JSON).is_file():
+        return path
+    if not path.exists():
+        raise MapNotFoundError(f"place map {path} does not exist")
+    raise MapNotFoundError(f"{path} is not a place map (no '{CURRENT_LINK}' link and no {MAP_JSON})")
+
+
+def new_staging_dir(root: Path) -> Path:
+    """Create ``root`` if needed (refusing non-map folders) and a fresh staging folder inside it."""
+    root = Path(root)
+    if root.exists():
+        if not root.is_dir():
+            raise MapError(f"cannot save a place map to {root}: it is not a directory")
+        if (root / MAP_JSON).is_file() and not (root / CURRENT_LINK).exists():
+            raise MapError(f"{root} holds a single-version map copy; save to a new directory instead")
+        entries = [e.name for e in root.iterdir()]
+        foreign = [
+            n for n in entries if n != CURRENT_LINK and not _VERSION_RE.match(n) and not n.startswith(".tmp-")
+        ]
+        if foreign:
+            raise MapError(
+                f"refusing to save a place map into {root}: it holds other files {sorted(foreign)[:5]}"
+            )
+    else:
+        root.mkdir(parents=True)
+        fsync_path(root.parent)
+    return Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+
+
+def commit_staging_dir(root: Path, staging: Path) -> Path:
+    """Make ``staging`` (complete, with fsynced files) the current version; return the version folder."""
+    fsync_path(staging)
+    numbers = [int(m.group(1)) for e in root.iterdir() if (m := _VERSION_RE.match(e.name))]
+    version = root / f"v{max(numbers, default=0) + 1:08d}"
+    os.rename(staging, version)
+    fsync_path(root)
+    link = root / CURRENT_LINK
+    previous = os.readlink(link) if link.is_symlink() else ""
+    temp_link = root / f".tmp-link-{os.getpid()}"
+    if temp_link.is_symlink():
+        temp_link.unlink()
+    os.symlink(version.name, temp_link)
+    os.replace(temp_link, root / CURRENT_LINK)
+    fsync_path(root)
+    _prune(root, keep={version.name, previous})  # readers that resolved the old link keep their files
+    return version
+
+
+def _prune(root: Path, keep: set[str]) -> None:
+    for entry in root.iterdir():
+        if entry.name == CURRENT_LINK or entry.name in keep:
+            continue
+        if _VERSION_RE.match(entry.name) or entry.name.startswith(".tmp-"):
+            if entry.is_symlink() or entry.is_file():
+                entry.unlink(missing_ok=True)
+            else:
+                shutil.rmtree(entry, ignore_errors=True)

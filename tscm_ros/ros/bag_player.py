@@ -1,0 +1,244 @@
+"""bag_player: publish a bag's topics over ROS 2 with the original timing (no ros2 CLI / rosbag2_py needed).
+
+Reads rosbag2 (sqlite3, mcap) and ROS 1 bags with ``rosbags``. ROS 2 messages are published as the recorded
+CDR bytes (``Publisher.publish(bytes)``: nothing is re-encoded, header stamps stay exactly as recorded). ROS 1
+messages are decoded with rosbags and copied field by field into the ROS 2 message type of the same name
+(fields ROS 2 dropped, such as ``Header.seq``, are skipped).
+
+    bag_player BAG [--topics /camera/image_raw /odom] [--rate 2.0] [--clock] [--loop] [--start-delay 1.0]
+               [--ros-args -r /camera/image_raw:=/image]
+
+Publishers are reliable (they match best-effort and reliable subscribers) with depth ``--qos-depth``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import importlib
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rclpy
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.utilities import remove_ros_args
+
+NODE_NAME = "bag_player"
+
+
+class BagPlayerError(RuntimeError):
+    """A bag that cannot be played (missing, unreadable, no playable topic)."""
+
+
+def import_message_type(msgtype: str) -> type:
+    """'sensor_msgs/msg/Image' -> the rclpy message class ``sensor_msgs.msg.Image``."""
+    parts = msgtype.split("/")
+    if len(parts) == 2:  # ROS 1 style 'sensor_msgs/Image'
+        parts = [parts[0], "msg", parts[1]]
+    if len(parts) != 3:
+        raise ImportError(f"not a message type name: {msgtype!r}")
+    package, kind, name = parts
+    module = importlib.import_module(f"{package}.{kind}")
+    return getattr(module, name)
+
+
+def to_ros2_message(value: Any, message_type: type) -> Any:
+    """Copy a rosbags message object (e.g. from a ROS 1 bag) into an rclpy message of ``message_type``."""
+    message = message_type()
+    for field, type_name in message_type.get_fields_and_field_types().items():
+        if not hasattr(value, field):
+            continue  # e.g. a field added in ROS 2: keep the default
+        setattr(message, field, _convert_field(getattr(value, field), type_name, getattr(message, field)))
+    return message
+
+
+def _convert_field(source: Any, type_name: str, current: Any) -> Any:
+    base = type_name.split("<")[-1].split("[")[0].rstrip(">")
+    is_sequence = type_name.startswith("sequence<") or type_name.endswith("]")
+    if isinstance(current, array.array):
+        return array.array(current.typecode, np.asarray(source).astype(current.typecode).tobytes())
+    if isinstance(current, np.ndarray):
+        return np.asarray(source, dtype=current.dtype)
+    if "/" in base:  # nested message type, e.g. 'std_msgs/Header' or 'geometry_msgs/Point'
+        nested = import_message_type(base)
+        if is_sequence:
+            return [to_ros2_message(item, nested) for item in source]
+        return to_ros2_message(source, nested)
+    if is_sequence:
+        return [item.item() if isinstance(item, np.generic) else item for item in source]
+    if isinstance(source, np.generic):
+        return source.item()
+    if base == "octet" and isinstance(source, int):
+        return bytes([source])
+    return source
+
+
+class BagPlayer(Node):
+    """Publishes the selected connections of an open ``rosbags`` AnyReader."""
+
+    def __init__(self, reader: Any, topics: Sequence[str] | None, qos_depth: int, clock: bool) -> None:
+        super().__init__(NODE_NAME)
+        self._reader = reader
+        qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=qos_depth,
+            reliability=ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.VOLATILE,
+        )
+        self.connections = []
+        self._topic_publishers: dict[str, Any] = {}
+        self._topic_types: dict[str, type] = {}
+        wanted = set(topics) if topics else None
+        for connection in reader.connections:
+            if wanted is not None and connection.topic not in wanted:
+                continue
+            try:
+                message_type = import_message_type(connection.msgtype)
+            except (ImportError, AttributeError):
+                self.get_logger().warning(f"skipping {connection.topic}: no ROS 2 type {connection.msgtype}")
+                continue
+            if connection.topic not in self._topic_publishers:
+                self._topic_publishers[connection.topic] = self.create_publisher(
+                    message_type, connection.topic, qos
+                )
+                self._topic_types[connection.topic] = message_type
+            self.connections.append(connection)
+        if wanted is not None and (missing := wanted - {c.topic for c in self.connections}):
+            raise BagPlayerError(
+                f"topics not in the bag (or without a ROS 2 type): {', '.join(sorted(missing))}"
+            )
+        if not self.connections:
+            raise BagPlayerError("nothing to play: the bag has no playable topics")
+        self._clock_publisher = None
+        if clock:
+            from rosgraph_msgs.msg import Clock
+
+            self._clock_type = Clock
+            self._clock_publisher = self.create_publisher(Clock, "/clock", 10)
+
+    def wait_for_subscribers(self, count: int, timeout_s: float) -> bool:
+        """Wait until every publisher has ``count`` subscribers (False on timeout)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all(p.get_subscription_count() >= count for p in self._topic_publishers.values()):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def publish_clock(self, stamp_ns: int) -> None:
+        if self._clock_publisher is not None:
+            sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
+            clock = self._clock_type()
+            clock.clock.sec, clock.clock.nanosec = sec, nanosec
+            self._clock_publisher.publish(clock)
+
+    def publish_raw(self, connection: Any, rawdata: bytes | memoryview) -> None:
+        publisher = self._topic_publishers[connection.topic]
+        if self._reader.is2:
+            publisher.publish(bytes(rawdata))
+        else:
+            value = self._reader.deserialize(rawdata, connection.msgtype)
+            publisher.publish(to_ros2_message(value, self._topic_types[connection.topic]))
+
+    def play_once(self, rate: float, clock_hz: float) -> int:
+        """Publish every selected message once, paced by log time / ``rate`` (0 = as fast as possible)."""
+        start_wall = time.monotonic()
+        first_stamp: int | None = None
+        clock_period = 1.0 / clock_hz if clock_hz > 0 else None
+        count = 0
+        for connection, stamp_ns, rawdata in self._reader.messages(connections=self.connections):
+            if not rclpy.ok():
+                break
+            if first_stamp is None:
+                first_stamp = stamp_ns
+            if rate > 0:
+                due = start_wall + (stamp_ns - first_stamp) / 1e9 / rate
+                while (remaining := due - time.monotonic()) > 0:
+                    step = min(remaining, clock_period) if clock_period else remaining
+                    time.sleep(step)
+                    if clock_period:
+                        elapsed = (time.monotonic() - start_wall) * rate
+                        self.publish_clock(first_stamp + min(int(elapsed * 1e9), stamp_ns - first_stamp))
+            self.publish_clock(stamp_ns)
+            self.publish_raw(connection, rawdata)
+            count += 1
+        return count
+
+
+def open_reader(path: Path) -> Any:
+    """Open a rosbag2 directory / .db3 / .mcap file or a ROS 1 .bag with rosbags' AnyReader."""
+    from rosbags.highlevel import AnyReader, AnyReaderError
+    from rosbags.typesys import Stores, get_typestore
+
+    if not path.exists():
+        raise BagPlayerError(f"bag {path} does not exist")
+    if path.is_file() and path.suffix in (".db3", ".mcap"):
+        path = path.parent  # rosbag2 readers open the directory holding metadata.yaml
+    reader = AnyReader([path], default_typestore=get_typestore(Stores.LATEST))
+    try:
+        reader.open()
+    except (AnyReaderError, OSError) as error:
+        raise BagPlayerError(f"cannot read bag {path}: {error}") from error
+    return reader
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=NODE_NAME, description=__doc__.split("\n\n")[0])
+    parser.add_argument("bag", type=Path, help="rosbag2 directory (sqlite3 or mcap) or ROS 1 .bag file")
+    parser.add_argument("--topics", nargs="+", help="only these topics (default: all)")
+    parser.add_argument("--rate", type=float, default=1.0, help="speed factor (0 = as fast as possible)")
+    parser.add_argument("--clock", action="store_true", help="publish /clock with the bag time")
+    parser.add_argument("--clock-hz", type=float, default=100.0, help="/clock rate between messages")
+    parser.add_argument("--loop", action="store_true", help="repeat until interrupted")
+    parser.add_argument("--start-delay", type=float, default=0.5, help="seconds to wait before playing")
+    parser.add_argument(
+        "--wait-for-subscribers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="before playing, wait (up to 10 s) until every topic has N subscribers",
+    )
+    parser.add_argument("--qos-depth", type=int, default=10, help="publisher history depth (reliable)")
+    args = parser.parse_args(argv)
+    if args.rate < 0:
+        parser.error("--rate must be >= 0")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    args = parse_args(remove_ros_args(argv)[1:])
+    rclpy.init(args=argv)
+    try:
+        reader = open_reader(args.bag)
+        player = BagPlayer(reader, args.topics, args.qos_depth, args.clock)
+    except BagPlayerError as error:
+        rclpy.logging.get_logger(NODE_NAME).error(str(error))
+        rclpy.try_shutdown()
+        return 1
+    try:
+        if args.wait_for_subscribers > 0 and not player.wait_for_subscribers(args.wait_for_subscribers, 10.0):
+            player.get_logger().warning("not every topic has the requested subscribers; playing anyway")
+        time.sleep(args.start_delay)
+        while True:
+            count = player.play_once(args.rate, args.clock_hz if args.clock else 0.0)
+            player.get_logger().info(f"published {count} messages")
+            if not args.loop or not rclpy.ok():
+                break
+        time.sleep(0.2)  # let reliable writers hand over the last samples
+    except KeyboardInterrupt:
+        pass
+    finally:
+        reader.close()
+        player.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

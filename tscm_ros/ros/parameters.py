@@ -1,0 +1,296 @@
+"""The place_recognition_node parameter table: names, defaults, descriptions, ranges and validation.
+
+The node declares exactly these (plus ``use_sim_time``, which rclpy declares itself). The table is plain data
+so tools and tests can read it without starting ROS.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+from tscm_ros.loop_closure import LoopClosureConfig
+from tscm_ros.placemap import IndexSpec, IndexSpecError
+
+Validator = Callable[[Any], "str | None"]
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+DETECTOR_DEFAULTS = LoopClosureConfig()
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """One node parameter: default (which fixes its type), description and constraints."""
+
+    name: str
+    default: Any
+    description: str
+    read_only: bool = False
+    min_value: float | None = None
+    max_value: float | None = None
+    choices: tuple[str, ...] = ()
+    validator: Validator | None = None
+
+    def descriptor(self) -> ParameterDescriptor:
+        constraints = []
+        descriptor = ParameterDescriptor(description=self.description, read_only=self.read_only)
+        if self.min_value is not None and self.max_value is not None:
+            if isinstance(self.default, bool):
+                pass
+            elif isinstance(self.default, int):
+                descriptor.integer_range = [
+                    IntegerRange(from_value=int(self.min_value), to_value=int(self.max_value), step=0)
+                ]
+            elif isinstance(self.default, float):
+                descriptor.floating_point_range = [
+                    FloatingPointRange(
+                        from_value=float(self.min_value), to_value=float(self.max_value), step=0.0
+                    )
+                ]
+            constraints.append(f"range [{self.min_value}, {self.max_value}]")
+        if self.choices:
+            constraints.append("one of: " + ", ".join(self.choices))
+        if self.validator is not None and self.validator.__doc__:
+            constraints.append(self.validator.__doc__.strip())
+        descriptor.additional_constraints = "; ".join(constraints)
+        return descriptor
+
+    def validate(self, value: Any) -> str | None:
+        """Return a clear error message for a bad value, None when the value is fine."""
+        if self.choices and value not in self.choices:
+            return f"{self.name} must be one of {', '.join(self.choices)}; got {value!r}"
+        if (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and self.min_value is not None
+            and self.max_value is not None
+            and not (math.isfinite(value) and self.min_value <= value <= self.max_value)
+        ):
+            return f"{self.name} must be in [{self.min_value}, {self.max_value}]; got {value!r}"
+        if self.validator is not None:
+            return self.validator(value)
+        return None
+
+
+def _device(value: str) -> str | None:
+    """auto, cpu, cuda or cuda:N"""
+    if not DEVICE_PATTERN.match(value):
+        return f"device must be auto, cpu, cuda or cuda:N; got {value!r}"
+    return None
+
+
+def _covariance(value: Any) -> str | None:
+    """six non-negative variances: x, y, z, roll, pitch, yaw"""
+    values = list(value)
+    if len(values) != 6 or not all(math.isfinite(v) and v >= 0.0 for v in values):
+        return f"matched_pose_covariance must be 6 non-negative finite variances; got {values!r}"
+    return None
+
+
+def _index_spec(value: str) -> str | None:
+    """a faiss index spec of tscm_ros.placemap.IndexSpec (e.g. flat, hnsw32, ivf1024,flat)"""
+    try:
+        IndexSpec.parse(value)
+    except (IndexSpecError, ValueError) as error:
+        return f"index_spec {value!r} is invalid: {error}"
+    return None
+
+
+def _frame(value: str) -> str | None:
+    """non-empty frame id"""
+    if not value.strip():
+        return "map_frame must not be empty"
+    return None
+
+
+PARAMETERS: tuple[ParameterSpec, ...] = (
+    # model
+    ParameterSpec(
+        "model_path",
+        "",
+        "TSCM student model (our model directory / model.json, or a published .pth); '' = UNTRAINED "
+        "student with random weights (for plumbing tests only: its matches are meaningless)",
+        read_only=True,
+    ),
+    ParameterSpec("backend", "torch", "inference backend", read_only=True, choices=("torch", "onnxruntime")),
+    ParameterSpec(
+        "device", "auto", "auto (cuda when available), cpu, cuda or cuda:N", True, validator=_device
+    ),
+    ParameterSpec("fp16", True, "half precision inference on CUDA (ignored on CPU)", read_only=True),
+    ParameterSpec("num_threads", 0, "CPU inference threads (0 = library default)", True, 0, 256),
+    # map
+    ParameterSpec("map_path", "", "place map file/directory used by load_map, ~/save_map and autosave", True),
+    ParameterSpec("load_map", False, "load map_path at start-up (must exist and match the model)", True),
+    ParameterSpec(
+        "autosave_period_s",
+        0.0,
+        "save the map atomically to map_path this often (0 = off)",
+        False,
+        0.0,
+        86400.0,
+    ),
+    ParameterSpec(
+        "index_spec",
+        "flat",
+        "faiss index of a new map (a loaded map keeps its own)",
+        True,
+        validator=_index_spec,
+    ),
+    ParameterSpec("save_on_shutdown", True, "save the map to map_path on a clean shutdown when it changed"),
+    ParameterSpec(
+        "mode",
+        "mapping",
+        "mapping: keyframes are added to the map; localization: the map is only searched",
+        choices=("mapping", "localization"),
+    ),
+    # keyframe policy
+    ParameterSpec(
+        "min_interval_s",
+        DETECTOR_DEFAULTS.min_interval_s,
+        "minimum time between keyframes (header stamps), seconds",
+        False,
+        0.0,
+        3600.0,
+    ),
+    ParameterSpec(
+        "min_descriptor_change",
+        DETECTOR_DEFAULTS.min_descriptor_change,
+        "minimum 1 - cosine similarity to the previous keyframe for a new keyframe",
+        False,
+        0.0,
+        2.0,
+    ),
+    ParameterSpec(
+        "min_travel_m",
+        DETECTOR_DEFAULTS.min_travel_m,
+        "minimum travel since the previous keyframe (needs odom), metres",
+        False,
+        0.0,
+        1.0e4,
+    ),
+    # candidate search
+    ParameterSpec(
+        "exclusion_window_s",
+        DETECTOR_DEFAULTS.exclusion_window_s,
+        "places whose stamps are closer than this to the query are not candidates",
+        False,
+        0.0,
+        1.0e6,
+    ),
+    ParameterSpec(
+        "exclusion_keyframes",
+        DETECTOR_DEFAULTS.exclusion_keyframes,
+        "the most recent N keyframes are not candidates",
+        False,
+        0,
+        1_000_000,
+    ),
+    ParameterSpec("top_k", DETECTOR_DEFAULTS.top_k, "maximum candidates per keyframe", False, 1, 100),
+    ParameterSpec(
+        "similarity_threshold",
+        DETECTOR_DEFAULTS.similarity_threshold,
+        "minimum cosine similarity of a candidate",
+        False,
+        -1.0,
+        1.0,
+    ),
+    ParameterSpec(
+        "consistency_n",
+        DETECTOR_DEFAULTS.consistency_n,
+        "a candidate is reported after this many consecutive keyframes match consistently",
+        False,
+        1,
+        100,
+    ),
+    ParameterSpec(
+        "consistency_tolerance_keyframes",
+        DETECTOR_DEFAULTS.consistency_tolerance_keyframes,
+        "candidates of consecutive keyframes agree when their matches are within N keyframe indices",
+        False,
+        0,
+        1_000_000,
+    ),
+    ParameterSpec(
+        "consistency_tolerance_s",
+        DETECTOR_DEFAULTS.consistency_tolerance_s,
+        "... or within this many seconds of each other (0 = off)",
+        False,
+        0.0,
+        1.0e6,
+    ),
+    ParameterSpec(
+        "nms_window_keyframes",
+        DETECTOR_DEFAULTS.nms_window_keyframes,
+        "non-maximum suppression: drop a candidate within N keyframe indices of a better one (0 = off)",
+        False,
+        0,
+        1_000_000,
+    ),
+    ParameterSpec(
+        "nms_window_s",
+        DETECTOR_DEFAULTS.nms_window_s,
+        "... or within this many seconds of a better one (0 = off)",
+        False,
+        0.0,
+        1.0e6,
+    ),
+    # input
+    ParameterSpec(
+        "image_transport",
+        "raw",
+        "raw: subscribe 'image' (sensor_msgs/Image); compressed: 'image/compressed' (CompressedImage)",
+        read_only=True,
+        choices=("raw", "compressed"),
+    ),
+    ParameterSpec(
+        "reliable_qos", False, "reliable image subscription (default: sensor-data best effort)", True
+    ),
+    ParameterSpec(
+        "max_image_pixels",
+        16_777_216,
+        "images with more pixels are rejected (bad message)",
+        False,
+        1,
+        1 << 30,
+    ),
+    ParameterSpec(
+        "pose_max_age_s",
+        0.5,
+        "odom pose used for an image only when within this time of the image stamp",
+        False,
+        0.0,
+        60.0,
+    ),
+    # outputs
+    ParameterSpec("publish_lio_sam", True, "publish [t_query, t_match] on lio_loop/loop_closure_detection"),
+    ParameterSpec("publish_markers", True, "publish loop edges on ~/markers (when poses are known)"),
+    ParameterSpec("publish_descriptor", False, "publish each keyframe descriptor on ~/descriptor"),
+    ParameterSpec("map_frame", "map", "frame of poses, ~/matched_pose and ~/markers", validator=_frame),
+    ParameterSpec(
+        "matched_pose_covariance",
+        [0.25, 0.25, 0.25, 0.07, 0.07, 0.07],
+        "variances (x, y, z, roll, pitch, yaw) of ~/matched_pose",
+        validator=_covariance,
+    ),
+)
+
+PARAMETERS_BY_NAME: Mapping[str, ParameterSpec] = {spec.name: spec for spec in PARAMETERS}
+
+# Declared by rclpy itself on every node; valid in parameter files too.
+AUTOMATIC_PARAMETERS: tuple[str, ...] = ("use_sim_time",)
+
+
+def parameter_names() -> list[str]:
+    """Every parameter the node accepts (its own + rclpy's automatic ones)."""
+    return [spec.name for spec in PARAMETERS] + list(AUTOMATIC_PARAMETERS)
+
+
+def validate(name: str, value: Any) -> str | None:
+    """Clear error message for a bad value of a known parameter, None when fine (unknown names pass)."""
+    spec = PARAMETERS_BY_NAME.get(name)
+    return spec.validate(value) if spec is not None else None

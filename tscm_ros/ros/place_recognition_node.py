@@ -1,0 +1,473 @@
+"""place_recognition_node: camera images -> TSCM descriptors -> place map -> loop-closure candidates.
+
+Subscriptions: ``image`` (sensor_msgs/Image) or ``image/compressed`` (CompressedImage), optional ``odom``.
+Publications: ``~/loop_candidates``, ``lio_loop/loop_closure_detection``, ``~/matched_pose``, ``~/markers``,
+``~/descriptor`` (optional), ``/diagnostics``. Services: ``~/save_map``, ``~/reset_map``, ``~/set_mapping``.
+docs/ROS_INTERFACES.md documents every field.
+
+Image callbacks only drop the message into a one-frame slot; a worker thread decodes, describes and matches
+the newest frame, so the backlog never grows and overwritten frames are counted as dropped. All stamps come
+from message headers (``use_sim_time`` only affects the diagnostics stamp).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from geometry_msgs.msg import PoseWithCovarianceStamped
+from nav_msgs.msg import Odometry
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image, PointCloud2
+from std_msgs.msg import Float64MultiArray, Header
+from std_srvs.srv import SetBool, Trigger
+from visualization_msgs.msg import MarkerArray
+
+from tscm_ros.images import REASONS, ImageDecodeError, compressed_msg_to_rgb, image_msg_to_rgb
+from tscm_ros.placemap import Pose
+from tscm_ros.ros import messages
+from tscm_ros.ros.latest_slot import LatestSlot
+from tscm_ros.ros.parameters import PARAMETERS, validate
+from tscm_ros.ros.place_database import PlaceDatabase, PlaceDatabaseError, detector_config
+from tscm_ros.ros.pose_buffer import PoseBuffer
+from tscm_ros.ros.stats import DurationStats, RateMeter, ReasonCounter
+
+NODE_NAME = "place_recognition_node"
+DIAGNOSTIC_NAME = f"{NODE_NAME}: place recognition"
+STALE_INPUT_S = 5.0  # diagnostics WARN when no image arrived for this long
+RECENT_PROBLEM_S = 10.0  # bad messages / errors this recent raise the diagnostics level
+BAD_MESSAGE_LOG_PERIOD_S = 5.0
+MAX_MARKER_EDGES = 2000
+
+__all__ = ["PARAMETERS", "PlaceRecognitionNode", "StartupError", "main"]
+
+
+class StartupError(RuntimeError):
+    """A configuration problem that stops the node at start-up with one clear message."""
+
+
+class PlaceRecognitionNode(Node):
+    """The ROS shell around Describer + PlaceMap + LoopClosureDetector (see the module docstring)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        self.add_on_set_parameters_callback(self._validate_parameters)
+        for spec in PARAMETERS:
+            self.declare_parameter(spec.name, spec.default, spec.descriptor())
+        self._config: dict[str, Any] = {spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS}
+        self._check_startup_combination()
+
+        self._describer = self._create_describer()
+        self._places = self._create_database()
+        self._decode = image_msg_to_rgb if self._config["image_transport"] == "raw" else compressed_msg_to_rgb
+
+        # state shared between the executor threads and the worker
+        self._slot: LatestSlot[tuple[Any, float]] = LatestSlot()
+        self._poses = PoseBuffer()
+        self._edges: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=MAX_MARKER_EDGES)
+        self._input_rate = RateMeter()
+        self._processed_rate = RateMeter()
+        self._inference_ms = DurationStats()
+        self._bad_messages = ReasonCounter()
+        self._bad_log_times: dict[str, float] = {}
+        self._keyframes = 0
+        self._candidates_published = 0
+        self._last_error: tuple[float, str] | None = None
+        self._started = time.monotonic()
+
+        self._subscription_group = ReentrantCallbackGroup()
+        self._service_group = MutuallyExclusiveCallbackGroup()
+        self._create_interfaces()
+        self.add_post_set_parameters_callback(self._apply_parameters)
+
+        self._worker = threading.Thread(
+            target=self._worker_loop, name="place_recognition_worker", daemon=True
+        )
+        self._worker.start()
+        self.get_logger().info(
+            f"ready: model {self._describer.label} ({self._describer.backend} on {self._describer.device}), "
+            f"map {len(self._places)} places, mode {self._config['mode']}, "
+            f"subscribed to {self._image_subscription.topic_name} ({self._config['image_transport']})"
+        )
+
+    # ------------------------------------------------------------------ start-up
+    def _check_startup_combination(self) -> None:
+        config = self._config
+        if config["load_map"] and not config["map_path"]:
+            raise StartupError("load_map is true but map_path is empty: set map_path to the map to load")
+        if config["autosave_period_s"] > 0 and not config["map_path"]:
+            raise StartupError("autosave_period_s > 0 needs map_path: set map_path or autosave_period_s:=0.0")
+        if config["backend"] == "onnxruntime" and not config["model_path"]:
+            raise StartupError(
+                "backend onnxruntime needs model_path (a .onnx file or an exported model directory)"
+            )
+
+    def _create_describer(self):
+        from tscm_ros.describer import Describer
+
+        config = self._config
+        model_path = config["model_path"] or None
+        if model_path is not None and not Path(model_path).exists():
+            raise StartupError(f"model_path {model_path!r} does not exist")
+        try:
+            describer = Describer(
+                model_path,
+                backend=config["backend"],
+                device=config["device"],
+                fp16=config["fp16"],
+                batch_size=1,
+                num_threads=config["num_threads"] or None,
+            )
+        except Exception as error:  # one clear line, whatever the loader raised
+            raise StartupError(f"cannot load model {model_path or '(untrained student)'}: {error}") from error
+        if model_path is None:
+            self.get_logger().warning(
+                "="
+                * 20
+                + f" model_path is empty: using an {describer.label} network. Its loop candidates are "
+                "MEANINGLESS; set model_path to a trained TSCM student for real use " + "=" * 20
+            )
+        return describer
+
+    def _create_database(self) -> PlaceDatabase:
+        config = self._config
+        try:
+            places = PlaceDatabase.open(
+                dim=self._describer.dim,
+                model_fingerprint=self._describer.fingerprint,
+                map_path=config["map_path"] or None,
+                load=config["load_map"],
+                index_spec=config["index_spec"],
+                detector_options=config,
+            )
+        except PlaceDatabaseError as error:
+            raise StartupError(str(error)) from error
+        if config["map_path"] and not config["load_map"] and Path(config["map_path"]).exists():
+            self.get_logger().warning(
+                f"map_path {config['map_path']} exists but load_map is false: the next save overwrites it"
+            )
+        return places
+
+    def _create_interfaces(self) -> None:
+        config = self._config
+        image_qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=1,
+            reliability=ReliabilityPolicy.RELIABLE
+            if config["reliable_qos"]
+            else ReliabilityPolicy.BEST_EFFORT,
+            durability=DurabilityPolicy.VOLATILE,
+        )
+        if config["image_transport"] == "raw":
+            message_type, topic = Image, "image"
+        else:
+            message_type, topic = CompressedImage, "image/compressed"
+        self._image_subscription = self.create_subscription(
+            message_type, topic, self._on_image, image_qos, callback_group=self._subscription_group
+        )
+        self._source = self._image_subscription.topic_name
+        odom_qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=50,
+            reliability=qos_profile_sensor_data.reliability,
+            durability=DurabilityPolicy.VOLATILE,
+        )
+        self.create_subscription(
+            Odometry, "odom", self._on_odom, odom_qos, callback_group=self._subscription_group
+        )
+
+        self._candidates_publisher = self.create_publisher(PointCloud2, "~/loop_candidates", 10)
+        self._lio_sam_publisher = self.create_publisher(
+            Float64MultiArray, "lio_loop/loop_closure_detection", 10
+        )
+        self._matched_pose_publisher = self.create_publisher(PoseWithCovarianceStamped, "~/matched_pose", 10)
+        self._markers_publisher = self.create_publisher(MarkerArray, "~/markers", 1)
+        self._descriptor_publisher = self.create_publisher(PointCloud2, "~/descriptor", 10)
+        self._diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+        group = self._service_group
+        self.create_service(Trigger, "~/save_map", self._on_save_map, callback_group=group)
+        self.create_service(Trigger, "~/reset_map", self._on_reset_map, callback_group=group)
+        self.create_service(SetBool, "~/set_mapping", self._on_set_mapping, callback_group=group)
+        self.create_timer(1.0, self._publish_diagnostics, callback_group=group)
+        self._autosave_timer = None
+        self._schedule_autosave(config["autosave_period_s"])
+
+    # ------------------------------------------------------------------ parameters
+    def _validate_parameters(self, parameters: Sequence[Parameter]) -> SetParametersResult:
+        """Reject bad values (at declaration and at runtime) with a message naming the parameter."""
+        pending = dict(getattr(self, "_config", {}))
+        for parameter in parameters:
+            error = validate(parameter.name, parameter.value)
+            if error is not None:
+                return SetParametersResult(successful=False, reason=error)
+            pending[parameter.name] = parameter.value
+        if hasattr(self, "_config"):  # runtime change: check the combination too
+            if pending["autosave_period_s"] > 0 and not pending["map_path"]:
+                return SetParametersResult(successful=False, reason="autosave_period_s > 0 needs map_path")
+            try:
+                detector_config(pending)
+            except ValueError as error:
+                return SetParametersResult(successful=False, reason=str(error))
+        return SetParametersResult(successful=True)
+
+    def _apply_parameters(self, parameters: Sequence[Parameter]) -> None:
+        changed = {
+            parameter.name: parameter.value for parameter in parameters if parameter.name in self._config
+        }
+        self._config.update(changed)
+        self._places.configure(self._config)
+        if "autosave_period_s" in changed:
+            self._schedule_autosave(changed["autosave_period_s"])
+        if "mode" in changed:
+            self.get_logger().info(f"mode: {changed['mode']}")
+
+    # ------------------------------------------------------------------ callbacks
+    def _on_image(self, msg: Image | CompressedImage) -> None:
+        """Never blocks: the newest message replaces any unprocessed one."""
+        now = time.monotonic()
+        self._input_rate.tick(now)
+        self._slot.put((msg, now))
+
+    def _on_odom(self, msg: Odometry) -> None:
+        position = msg.pose.pose.position
+        orientation = msg.pose.pose.orientation
+        self._poses.add(
+            messages.stamp_to_ns(msg.header.stamp),
+            (position.x, position.y, position.z),
+            (orientation.x, orientation.y, orientation.z, orientation.w),
+            msg.header.frame_id,
+        )
+
+    def _on_save_map(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        response.success, response.message = self._save("service")
+        return response
+
+    def _on_reset_map(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        self._places.reset()
+        self._edges.clear()
+        response.success, response.message = (
+            True,
+            "map emptied (the file at map_path is untouched until saved)",
+        )
+        self.get_logger().info(response.message)
+        return response
+
+    def _on_set_mapping(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        mode = "mapping" if request.data else "localization"
+        result = self.set_parameters([Parameter("mode", value=mode)])[0]
+        response.success = result.successful
+        response.message = f"mode: {mode}" if result.successful else result.reason
+        return response
+
+    def _autosave(self) -> None:
+        if self._places.dirty:
+            self._save("autosave")
+
+    def _schedule_autosave(self, period_s: float) -> None:
+        if self._autosave_timer is not None:
+            self.destroy_timer(self._autosave_timer)
+            self._autosave_timer = None
+        if period_s > 0:
+            self._autosave_timer = self.create_timer(
+                period_s, self._autosave, callback_group=self._service_group
+            )
+
+    def _save(self, why: str) -> tuple[bool, str]:
+        path = self._config["map_path"]
+        if not path:
+            return False, "map_path is empty: start the node with map_path set to save the map"
+        try:
+            count = self._places.save(path)
+        except Exception as error:
+            message = f"saving the map to {path} failed ({why}): {error}"
+            self._record_error(message)
+            return False, message
+        message = f"saved {count} places to {path}"
+        self.get_logger().info(message) if why != "autosave" else self.get_logger().debug(message)
+        return True, message
+
+    # ------------------------------------------------------------------ worker
+    def _worker_loop(self) -> None:
+        while not self._slot.closed:
+            item = self._slot.take(timeout=0.5)
+            if item is None:
+                continue
+            msg, _received = item
+            try:
+                self._process(msg)
+            except Exception as error:
+                self._record_error(f"processing failed: {type(error).__name__}: {error}")
+                self.get_logger().debug(traceback.format_exc())
+
+    def _process(self, msg: Image | CompressedImage) -> None:
+        try:
+            rgb = self._decode(msg, max_pixels=self._config["max_image_pixels"])
+        except ImageDecodeError as error:
+            self._count_bad_message(error.reason, str(error))
+            return
+        stamp_ns = messages.stamp_to_ns(msg.header.stamp)
+        if not self._places.wants(stamp_ns):
+            self._processed_rate.tick()
+            return
+        stamped = self._poses.lookup(stamp_ns, int(self._config["pose_max_age_s"] * 1e9))
+        pose = None
+        if stamped is not None:
+            pose = Pose(tuple(stamped.position), tuple(stamped.orientation_xyzw), stamped.frame_id)
+        started = time.perf_counter()
+        descriptor = self._describer.describe(rgb)[0]
+        self._inference_ms.add((time.perf_counter() - started) * 1000.0)
+        result = self._places.process(
+            descriptor, stamp_ns, frame_id=msg.header.frame_id, source=self._source, pose=pose
+        )
+        self._processed_rate.tick()
+        if result.is_keyframe:
+            self._keyframes += 1
+            self._publish_keyframe(msg.header, stamp_ns, descriptor, result, pose)
+
+    def _publish_keyframe(self, header: Header, stamp_ns: int, descriptor: np.ndarray, result, pose) -> None:
+        config = self._config
+        rows = []
+        for candidate in result.candidates:
+            position = candidate.match_pose.position if candidate.match_pose is not None else (np.nan,) * 3
+            rows.append(
+                {
+                    "x": position[0],
+                    "y": position[1],
+                    "z": position[2],
+                    "query_id": candidate.query_id,
+                    "match_id": candidate.match_id,
+                    "match_stamp": messages.ns_to_seconds(candidate.match_stamp_ns),
+                    "similarity": candidate.similarity,
+                    "rank": candidate.rank,
+                }
+            )
+        self._candidates_publisher.publish(messages.candidates_cloud(header, rows))
+        self._candidates_published += len(rows)
+        if config["publish_descriptor"]:
+            self._descriptor_publisher.publish(messages.descriptor_cloud(header, descriptor))
+        if not result.candidates:
+            return
+        best = result.candidates[0]
+        if config["publish_lio_sam"]:
+            self._lio_sam_publisher.publish(messages.lio_sam_loop(stamp_ns, best.match_stamp_ns))
+        map_header = Header(stamp=header.stamp, frame_id=config["map_frame"])
+        match_pose = best.match_pose
+        if match_pose is not None:
+            self._matched_pose_publisher.publish(
+                messages.matched_pose_msg(
+                    map_header, match_pose.position, match_pose.orientation, config["matched_pose_covariance"]
+                )
+            )
+        if pose is not None and match_pose is not None:
+            self._edges.append((np.asarray(pose.position), np.asarray(match_pose.position)))
+            if config["publish_markers"]:
+                self._markers_publisher.publish(messages.loop_edge_markers(map_header, list(self._edges)))
+
+    # ------------------------------------------------------------------ diagnostics
+    def _count_bad_message(self, reason: str, detail: str) -> None:
+        self._bad_messages.add(reason)
+        now = time.monotonic()
+        if now - self._bad_log_times.get(reason, -1e9) >= BAD_MESSAGE_LOG_PERIOD_S:
+            self._bad_log_times[reason] = now
+            self.get_logger().warning(f"bad image message ignored ({detail}); counted in /diagnostics")
+
+    def _record_error(self, message: str) -> None:
+        self._last_error = (time.monotonic(), message)
+        self.get_logger().error(message, throttle_duration_sec=5.0)
+
+    def diagnostics_status(self) -> DiagnosticStatus:
+        """The node's health as one DiagnosticStatus (also used by /diagnostics)."""
+        now = time.monotonic()
+        bad = self._bad_messages.snapshot()
+        values: dict[str, object] = {
+            "input_rate_hz": f"{self._input_rate.rate(now):.2f}",
+            "processed_rate_hz": f"{self._processed_rate.rate(now):.2f}",
+            "frames_received": self._slot.received,
+            "frames_processed": self._processed_rate.total,
+            "frames_dropped": self._slot.dropped,
+            "keyframes": self._keyframes,
+            "candidates_published": self._candidates_published,
+            "inference_ms_p50": f"{self._inference_ms.percentile(50):.1f}",
+            "inference_ms_p95": f"{self._inference_ms.percentile(95):.1f}",
+            "map_size": len(self._places),
+            "mode": self._config["mode"],
+            "model": self._describer.label,
+            "bad_messages": sum(bad.values()),
+        }
+        for reason in REASONS:
+            values[f"bad_{reason}"] = bad.get(reason, 0)
+        values["last_error"] = self._last_error[1] if self._last_error else ""
+
+        level, problems = DiagnosticStatus.OK, []
+        if self._last_error and now - self._last_error[0] < RECENT_PROBLEM_S:
+            level = DiagnosticStatus.ERROR
+            problems.append(self._last_error[1])
+        last_image = self._input_rate.last_time
+        if (last_image or self._started) < now - STALE_INPUT_S:
+            problems.append(f"no images on {self._image_subscription.topic_name} for > {STALE_INPUT_S:.0f} s")
+        if self._bad_messages.last_time is not None and now - self._bad_messages.last_time < RECENT_PROBLEM_S:
+            problems.append("bad image messages")
+        if self._describer.label.startswith("UNTRAINED"):
+            problems.append("untrained model")
+        if problems and level == DiagnosticStatus.OK:
+            level = DiagnosticStatus.WARN
+        message = "; ".join(problems) if problems else "ok"
+        return messages.diagnostic_status(DIAGNOSTIC_NAME, "tscm_ros", level, message, values)
+
+    def _publish_diagnostics(self) -> None:
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        array.status = [self.diagnostics_status()]
+        self._diagnostics_publisher.publish(array)
+
+    # ------------------------------------------------------------------ shutdown
+    def destroy_node(self) -> None:
+        """Stop the worker, save the map when configured (clean shutdown only), then destroy the node."""
+        if hasattr(self, "_worker"):  # fully constructed
+            self._slot.close()
+            self._worker.join(timeout=5.0)
+            if self._config["save_on_shutdown"] and self._config["map_path"] and self._places.dirty:
+                self._save("shutdown")
+            self._places.close()
+        super().destroy_node()
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    """Console script: init, build the node, spin; start-up errors print one line and exit 1."""
+    rclpy.init(args=args)
+    try:
+        node = PlaceRecognitionNode()
+    except (StartupError, rclpy.exceptions.ParameterException) as error:
+        rclpy.logging.get_logger(NODE_NAME).error(str(error).replace("\n", " "))
+        rclpy.try_shutdown()
+        return 1
+    executor = MultiThreadedExecutor(num_threads=2)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
