@@ -6,9 +6,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -33,7 +30,6 @@ from tscm_ros.placemap import (
 from tscm_ros.placemap.layout import sha256_file
 
 DIM = 32
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def unit_vectors(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
@@ -358,27 +354,18 @@ def test_unknown_format_version(saved_map: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- crash safety
-_WRITER = textwrap.dedent(
-    """
-    import sys
-    import numpy as np
-    from tscm_ros.placemap import PlaceMap, PlaceMeta
-
-    root, dim, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def _writer(root: Path, dim: int, batch: int, out_fd: int) -> None:
+    """Forked child: add a deterministic batch, save, report; forever (until SIGKILL)."""
     try:
         place_map = PlaceMap.load(root)
-    except Exception:
+    except MapError:
         place_map = PlaceMap.create(dim)
-    print("ready", flush=True)
     while True:
         step = len(place_map) // batch
-        rng = np.random.default_rng(step)
-        x = rng.standard_normal((batch, dim)).astype(np.float32)
+        x = np.random.default_rng(step).standard_normal((batch, dim)).astype(np.float32)
         place_map.add(x, [PlaceMeta(stamp_ns=step * batch + i) for i in range(batch)])
         place_map.save(root)
-        print("saved", step + 1, flush=True)
-    """
-)
+        os.write(out_fd, f"saved {step + 1}\n".encode())
 
 
 def _expected_state(steps: int, dim: int, batch: int) -> np.ndarray:
@@ -390,38 +377,40 @@ def test_sigkill_during_saves_leaves_old_or_new_map(tmp_path: Path) -> None:
     dim, batch = 16, 20
     root = tmp_path / "map"
     rng = np.random.default_rng(0)
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-    )
     last_saved = 0
+    killed_inside_save = 0
     for _ in range(20):
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _WRITER, str(root), str(dim), str(batch)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        )  # fmt: skip
-        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
-        first = proc.stdout.readline()  # wait for one completed save, then kill at a random later point
-        assert first.startswith("saved"), proc.stderr.read()
-        time.sleep(float(rng.uniform(0.0, 0.05)))
-        os.kill(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        reported = [int(line.split()[1]) for line in (first + out).splitlines() if line.startswith("saved")]
-        last_reported = max(reported)
-        loaded = PlaceMap.load(root) if (root / "current").exists() else None
-        steps = 0 if loaded is None else len(loaded) // batch
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()  # fork, not spawn: no re-import per run (flat add/save use no OpenMP threads)
+        if pid == 0:  # child
+            try:
+                os.close(read_fd)
+                _writer(root, dim, batch, write_fd)
+            finally:
+                os._exit(1)
+        os.close(write_fd)
+        with os.fdopen(read_fd) as lines:
+            first = lines.readline()  # wait for one completed save, then kill at a random later point
+            assert first.startswith("saved"), "writer died before its first save"
+            time.sleep(float(rng.uniform(0.0, 0.03)))
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            out = first + lines.read()
+        last_reported = max(int(line.split()[1]) for line in out.splitlines() if line.startswith("saved"))
+        killed_inside_save += any(p.name.startswith(".tmp-") for p in root.iterdir())  # staging dir left
+        loaded = PlaceMap.load(root)
+        steps = len(loaded) // batch
         # the save in flight when killed either completed (new state) or not (old state)
         assert steps in (last_reported, last_reported + 1), (steps, last_reported)
-        if loaded is not None:
-            assert len(loaded) == steps * batch
-            expected = _expected_state(steps, dim, batch)
-            _, ids = loaded.search_arrays(expected, 1)
-            np.testing.assert_array_equal(ids[:, 0], np.arange(steps * batch))
-            assert loaded.get(steps * batch - 1).stamp_ns == steps * batch - 1
-            loaded.close()
+        assert len(loaded) == steps * batch
+        expected = _expected_state(steps, dim, batch)
+        _, ids = loaded.search_arrays(expected, 1)
+        np.testing.assert_array_equal(ids[:, 0], np.arange(steps * batch))
+        assert loaded.get(steps * batch - 1).stamp_ns == steps * batch - 1
+        loaded.close()
         assert steps > last_saved  # every run completed at least one save
         last_saved = steps
+    assert killed_inside_save >= 5  # most kills hit a save half-way (saving dominates the writer loop)
     # the next completed save removes what the killed saves left behind
     final = PlaceMap.load(root)
     final.save()

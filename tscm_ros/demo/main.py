@@ -32,7 +32,7 @@ import numpy as np
 from tscm_ros.bags import write_image_bag
 from tscm_ros.demo.scene import NS_PER_S, SceneConfig, build_world, generate_frames, plan_trajectory
 from tscm_ros.loop_closure import LoopClosureConfig, LoopClosureDetector
-from tscm_ros.pipelines.build_map import BuildResult, build_map_from_bag, write_plots
+from tscm_ros.pipelines.build_map import BuildResult, build_map_from_bag, write_candidates_csv, write_plots
 from tscm_ros.placemap import PlaceMap, Pose
 
 LOGGER = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class Evaluation:
         ]
 
 
-def top1_per_keyframe(result: BuildResult, config: LoopClosureConfig) -> list[tuple[int, int, float] | None]:
+def top1_per_keyframe(result: BuildResult, config: LoopClosureConfig) -> list[tuple[int, int, float]]:
     """Replay the described frames through a fresh detector with no threshold: (query, match stamp, sim).
 
     Keyframe selection does not depend on the threshold, so the keyframes equal those of ``result``; a
@@ -119,7 +119,7 @@ def top1_per_keyframe(result: BuildResult, config: LoopClosureConfig) -> list[tu
     replay_config = dataclasses.replace(config, similarity_threshold=-1.0, top_k=1, consistency_n=1)
     place_map = PlaceMap.create(result.descriptors.shape[1], "flat")
     detector = LoopClosureDetector(place_map, replay_config)
-    top1: list[tuple[int, int, float] | None] = []
+    top1: list[tuple[int, int, float]] = []
     for descriptor, stamp, pose in zip(
         result.descriptors, result.frame_stamps_ns, result.frame_poses, strict=True
     ):
@@ -211,12 +211,18 @@ def write_pr_plot(path: Path, evaluation: Evaluation, title: str) -> Path:
     return path
 
 
-def _colour_plots(result: BuildResult, is_match: Callable[[int, int], bool], title: str) -> list[Path]:
-    correct = [is_match(c.query_stamp_ns, c.match_stamp_ns) for c in result.candidates]
-    return write_plots(result.out_dir, result.keyframes, result.candidates, title=title, correct=correct)
+def calibrate_threshold(top1: Sequence[tuple[int, int, float]], quantile: float = 0.95) -> float | None:
+    """A threshold from the data, without ground truth: the first traversal sees (mostly) new places.
 
-
-# ------------------------------------------------------------------------------------------ demo run
+    Takes the ``quantile`` of the top-1 similarities of the first half of the keyframes (by time) -- in a
+    two-traversal recording that half is the first traversal, whose best matches are mostly not revisits --
+    so that only matches more similar than ~95 % of those count as loop closures. None when the first half
+    has no candidate at all.
+    """
+    first_half = [similarity for _, match, similarity in top1[: len(top1) // 2] if match >= 0]
+    if not first_half:
+        return None
+    return float(np.quantile(first_half, quantile))
 
 
 @dataclass
@@ -251,6 +257,67 @@ def _emit(lines: list[str], text: str) -> None:
     print(text, flush=True)
 
 
+def _detect_and_score(
+    bag: Path,
+    out_dir: Path,
+    *,
+    describer,
+    note: str,
+    threshold: float | None,
+    exclusion_window_s: float,
+    make_truth: Callable[[BuildResult], Callable[[int, int], bool]],
+    truth_text: str,
+    title: str,
+    extra: dict,
+    output: list[str],
+    progress: bool,
+    started: float,
+) -> tuple[BuildResult, Evaluation, list[Path]]:
+    """Build the map from ``bag`` (top-1 candidates), pick the threshold, score, write csv/plots/summary."""
+    _emit(output, note)
+    config = LoopClosureConfig(
+        similarity_threshold=-1.0 if threshold is None else threshold,
+        exclusion_window_s=exclusion_window_s,
+        top_k=1,
+    )
+    build = build_map_from_bag(bag, out_dir, describer=describer, detector_config=config, progress=progress)
+    _emit(output, build.summary())
+    is_match = make_truth(build)
+    if threshold is None:
+        calibrated = calibrate_threshold(top1_per_keyframe(build, config))
+        threshold = calibrated if calibrated is not None else LoopClosureConfig().similarity_threshold
+        how = (
+            "95th percentile of the first half's top-1 similarities, no ground truth used"
+            if calibrated is not None
+            else "LoopClosureConfig default: the first half had no candidates"
+        )
+        _emit(output, f"threshold {threshold:.6f} (auto: {how})")
+        build.candidates = [c for c in build.candidates if c.similarity >= threshold]
+        write_candidates_csv(build.csv_path, build.candidates)  # keep only the loop closures
+    evaluation = evaluate(build, config, is_match, threshold)
+    correct = [is_match(c.query_stamp_ns, c.match_stamp_ns) for c in build.candidates]
+    plots = write_plots(out_dir, build.keyframes, build.candidates, title=title, correct=correct)
+    plots.append(write_pr_plot(out_dir / PR_PNG, evaluation, title))
+    _emit(output, f"ground truth: {truth_text}")
+    for line in evaluation.lines():
+        _emit(output, line)
+    for plot in plots:
+        _emit(output, f"plot: {plot}")
+    seconds = time.perf_counter() - started
+    _emit(output, f"finished in {seconds:.1f} s")
+    summary = {
+        "model": note,
+        **{k: v for k, v in dataclasses.asdict(evaluation).items() if k != "pr_curve"},
+        "frames": build.frames,
+        "candidates": len(build.candidates),
+        "describe_ms_per_frame": 1000 * build.describe_seconds / max(build.frames, 1),
+        "seconds": seconds,
+        **extra,
+    }
+    (out_dir / SUMMARY_JSON).write_text(json.dumps(summary, indent=2, default=str))
+    return build, evaluation, plots
+
+
 def run_demo(
     out_dir: str | Path = DEFAULT_OUT,
     *,
@@ -258,14 +325,18 @@ def run_demo(
     model: Path | None = None,
     untrained: bool = False,
     device: str = "auto",
-    threshold: float = 0.8,
+    threshold: float | None = None,
     radius_m: float = 3.0,
     exclusion_window_s: float | None = None,
     overwrite: bool = False,
     progress: bool = True,
     describer=None,
 ) -> DemoResult:
-    """Procedural two-lap scene -> rosbag2 -> map + loop closures -> precision/recall against the poses."""
+    """Procedural two-lap scene -> rosbag2 -> map + loop closures -> precision/recall against the poses.
+
+    ``threshold`` None: calibrated from the first lap without ground truth (:func:`calibrate_threshold`).
+    ``exclusion_window_s`` None: a third of a lap.
+    """
     started = time.perf_counter()
     out_dir = Path(out_dir)
     scene = scene or SceneConfig()
@@ -291,47 +362,32 @@ def run_demo(
         describer, note = make_describer(model, untrained=untrained, device=device)
     else:
         note = f"model: {describer.label}"
-    _emit(output, note)
-    if exclusion_window_s is None:  # a third of a lap: recent frames are "now", not revisits
-        exclusion_window_s = scene.frames_per_lap / scene.rate_hz / 3
-    config = LoopClosureConfig(similarity_threshold=threshold, exclusion_window_s=exclusion_window_s, top_k=1)
-    build = build_map_from_bag(bag, out_dir, describer=describer, detector_config=config, progress=progress)
-    _emit(output, build.summary())
 
-    def is_match(query_ns: int, place_ns: int) -> bool:
-        query, place = poses_by_stamp.get(query_ns), poses_by_stamp.get(place_ns)
-        return query is not None and place is not None and query.distance_to(place) <= radius_m
+    def make_truth(build: BuildResult) -> Callable[[int, int], bool]:
+        poses = {int(s): p for s, p in zip(build.frame_stamps_ns, build.frame_poses, strict=True) if p}
 
-    poses_by_stamp = {int(s): p for s, p in zip(build.frame_stamps_ns, build.frame_poses, strict=True) if p}
-    evaluation = evaluate(build, config, is_match, threshold)
-    title = f"demo scene, {describer.label}, R={radius_m:g} m"
-    plots = _colour_plots(build, is_match, title) + [write_pr_plot(out_dir / PR_PNG, evaluation, title)]
-    _emit(output, f"ground truth: a candidate is correct when the matched place is within {radius_m:g} m")
-    for line in evaluation.lines():
-        _emit(output, line)
-    for plot in plots:
-        _emit(output, f"plot: {plot}")
-    seconds = time.perf_counter() - started
-    _emit(output, f"demo finished in {seconds:.1f} s")
-    _write_summary(out_dir, note, evaluation, build, seconds, {"radius_m": radius_m, "scene": identity})
-    return DemoResult(build, evaluation, note, plots, bag, seconds, output)
+        def is_match(query_ns: int, place_ns: int) -> bool:
+            query, place = poses.get(query_ns), poses.get(place_ns)
+            return query is not None and place is not None and query.distance_to(place) <= radius_m
+
+        return is_match
+
+    build, evaluation, plots = _detect_and_score(
+        bag, out_dir, describer=describer, note=note, threshold=threshold,
+        exclusion_window_s=(
+            exclusion_window_s if exclusion_window_s is not None else scene.frames_per_lap / scene.rate_hz / 3
+        ),
+        make_truth=make_truth,
+        truth_text=f"a candidate is correct when the matched place is within {radius_m:g} m of the query",
+        title=f"demo scene, {describer.label}, R={radius_m:g} m",
+        extra={"radius_m": radius_m, "scene": identity}, output=output, progress=progress, started=started,
+    )  # fmt: skip
+    return DemoResult(build, evaluation, note, plots, bag, time.perf_counter() - started, output)
 
 
-def _write_summary(out_dir: Path, note: str, evaluation: Evaluation, build: BuildResult, seconds: float,
-                   extra: dict) -> None:  # fmt: skip
-    summary = {
-        "model": note,
-        **{k: v for k, v in dataclasses.asdict(evaluation).items() if k != "pr_curve"},
-        "frames": build.frames,
-        "candidates": len(build.candidates),
-        "describe_ms_per_frame": 1000 * build.describe_seconds / max(build.frames, 1),
-        "seconds": seconds,
-        **extra,
-    }
-    (out_dir / SUMMARY_JSON).write_text(json.dumps(summary, indent=2, default=str))
-
-
-def _list_jpegs(folder: Path) -> list[Path]:
+def _list_images(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not files:
         raise FileNotFoundError(f"no images in {folder}")
@@ -345,7 +401,7 @@ def run_corridor(
     model: Path | None = None,
     untrained: bool = False,
     device: str = "auto",
-    threshold: float = 0.8,
+    threshold: float | None = None,
     tolerance: int = 2,
     exclusion_window_s: float | None = None,
     overwrite: bool = False,
@@ -353,12 +409,16 @@ def run_corridor(
     describer=None,
     limit: int | None = None,
 ) -> DemoResult:
-    """Real images: ``ref/`` then ``query/`` of a VPR-Bench style folder as one 5 Hz stream, no poses."""
+    """Real images: ``ref/`` then ``query/`` of a VPR-Bench style folder as one 5 Hz stream, no poses.
+
+    Ground truth: query i matches ref j when ``|i - j| <= tolerance``. ``exclusion_window_s`` None: a third
+    of the reference traversal.
+    """
     from tscm_ros.images import decode_image_bytes
 
     started = time.perf_counter()
     corridor, out_dir = Path(corridor), Path(out_dir)
-    refs, queries = _list_jpegs(corridor / "ref"), _list_jpegs(corridor / "query")
+    refs, queries = _list_images(corridor / "ref"), _list_images(corridor / "query")
     if limit:
         refs, queries = refs[:limit], queries[:limit]
     output: list[str] = []
@@ -373,7 +433,9 @@ def run_corridor(
             stream.append((stamp, path))
     identity = {"corridor": str(corridor.resolve()), "files": len(stream), "format": 1}
     bag, reuse = _prepare_bag_dir(out_dir, identity, overwrite)
-    if not reuse:
+    if reuse:
+        _emit(output, f"reusing the corridor bag {bag}")
+    else:
         _emit(output, f"writing {len(refs)} ref + {len(queries)} query images as a 5 Hz rosbag2 {bag}")
         write_image_bag(bag, ((stamp, decode_image_bytes(path.read_bytes())) for stamp, path in stream))
         (out_dir / SCENE_JSON).write_text(json.dumps(identity, indent=2))
@@ -381,31 +443,25 @@ def run_corridor(
         describer, note = make_describer(model, untrained=untrained, device=device)
     else:
         note = f"model: {describer.label}"
-    _emit(output, note)
-    if exclusion_window_s is None:  # a third of the reference traversal
-        exclusion_window_s = len(refs) / 5 / 3
-    config = LoopClosureConfig(similarity_threshold=threshold, exclusion_window_s=exclusion_window_s, top_k=1)
-    build = build_map_from_bag(bag, out_dir, describer=describer, detector_config=config, progress=progress)
-    _emit(output, build.summary())
 
-    def is_match(query_ns: int, place_ns: int) -> bool:
-        query, place = labels.get(query_ns), labels.get(place_ns)
-        if query is None or place is None:
-            return False
-        return query[0] == "query" and place[0] == "ref" and abs(query[1] - place[1]) <= tolerance
+    def make_truth(build: BuildResult) -> Callable[[int, int], bool]:
+        def is_match(query_ns: int, place_ns: int) -> bool:
+            query, place = labels.get(query_ns), labels.get(place_ns)
+            if query is None or place is None:
+                return False
+            return query[0] == "query" and place[0] == "ref" and abs(query[1] - place[1]) <= tolerance
 
-    evaluation = evaluate(build, config, is_match, threshold)
-    title = f"corridor, {describer.label}, |i-j|<={tolerance}"
-    plots = _colour_plots(build, is_match, title) + [write_pr_plot(out_dir / PR_PNG, evaluation, title)]
-    _emit(output, f"ground truth: query i matches ref j when |i - j| <= {tolerance} (dataset convention)")
-    for line in evaluation.lines():
-        _emit(output, line)
-    for plot in plots:
-        _emit(output, f"plot: {plot}")
-    seconds = time.perf_counter() - started
-    _emit(output, f"corridor run finished in {seconds:.1f} s")
-    _write_summary(out_dir, note, evaluation, build, seconds, {"tolerance": tolerance, "source": identity})
-    return DemoResult(build, evaluation, note, plots, bag, seconds, output)
+        return is_match
+
+    build, evaluation, plots = _detect_and_score(
+        bag, out_dir, describer=describer, note=note, threshold=threshold,
+        exclusion_window_s=exclusion_window_s if exclusion_window_s is not None else len(refs) / 5 / 3,
+        make_truth=make_truth,
+        truth_text=f"query i matches ref j when |i - j| <= {tolerance} (the dataset's convention)",
+        title=f"corridor, {describer.label}, |i-j|<={tolerance}",
+        extra={"tolerance": tolerance, "source": identity}, output=output, progress=progress, started=started,
+    )  # fmt: skip
+    return DemoResult(build, evaluation, note, plots, bag, time.perf_counter() - started, output)
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -422,7 +478,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", type=Path, help="model directory (default: models/ if it has model.json)")
     parser.add_argument("--untrained", action="store_true", help="use the seeded untrained student")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--threshold", type=float, default=0.8, help="loop-closure cosine threshold")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        help="loop-closure cosine threshold (default: calibrated from the first lap)",
+    )
     parser.add_argument("--radius", type=float, default=3.0, help="ground-truth radius (m), scene mode")
     parser.add_argument("--frames-per-lap", type=int, default=defaults.frames_per_lap)
     parser.add_argument("--width", type=int, default=defaults.width)

@@ -40,7 +40,7 @@ class SceneConfig:
     # lap-to-lap changes (lap index >= 1)
     lateral_offset_m: float = 0.5
     heading_jitter_deg: float = 2.0
-    brightness: float = 0.9
+    brightness: float = 0.95
     noise_sigma: float = 4.0
     phase_offset_m: float = 0.37  # lap 2 frames fall between lap 1 frames along the route
 

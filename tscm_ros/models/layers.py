@@ -1,7 +1,7 @@
 """Building blocks of the TSCM networks: GeM pooling, NetVLAD-Loupe and the cross-attention block.
 
 Each block reproduces the published TSCM computation (Shen et al., ICRA 2024) number for number in eval
-mode; see ``docs``/``TSCM_FACTS.md`` for the source of every detail.
+mode (proven by test/test_models_parity.py against ../shared/reference/tscm_official_reference.json).
 """
 
 from __future__ import annotations
