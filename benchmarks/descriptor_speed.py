@@ -5,8 +5,8 @@
 Paths (network forward only, input already preprocessed, CPU fp32):
   student eager        plain eager PyTorch, NCHW (the baseline)
   student eager CL     eager, channels_last weights and input
-  student optimized    ``tscm_ros.export.optimize_for_cpu``: BN folded, channels_last, traced + frozen
-                       (what ``Describer(optimize=True)`` runs)
+  student optimized    ``tscm_ros.export.optimize_for_cpu``: traced + frozen (BN folded) + TorchScript
+                       optimize_for_inference (oneDNN); what ``Describer(optimize=True)`` runs
   student ORT          ``tscm_export`` ONNX model in ONNX Runtime (graph optimisation ALL, intra-op threads)
   teacher eager        plain eager PyTorch, NCHW
 ``--all`` adds the other candidates that were tried (frozen without BN folding, torch.compile).
@@ -66,6 +66,10 @@ def torch_runner(model: torch.nn.Module, channels_last: bool = False) -> Runner:
     return run
 
 
+def optimized_runner(module: torch.jit.ScriptModule) -> Runner:
+    return torch_runner(module, channels_last=module.channels_last)
+
+
 def ort_runner(onnx_path: Path, threads: int) -> Runner:
     import onnxruntime as ort
 
@@ -86,7 +90,7 @@ def frozen(model: torch.nn.Module, fold: bool, channels_last: bool) -> torch.jit
         example = example.contiguous(memory_format=torch.channels_last)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return torch.jit.freeze(torch.jit.trace(model.eval(), example))
+        return torch.jit.freeze(torch.jit.trace(model.eval(), example, check_trace=False))
 
 
 def time_round_robin(runners: dict[str, Runner], x: torch.Tensor, repeats: int, warmup: int) -> dict:
@@ -127,13 +131,16 @@ def main() -> None:
     runners: dict[str, Runner] = {
         "student eager": torch_runner(student),
         "student eager CL": torch_runner(student_cl, channels_last=True),
-        "student optimized": torch_runner(optimize_for_cpu(student), channels_last=True),
+        "student optimized": optimized_runner(optimize_for_cpu(student)),
     }
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = export_onnx(student, Path(tmp) / "student.onnx")
         runners["student ORT"] = ort_runner(onnx_path, args.threads)
     if args.all:
         runners["student frozen (no fold)"] = torch_runner(frozen(student, False, False))
+        runners["student frozen CL folded"] = optimized_runner(
+            optimize_for_cpu(student, method="frozen-channels-last")
+        )
         runners["student frozen CL (no fold)"] = torch_runner(
             frozen(student, False, True), channels_last=True
         )

@@ -176,6 +176,7 @@ def markdown(rows: list[dict]) -> str:
             f"`{r['spec']}`",
             f"{r['build_s']:.1f}",
             f"{r['rss_delta_mb']:.0f}",
+            f"{r['cpu_ms_1t']:.3f}",
         ]
         cells += [f"{r[f'ms_{t}t']:.3f} ({r[f'p95_ms_{t}t']:.3f})" for t in (1, 2)]
         cells.append(f"{r['recall1']:.3f}")
@@ -195,8 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--allow-flat-1m", action="store_true", help="also run exact flat at >= 1M (8 GiB)")
     parser.add_argument("--json", type=Path, help="append every result as a JSON line here")
+    parser.add_argument("--table", type=Path, help="only print the tables of a --json file and exit")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: "n|spec|data|cache"
     args = parser.parse_args(argv)
+    if args.table:
+        print(markdown([json.loads(line) for line in args.table.read_text().splitlines() if line.strip()]))
+        return 0
     if args.one:
         n, spec, data, cache = args.one.split("|")
         print(json.dumps(run_one(int(n), spec, data, args.dim, args.queries, args.seed, Path(cache))))

@@ -6,7 +6,7 @@ frame produces a ``~/descriptor`` message. Latency = wall-clock receive time of 
 clock publish time of the image with the same header stamp (both on this host). Also reports dropped frames
 (published minus processed), the node process' CPU % and the Describer's own time on the same image.
 
-    .venv/bin/python benchmarks/ros_latency.py [--duration-5hz 30] [--duration-30hz 60] [--model-path DIR]
+    .venv/bin/python benchmarks/ros_latency.py [--phases 2:20,5:30,30:60] [--model-path DIR]
 
 Uses the loopback Fast DDS profile and a private ROS domain unless they are already set in the environment.
 """
@@ -24,7 +24,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(REPO / "config" / "fastdds_localhost.xml"))
-os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
+os.environ.setdefault("ROS_DOMAIN_ID", str(10 + os.getpid() % 90))  # valid ids: 0-101
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from sensor_msgs.msg import Image, PointCloud2  # noqa: E402
@@ -112,13 +112,19 @@ def run_rate(probe: RosProbe, node: NodeProcess, rate_hz: float, duration_s: flo
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-path", default="", help="trained student ('' = untrained, same cost)")
-    parser.add_argument("--duration-5hz", type=float, default=30.0)
-    parser.add_argument("--duration-30hz", type=float, default=60.0)
-    parser.add_argument("--describer-repeats", type=int, default=30)
+    parser.add_argument(
+        "--phases",
+        default="2:20,5:30,30:60",
+        help="RATE_HZ:SECONDS,... (2 Hz: the worker is idle between frames)",
+    )
+    parser.add_argument("--describer-repeats", type=int, default=15)
     args = parser.parse_args()
 
+    phases = [
+        (float(rate), float(seconds)) for rate, seconds in (p.split(":") for p in args.phases.split(","))
+    ]
     rgb = np.random.default_rng(0).integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
-    describer_p50, describer_p95 = describer_time_ms(args.model_path or None, rgb, args.describer_repeats)
+    describer_before = describer_time_ms(args.model_path or None, rgb, args.describer_repeats)
 
     parameters = {
         "model_path": args.model_path,
@@ -128,17 +134,20 @@ def main() -> int:
         "top_k": 5,
     }
     results = []
-    diagnostics_values: dict[str, str] = {}
     with RosProbe("latency_probe") as probe, NodeProcess(parameters=parameters) as node:
         diagnostics = probe.subscribe(DiagnosticArray, "/diagnostics", reliable_qos(10))
         if not node.wait_for_output("ready:", 300):
             print(node.output(), file=sys.stderr)
             return 1
-        for rate, duration in ((5.0, args.duration_5hz), (30.0, args.duration_30hz)):
-            results.append(run_rate(probe, node, rate, duration, make_image(rgb)))
-        diagnostics.wait_count(1, 5.0)
-        if diagnostics.messages:
-            diagnostics_values = diagnostic_values(diagnostics.messages[-1].status[0])
+        for rate, duration in phases:
+            result = run_rate(probe, node, rate, duration, make_image(rgb))
+            # the node's own inference time over (about) the same frames, from /diagnostics
+            diagnostics.clear()
+            diagnostics.wait_count(1, 5.0)
+            values = diagnostic_values(diagnostics.messages[-1].status[0]) if diagnostics.messages else {}
+            result["inference_p50"] = float(values.get("inference_ms_p50", "nan"))
+            results.append(result)
+    describer_after = describer_time_ms(args.model_path or None, rgb, args.describer_repeats)
 
     print(
         f"\nplace_recognition_node latency, {WIDTH}x{HEIGHT} rgb8, best-effort sensor QoS, loopback Fast DDS"
@@ -146,17 +155,17 @@ def main() -> int:
     print(f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; model: "
           f"{args.model_path or 'untrained student'}")  # fmt: skip
     print(
-        f"Describer alone (this process, same image): p50 {describer_p50:.1f} ms, p95 {describer_p95:.1f} ms"
+        f"Describer alone (this process, same image, p50/p95 ms): before {describer_before[0]:.1f}/"
+        f"{describer_before[1]:.1f}, after {describer_after[0]:.1f}/{describer_after[1]:.1f}"
     )
-    print(f"node inference (diagnostics): p50 {diagnostics_values.get('inference_ms_p50', '?')} ms, "
-          f"p95 {diagnostics_values.get('inference_ms_p95', '?')} ms")  # fmt: skip
     columns = ["input", "published", "processed", "dropped", "latency p50 ms", "p95 ms", "first 10 s p50",
-               "last 10 s p50", "node CPU %"]  # fmt: skip
+               "last 10 s p50", "node inference p50 ms", "p50 - inference", "node CPU %"]  # fmt: skip
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
     for r in results:
         cells = [f"{r['rate_hz']:.0f} Hz", r["published"], r["processed"], r["dropped"]]
-        cells += [f"{r[key]:.1f}" for key in ("p50", "p95", "first10_p50", "last10_p50")]
+        cells += [f"{r[key]:.1f}" for key in ("p50", "p95", "first10_p50", "last10_p50", "inference_p50")]
+        cells.append(f"{r['p50'] - r['inference_p50']:+.1f}")
         cells.append(f"{r['cpu_percent']:.0f}")
         print("| " + " | ".join(str(cell) for cell in cells) + " |")
     return 0

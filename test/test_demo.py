@@ -132,3 +132,34 @@ def test_corridor_mode(corridor_dir: Path, tmp_path: Path, capsys):
     # every query image has refs within +-2 indices, no ref image has a true match
     assert evaluation.revisits == 30
     assert [path.name for path in result.plots] == ["loop_timeline.png", "pr_curve.png"]
+
+
+def test_evaluate_counts_precision_and_recall_by_hand():
+    from types import SimpleNamespace
+
+    from tscm_ros.demo.main import calibrate_threshold, evaluate, top1_per_keyframe
+    from tscm_ros.loop_closure import LoopClosureConfig
+    from tscm_ros.placemap import Pose
+
+    e = np.eye(4, dtype=np.float32)
+    descriptors = np.stack([e[0], e[1], e[2], e[0], e[1], e[0]])  # frame 5 looks like place 0, is at place 2
+    xs = [0.0, 10.0, 20.0, 0.0, 10.0, 20.0]
+    stamps = np.arange(6, dtype=np.int64) * 1_000_000_000
+    poses = [Pose((x, 0.0, 0.0)) for x in xs]
+    result = SimpleNamespace(descriptors=descriptors, frame_stamps_ns=stamps, frame_poses=poses)
+    config = LoopClosureConfig(exclusion_window_s=0.5, top_k=1)
+    by_stamp = dict(zip(stamps.tolist(), poses, strict=True))
+
+    def is_match(query, place):
+        return by_stamp[query].distance_to(by_stamp[place]) <= 3.0
+
+    evaluation = evaluate(result, config, is_match, threshold=0.5)
+    assert evaluation.keyframes == 6 and evaluation.revisits == 3  # frames 3, 4, 5
+    assert evaluation.reported == 3 and evaluation.correct == 2  # frame 5 matches place 0: wrong
+    assert evaluation.precision == pytest.approx(2 / 3) and evaluation.recall == pytest.approx(2 / 3)
+    assert evaluation.recall_at_1 == pytest.approx(2 / 3)
+    top1 = top1_per_keyframe(result, config)
+    assert top1[0][1] == -1 and top1[3][1] == 0 and top1[4][1] == 1_000_000_000
+    # calibration looks at the first half only: frames 1 and 2 have similarity 0 -> threshold 0
+    assert calibrate_threshold(top1) == pytest.approx(0.0)
+    assert calibrate_threshold(top1[:1]) is None

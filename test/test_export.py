@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from tscm_ros.describer import Describer
-from tscm_ros.export import export_onnx, fold_batch_norms, main
+from tscm_ros.export import export_onnx, fold_batch_norms, main, optimize_for_cpu
 from tscm_ros.model_io import ModelFormatError, load_model, model_fingerprint, save_model
 from tscm_ros.models import build_model
 
@@ -115,7 +115,18 @@ def test_onnxruntime_describer_parity(exported_dir, corridor_images, torch_descr
 def test_optimized_torch_path_parity(exported_dir, corridor_images, torch_descriptors):
     optimized = Describer(exported_dir, device="cpu", optimize=True)
     assert isinstance(optimized._model, torch.jit.ScriptModule)
+    assert optimized._model.method == "oneDNN"  # the fast path, not the fallback
     np.testing.assert_allclose(optimized.describe(corridor_images), torch_descriptors, atol=TOLERANCE, rtol=0)
+
+
+def test_frozen_channels_last_path_parity(student, inputs, eager_outputs):
+    frozen = optimize_for_cpu(student, method="frozen-channels-last")
+    assert frozen.channels_last is True
+    with torch.inference_mode():
+        out = frozen(inputs[:2].contiguous(memory_format=torch.channels_last)).numpy()
+    np.testing.assert_allclose(out, eager_outputs[:2], atol=TOLERANCE, rtol=0)
+    with pytest.raises(ValueError, match="method"):
+        optimize_for_cpu(student, method="tensorrt")
 
 
 def test_fold_batch_norms_parity(student, inputs, eager_outputs):

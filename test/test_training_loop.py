@@ -8,6 +8,7 @@ corridor frames, squashed to 32x32 by the published preprocessing.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 from tscm_ros.data.mining import TrainingTuple
 from tscm_ros.data.pittsburgh import write_pittsburgh_mat
 from tscm_ros.data.tuples import TupleDataset, collate_tuples
-from tscm_ros.model_io import load_model
+from tscm_ros.model_io import load_model, read_model_config
 from tscm_ros.models import build_model
 from tscm_ros.models.base import DescriptorNet
 from tscm_ros.training import cli
@@ -29,7 +30,7 @@ from tscm_ros.training.train import STATE_FILE, Runtime, batch_loss, train
 SMALL_INPUT = (32, 32)
 TRAIN_DB = list(range(0, 48, 3))  # corridor ref frame i = database image at (i, 0) metres
 TRAIN_Q = [5, 40]  # corridor query frame i = query at the position of ref frame i
-VAL_DB = list(range(60, 111, 4))
+VAL_DB = list(range(60, 111, 5))
 VAL_Q = [64, 96, 104]
 
 
@@ -61,7 +62,11 @@ def pitts(tmp_path_factory, corridor_dir: Path) -> dict:
         )
         return str(path)
 
-    return {"root": root, "train": write("train", TRAIN_DB, TRAIN_Q, "cell"), "val": write("val", VAL_DB, VAL_Q, "char")}
+    return {
+        "root": root,
+        "train": write("train", TRAIN_DB, TRAIN_Q, "cell"),
+        "val": write("val", VAL_DB, VAL_Q, "char"),
+    }
 
 
 def tiny_config(pitts: dict, arch: str, out_dir: Path, **changes) -> TrainConfig:
@@ -103,8 +108,10 @@ def fixed_batch(pitts: dict):
 
 @torch.no_grad()
 def objective(model, batch, config: TrainConfig, teacher=None) -> float:
-    """Training-mode loss on a fixed batch with fixed dropout masks (same seed before every call)."""
-    model.train()
+    """Training-mode loss on a fixed batch with fixed dropout masks (same seed before every call).
+
+    Runs on a copy: a training-mode forward updates BatchNorm running statistics."""
+    model = copy.deepcopy(model).train()
     torch.manual_seed(0)
     loss, _ = batch_loss(model, batch, config, Runtime(), teacher)
     return float(loss)
@@ -118,13 +125,19 @@ def teacher_run(pitts, tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
+def trained_teacher(teacher_run):
+    """The trained teacher, loaded once with load_model (our format)."""
+    return load_model(teacher_run["out"] / "last").requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
 def student_run(pitts, teacher_run, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("student")
     config = tiny_config(pitts, "student", out, teacher=str(teacher_run["out"] / "last"))
     return {"config": config, "summary": train(config), "out": out}
 
 
-def test_teacher_trains_and_checkpoints(teacher_run, pitts):
+def test_teacher_trains_and_checkpoints(teacher_run, trained_teacher, pitts):
     summary, out, config = teacher_run["summary"], teacher_run["out"], teacher_run["config"]
     assert summary["epochs"] == 2 and len(summary["history"]) == 2
     record = summary["history"][-1]
@@ -135,34 +148,36 @@ def test_teacher_trains_and_checkpoints(teacher_run, pitts):
     lines = (out / "history.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
-    trained = load_model(out / "last")
-    assert trained.arch == "teacher" and trained.trained and "epoch 2" in trained.provenance
-    best = load_model(out / "best")
-    assert best.arch == "teacher" and f"epoch {summary['best_epoch']}" in best.provenance
+    assert trained_teacher.arch == "teacher" and trained_teacher.trained
+    assert "epoch 2" in trained_teacher.provenance
+    best = read_model_config(out / "best")
+    assert best["arch"] == "teacher" and f"epoch {summary['best_epoch']}" in best["provenance"]
     state = torch.load(out / "last" / STATE_FILE, weights_only=True)
-    assert state["epoch"] == 2 and state["model_fingerprint"] == trained.fingerprint
+    assert state["epoch"] == 2 and state["model_fingerprint"] == trained_teacher.fingerprint
     # the objective on a fixed batch went down
     batch = fixed_batch(pitts)
     initial = build_model("teacher", seed=config.seed, pretrained="none")
-    assert objective(trained, batch, config) < objective(initial, batch, config)
+    assert objective(trained_teacher, batch, config) < objective(initial, batch, config)
 
 
-def test_student_distillation_loss_decreases(student_run, teacher_run, pitts):
+def test_student_distillation_loss_decreases(student_run, trained_teacher, pitts):
     summary, out, config = student_run["summary"], student_run["out"], student_run["config"]
     assert summary["epochs"] == 2
     assert {"train/triplet", "train/cross_metric", "train/loss"} <= set(summary["history"][0])
     student = load_model(out / "last")
     assert student.arch == "student" and student.descriptor_dim == 2048
-    teacher = load_model(teacher_run["out"] / "last").requires_grad_(False)
     batch = fixed_batch(pitts)
     initial = build_model("student", seed=config.seed, pretrained="none")
-    assert objective(student, batch, config, teacher) < objective(initial, batch, config, teacher)
+    before = objective(initial, batch, config, trained_teacher)
+    assert objective(student, batch, config, trained_teacher) < before
 
 
-def test_resume_reproduces_uninterrupted_run(student_run, pitts, tmp_path):
-    first = tiny_config(pitts, "student", tmp_path, teacher=student_run["config"].teacher, epochs=1)
-    assert train(first)["epochs"] == 1
-    resumed = train(tiny_config(pitts, "student", tmp_path, teacher=first.teacher, epochs=2), resume_from=tmp_path)
+def test_resume_reproduces_uninterrupted_run(student_run, trained_teacher, pitts, tmp_path):
+    teacher_path = student_run["config"].teacher
+    first = tiny_config(pitts, "student", tmp_path, teacher=teacher_path, epochs=1)
+    assert train(first, teacher=trained_teacher)["epochs"] == 1
+    second = tiny_config(pitts, "student", tmp_path, teacher=teacher_path, epochs=2)
+    resumed = train(second, resume_from=tmp_path, teacher=trained_teacher)
     assert resumed["epochs"] == 2 and [h["epoch"] for h in resumed["history"]] == [2]
     reference = load_model(student_run["out"] / "last").state_dict()
     restored = load_model(tmp_path / "last").state_dict()

@@ -112,18 +112,25 @@ def _default_typestore():
     return get_typestore(Stores.ROS2_KILTED)
 
 
+_OPENED_BAG_CLASS = None
+
+
 def _opened_reader_class():
-    from rosbags.highlevel import AnyReader
+    """AnyReader subclass (created once, lazily: rosbags is imported only when bags are used)."""
+    global _OPENED_BAG_CLASS
+    if _OPENED_BAG_CLASS is None:
+        from rosbags.highlevel import AnyReader
 
-    class OpenedBag(AnyReader):
-        """An AnyReader opened on creation; ``with`` closes it (and does not try to open it twice)."""
+        class OpenedBag(AnyReader):
+            """An AnyReader opened on creation; ``with`` closes it (and does not open it twice)."""
 
-        def __enter__(self):
-            if not self.stack:
-                self.open()
-            return self
+            def __enter__(self):
+                if not self.stack:
+                    self.open()
+                return self
 
-    return OpenedBag
+        _OPENED_BAG_CLASS = OpenedBag
+    return _OPENED_BAG_CLASS
 
 
 def open_bag(path: str | Path) -> AnyReader:
@@ -135,8 +142,6 @@ def open_bag(path: str | Path) -> AnyReader:
         FileNotFoundError: nothing at ``path``.
         BagError: not a bag rosbags can read.
     """
-    from rosbags.highlevel import AnyReaderError
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"bag not found: {path}")
@@ -150,9 +155,11 @@ def open_bag(path: str | Path) -> AnyReader:
     try:
         reader = _opened_reader_class()([path], default_typestore=_default_typestore())
         reader.open()
-    except (AnyReaderError, Exception) as error:
-        if isinstance(error, FileNotFoundError):
-            raise
+    except FileNotFoundError:
+        raise
+    except (
+        Exception
+    ) as error:  # rosbags raises its own error classes, ruamel/sqlite/mcap errors, KeyError ...
         raise BagError(f"cannot open bag {path}: {error}") from error
     return reader
 

@@ -151,8 +151,12 @@ class Describer:
     ``model_path`` is our model directory (or its ``model.json``), a published checkpoint (torch backend),
     or for ``backend="onnxruntime"`` a ``.onnx`` file / a model directory holding ``model.onnx`` (made by
     ``tscm_export``). ``None`` builds an untrained, seeded ``arch`` network (for tests and demos only).
-    ``fp16`` enables autocast on CUDA only. ``optimize=True`` (CPU, torch backend) freezes the network
-    with TorchScript (BatchNorm folded into convolutions, oneDNN fusions), equal to eager within 1e-4.
+    ``arch`` and ``seed`` apply only when ``model_path`` is None. ``fp16`` enables autocast on CUDA only
+    (ignored by onnxruntime). ``optimize=True`` (CPU, torch backend) runs
+    :func:`tscm_ros.export.optimize_for_cpu` (frozen TorchScript with oneDNN passes, BatchNorm folded),
+    checked equal to eager within 1e-4. ``num_threads`` sets torch's (process-wide) intra-op threads or
+    onnxruntime's ``intra_op_num_threads``. ``providers`` picks onnxruntime execution providers (default:
+    TensorRT/CUDA when available and ``device`` is not ``"cpu"``, then CPU).
     """
 
     def __init__(
@@ -229,7 +233,8 @@ class Describer:
             else:
                 from tscm_ros.export import optimize_for_cpu
 
-                self._model = optimize_for_cpu(model, self._input_size, channels_last=self._channels_last)
+                self._model = optimize_for_cpu(model, self._input_size)
+                self._channels_last = bool(self._model.channels_last)
                 self._optimized = True
 
     def _run_torch(self, x: torch.Tensor) -> torch.Tensor:
@@ -320,6 +325,11 @@ class Describer:
     @property
     def arch(self) -> str:
         return self._model_arch
+
+    @property
+    def optimized(self) -> bool:
+        """True when the torch backend runs the :func:`~tscm_ros.export.optimize_for_cpu` module."""
+        return self._optimized
 
     def describe(self, images: Images) -> np.ndarray:
         """HxWx3 uint8 RGB, (N,H,W,3) uint8 or a list of HxWx3 uint8 -> (N, dim) float32 L2-normalised."""

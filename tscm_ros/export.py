@@ -132,7 +132,7 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike) -> Path:
     example = _example_input(model, batch=2)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(model, example)
+        traced = torch.jit.trace(model, example, check_trace=False)  # parity is tested
     extra = {"tscm_ros.json": json.dumps(model_metadata(model))}
     return _replace_atomically(lambda tmp: torch.jit.save(traced, str(tmp), _extra_files=extra), Path(path))
 
@@ -162,28 +162,100 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
     return module
 
 
-def optimize_for_cpu(
-    model: nn.Module, input_size: Sequence[int] = (224, 224), *, channels_last: bool = True
-) -> torch.jit.ScriptModule:
-    """Fastest measured CPU inference form: BN folded, channels_last, traced + ``torch.jit.freeze``.
+class _MaximumGeM(nn.Module):
+    """GeM written with ``torch.maximum`` instead of ``clamp(min=eps)`` (same values).
 
-    Returns a frozen TorchScript module computing the same descriptors as ``model`` (checked within 1e-4
-    in the tests; see ``benchmarks/descriptor_speed.py`` for the speed). The input model is not modified.
+    ``torch.jit.optimize_for_inference`` (torch 2.14) hits an internal assert on ``clamp`` after its oneDNN
+    convolutions; this form passes. Used only inside :func:`optimize_for_cpu` on a copy of the network.
     """
-    optimized = fold_batch_norms(copy.deepcopy(model).eval().cpu())
-    example = torch.randn((2, 3, *input_size), generator=torch.Generator().manual_seed(0))
-    if channels_last:
-        optimized = optimized.to(memory_format=torch.channels_last)
-        example = example.contiguous(memory_format=torch.channels_last)
+
+    def __init__(self, gem: nn.Module) -> None:
+        super().__init__()
+        self.p = gem.p
+        self.eps = float(gem.eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.maximum(x, torch.full((), self.eps, dtype=x.dtype, device=x.device))
+        return torch.nn.functional.adaptive_avg_pool2d(x.pow(self.p), 1).pow(1.0 / self.p).flatten(1)
+
+
+def _swap_gem(module: nn.Module) -> nn.Module:
+    from tscm_ros.models.layers import GeM
+
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, GeM):
+                setattr(parent, name, _MaximumGeM(child))
+    return module
+
+
+def _trace_frozen(
+    model: nn.Module, example: torch.Tensor, *, inference_passes: bool
+) -> torch.jit.ScriptModule:
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        frozen = torch.jit.freeze(torch.jit.trace(optimized, example))
-        frozen(example)  # first calls run the profiling/optimisation passes
-        frozen(example)
-    for name in ("arch", "options", "descriptor_dim", "input_size"):
-        if hasattr(model, name):
-            setattr(frozen, name, getattr(model, name))
+        warnings.simplefilter("ignore")  # tracer warnings about the networks' shape checks
+        frozen = torch.jit.freeze(torch.jit.trace(model, example, check_trace=False))
+        if inference_passes:
+            frozen = torch.jit.optimize_for_inference(frozen)
     return frozen
+
+
+OPTIMIZE_METHODS = ("auto", "oneDNN", "frozen-channels-last")
+
+
+def optimize_for_cpu(
+    model: nn.Module,
+    input_size: Sequence[int] = (224, 224),
+    *,
+    method: str = "auto",
+    tolerance: float = 1e-4,
+) -> torch.jit.ScriptModule:
+    """Fastest measured CPU inference form of ``model`` (a frozen TorchScript module; input not modified).
+
+    ``method``: ``"oneDNN"`` = trace + ``torch.jit.freeze`` (folds BatchNorm into the convolutions) +
+    ``torch.jit.optimize_for_inference`` (oneDNN convolution layouts and fusions), NCHW input;
+    ``"frozen-channels-last"`` = BatchNorm folded, channels_last, trace + freeze; ``"auto"`` = oneDNN, falling
+    back to frozen-channels-last if that pass fails. The result is checked against eager on a random batch
+    and rejected (RuntimeError) beyond ``tolerance``. ``.channels_last`` on the result says which memory
+    format its input should have. See ``benchmarks/descriptor_speed.py`` for the measured speed.
+    """
+    if method not in OPTIMIZE_METHODS:
+        raise ValueError(f"method must be one of {OPTIMIZE_METHODS}, got {method!r}")
+    model = copy.deepcopy(model).eval().cpu().to(memory_format=torch.contiguous_format)
+    example = torch.randn((2, 3, *input_size), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = model(example)
+    candidates = ["oneDNN", "frozen-channels-last"] if method == "auto" else [method]
+    failures = []
+    for candidate in candidates:
+        try:
+            if candidate == "oneDNN":
+                optimized = _trace_frozen(_swap_gem(copy.deepcopy(model)), example, inference_passes=True)
+                channels_last = False
+            else:
+                folded = fold_batch_norms(copy.deepcopy(model)).to(memory_format=torch.channels_last)
+                cl_example = example.contiguous(memory_format=torch.channels_last)
+                optimized = _trace_frozen(folded, cl_example, inference_passes=False)
+                channels_last = True
+            run_example = example.contiguous(memory_format=torch.channels_last) if channels_last else example
+            with torch.inference_mode():
+                optimized(run_example)  # the first calls run the profiling / optimisation passes
+                difference = (optimized(run_example) - expected).abs().max().item()
+        except (RuntimeError, TypeError) as error:
+            failures.append(f"{candidate}: {type(error).__name__}: {str(error).splitlines()[0][:200]}")
+            continue
+        if difference > tolerance:
+            failures.append(f"{candidate}: max abs difference {difference:.2e} > {tolerance:.0e}")
+            continue
+        optimized.channels_last = channels_last
+        optimized.method = candidate
+        for name in ("arch", "options", "descriptor_dim", "input_size"):
+            if hasattr(model, name):
+                setattr(optimized, name, getattr(model, name))
+        if failures:
+            LOGGER.info("optimize_for_cpu: using %s (%s)", candidate, "; ".join(failures))
+        return optimized
+    raise RuntimeError("optimize_for_cpu failed: " + "; ".join(failures))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -109,7 +109,8 @@ def _scale_16_to_8(values: np.ndarray) -> np.ndarray:
 
 
 def _resolve_encoding(encoding: str) -> _Layout:
-    layout = LAYOUTS.get(encoding) or LAYOUTS.get(encoding.strip().lower())
+    name = encoding.strip()
+    layout = LAYOUTS.get(name) or LAYOUTS.get(name.lower()) or LAYOUTS.get(name.upper())
     if layout is None:
         raise ImageDecodeError(
             "unsupported_encoding",

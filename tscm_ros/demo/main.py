@@ -102,11 +102,11 @@ class Evaluation:
     def lines(self) -> list[str]:
         return [
             f"keyframes: {self.keyframes}, revisits with a true match: {self.revisits}",
-            f"at threshold {self.threshold:.4f}: {self.reported} candidates, {self.correct} correct -> "
+            f"at threshold {self.threshold:.6f}: {self.reported} candidates, {self.correct} correct -> "
             f"precision {self.precision:.3f}, recall {self.recall:.3f}",
             f"recall@1 over revisits (no threshold): {self.recall_at_1:.3f}",
             f"PR sweep of the top-1 similarity: average precision {self.average_precision:.3f}, "
-            f"best F1 {self.best_f1:.3f} at threshold {self.best_f1_threshold:.4f} (oracle, for reference)",
+            f"best F1 {self.best_f1:.3f} at threshold {self.best_f1_threshold:.6f} (oracle, for reference)",
         ]
 
 
@@ -198,7 +198,7 @@ def write_pr_plot(path: Path, evaluation: Evaluation, title: str) -> Path:
         precision = [p for _, p, _ in evaluation.pr_curve]
         axis.plot(recall, precision, "-", color="tab:blue", label=f"AP {evaluation.average_precision:.3f}")
     axis.plot(evaluation.recall, evaluation.precision, "o", color="tab:red",
-              label=f"threshold {evaluation.threshold:.3f}")  # fmt: skip
+              label=f"threshold {evaluation.threshold:.6f}")  # fmt: skip
     axis.set_xlim(0, 1.02)
     axis.set_ylim(0, 1.02)
     axis.set_xlabel("recall (revisits)")
@@ -280,6 +280,8 @@ def _detect_and_score(
         exclusion_window_s=exclusion_window_s,
         top_k=1,
     )
+    if threshold is None:
+        _emit(output, "building with no similarity threshold: it is calibrated afterwards, see below")
     build = build_map_from_bag(bag, out_dir, describer=describer, detector_config=config, progress=progress)
     _emit(output, build.summary())
     is_match = make_truth(build)
@@ -294,6 +296,7 @@ def _detect_and_score(
         _emit(output, f"threshold {threshold:.6f} (auto: {how})")
         build.candidates = [c for c in build.candidates if c.similarity >= threshold]
         write_candidates_csv(build.csv_path, build.candidates)  # keep only the loop closures
+        _emit(output, f"{len(build.candidates)} loop-closure candidates at the threshold -> {build.csv_path}")
     evaluation = evaluate(build, config, is_match, threshold)
     correct = [is_match(c.query_stamp_ns, c.match_stamp_ns) for c in build.candidates]
     plots = write_plots(out_dir, build.keyframes, build.candidates, title=title, correct=correct)

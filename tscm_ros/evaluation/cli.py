@@ -190,7 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         database, queries = _load_descriptors(args.descriptors, dataset)
         model = {"label": f"precomputed descriptors {args.descriptors}"}
     else:
-        database, queries, model = _describe(args, dataset)
+        try:
+            database, queries, model = _describe(args, dataset)
+        except (OSError, ValueError, RuntimeError) as exc:  # missing/corrupt model, unreadable image
+            raise SystemExit(f"tscm_evaluate: {type(exc).__name__}: {exc}") from exc
         np.save(args.out / "database.npy", database)
         np.save(args.out / "queries.npy", queries)
     results = evaluate(database, queries, dataset, args.ns, args.protocol)

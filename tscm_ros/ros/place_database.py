@@ -67,7 +67,7 @@ class PlaceDatabase:
             try:
                 place_map = PlaceMap.load(map_path, dim=dim, model_fingerprint=model_fingerprint)
             except MapError as error:
-                raise PlaceDatabaseError(f"cannot load map {map_path}: {error}") from error
+                raise PlaceDatabaseError(f"cannot load map: {error}") from error
         else:
             try:
                 place_map = PlaceMap.create(dim, index_spec, model_fingerprint)

@@ -65,6 +65,13 @@ class PlaceRecognitionNode(Node):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
+        try:
+            self._setup()
+        except BaseException:
+            self.destroy_node()  # release the DDS entities before the error propagates
+            raise
+
+    def _setup(self) -> None:
         self.add_on_set_parameters_callback(self._validate_parameters)
         for spec in PARAMETERS:
             self.declare_parameter(spec.name, spec.default, spec.descriptor())
@@ -92,7 +99,10 @@ class PlaceRecognitionNode(Node):
         self._subscription_group = ReentrantCallbackGroup()
         self._service_group = MutuallyExclusiveCallbackGroup()
         self._create_interfaces()
-        self.add_post_set_parameters_callback(self._apply_parameters)
+        if hasattr(self, "add_post_set_parameters_callback"):
+            self.add_post_set_parameters_callback(self._apply_parameters)
+        else:  # rclpy before Iron: apply from the validating callback
+            self._apply_after_validation = True
 
         self._worker = threading.Thread(
             target=self._worker_loop, name="place_recognition_worker", daemon=True
@@ -135,11 +145,10 @@ class PlaceRecognitionNode(Node):
         except Exception as error:  # one clear line, whatever the loader raised
             raise StartupError(f"cannot load model {model_path or '(untrained student)'}: {error}") from error
         if model_path is None:
+            banner = "=" * 20
             self.get_logger().warning(
-                "="
-                * 20
-                + f" model_path is empty: using an {describer.label} network. Its loop candidates are "
-                "MEANINGLESS; set model_path to a trained TSCM student for real use " + "=" * 20
+                f"{banner} model_path is empty: using an {describer.label} network. Its loop candidates are "
+                f"MEANINGLESS; set model_path to a trained TSCM student for real use {banner}"
             )
         return describer
 
@@ -164,12 +173,11 @@ class PlaceRecognitionNode(Node):
 
     def _create_interfaces(self) -> None:
         config = self._config
+        reliability = ReliabilityPolicy.RELIABLE if config["reliable_qos"] else ReliabilityPolicy.BEST_EFFORT
         image_qos = QoSProfile(
             history=HistoryPolicy.KEEP_LAST,
             depth=1,
-            reliability=ReliabilityPolicy.RELIABLE
-            if config["reliable_qos"]
-            else ReliabilityPolicy.BEST_EFFORT,
+            reliability=reliability,
             durability=DurabilityPolicy.VOLATILE,
         )
         if config["image_transport"] == "raw":
@@ -223,6 +231,8 @@ class PlaceRecognitionNode(Node):
                 detector_config(pending)
             except ValueError as error:
                 return SetParametersResult(successful=False, reason=str(error))
+            if getattr(self, "_apply_after_validation", False):
+                self._apply_parameters(parameters)
         return SetParametersResult(successful=True)
 
     def _apply_parameters(self, parameters: Sequence[Parameter]) -> None:
@@ -298,7 +308,10 @@ class PlaceRecognitionNode(Node):
             self._record_error(message)
             return False, message
         message = f"saved {count} places to {path}"
-        self.get_logger().info(message) if why != "autosave" else self.get_logger().debug(message)
+        if why == "autosave":
+            self.get_logger().debug(message)
+        else:
+            self.get_logger().info(message)
         return True, message
 
     # ------------------------------------------------------------------ worker
@@ -315,14 +328,14 @@ class PlaceRecognitionNode(Node):
                 self.get_logger().debug(traceback.format_exc())
 
     def _process(self, msg: Image | CompressedImage) -> None:
+        stamp_ns = messages.stamp_to_ns(msg.header.stamp)
+        if not self._places.wants(stamp_ns):  # inside min_interval_s: not even decoded
+            self._processed_rate.tick()
+            return
         try:
             rgb = self._decode(msg, max_pixels=self._config["max_image_pixels"])
         except ImageDecodeError as error:
             self._count_bad_message(error.reason, str(error))
-            return
-        stamp_ns = messages.stamp_to_ns(msg.header.stamp)
-        if not self._places.wants(stamp_ns):
-            self._processed_rate.tick()
             return
         stamped = self._poses.lookup(stamp_ns, int(self._config["pose_max_age_s"] * 1e9))
         pose = None

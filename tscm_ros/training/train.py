@@ -289,8 +289,14 @@ def load_checkpoint(directory: Path, arch: str) -> tuple[nn.Module, dict]:
 
 
 # ----------------------------------------------------------------------------------------------- train
-def train(config: TrainConfig, *, resume_from: str | Path | None = None) -> dict:
-    """Train ``config.arch``; returns a summary (best score/epoch, per-epoch history, output folder)."""
+def train(
+    config: TrainConfig, *, resume_from: str | Path | None = None, teacher: nn.Module | None = None
+) -> dict:
+    """Train ``config.arch``; returns a summary (best score/epoch, per-epoch history, output folder).
+
+    ``resume_from``: a run folder to continue from its ``last/`` checkpoint. ``teacher``: an already loaded
+    teacher network for distillation (instead of loading ``config.teacher``).
+    """
     config.validate()
     runtime = setup_runtime(config.device)
     if config.num_threads:
@@ -315,9 +321,12 @@ def train(config: TrainConfig, *, resume_from: str | Path | None = None) -> dict
 
     # networks: the trained one (seeded init), the frozen teacher for distillation
     model = build_model(config.arch, seed=config.seed, pretrained=config.pretrained, **config.model_options)
-    teacher = None
-    if config.arch == "student":
+    if config.arch != "student":
+        teacher = None
+    elif teacher is None:
         teacher = load_model(config.teacher, runtime.device)
+    if teacher is not None:
+        teacher = teacher.to(runtime.device)
         if teacher.arch != "teacher":
             raise ValueError(f"teacher={config.teacher} holds a {teacher.arch!r} network, not a teacher")
         teacher.eval().requires_grad_(False)

@@ -1,0 +1,260 @@
+"""``tscm_export_dataset``: images + poses of a rosbag -> a dataset in the generic CSV format.
+
+Examples::
+
+    # mapping run: every frame at least 1 m apart, database images, split along the route
+    tscm_export_dataset run1 --out data/campus --image-topic /camera/image_raw --pose-topic /odom \\
+        --min-distance-m 1 --role database --split-by distance --val-fraction 0.1 --test-fraction 0.1
+    # revisit of the same route, appended as queries (same split rule)
+    tscm_export_dataset run2 --out data/campus --image-topic /camera/image_raw --pose-topic /odom \\
+        --min-distance-m 1 --role query --split-by distance --val-fraction 0.1 --test-fraction 0.1 --append
+
+Writes ``DIR/images/<prefix>/<index>.jpg`` (``--prefix`` defaults to the bag name) and ``DIR/dataset.csv``
+with the columns of :mod:`tscm_ros.data.csv_dataset` (``image,x,y,heading,split,role``) plus ``stamp_ns``,
+``frame_id`` and ``bag``. Positions are the pose topic's x/y in its frame (metres; use a metric, globally
+consistent frame such as ``map`` or UTM for two runs to be comparable); heading is the yaw in degrees.
+Frames without a pose (outside the pose topic's time range) are skipped and counted.
+
+``--split-by``: ``none`` writes ``--split`` (default train) on every row; ``sequence`` / ``distance`` cut the
+exported frames into train / val / test blocks along the recording, by frame count or by travelled distance
+(the last ``--test-fraction`` is test, the ``--val-fraction`` before it val). Blocks along one route keep the
+splits apart in space only when the route does not come back to the same places.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+CSV_NAME = "dataset.csv"
+COLUMNS = ("image", "x", "y", "heading", "split", "role", "stamp_ns", "frame_id", "bag")
+
+
+@dataclass
+class ExportedFrame:
+    image: str
+    x: float
+    y: float
+    heading: float
+    stamp_ns: int
+    frame_id: str
+
+
+def yaw_degrees(orientation_xyzw: Sequence[float]) -> float:
+    """Heading (rotation about z) of a quaternion, degrees in (-180, 180]."""
+    x, y, z, w = orientation_xyzw
+    return math.degrees(math.atan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z)))
+
+
+def assign_splits(
+    positions: np.ndarray, split_by: str, val_fraction: float, test_fraction: float, fixed: str
+) -> list[str]:
+    """Split label per exported frame (see module docstring)."""
+    count = len(positions)
+    if split_by == "none":
+        return [fixed] * count
+    if split_by == "sequence":
+        progress = (np.arange(count) + 0.5) / max(count, 1)
+    elif split_by == "distance":
+        steps = np.linalg.norm(np.diff(positions, axis=0), axis=1) if count > 1 else np.zeros(0)
+        travelled = np.concatenate([[0.0], np.cumsum(steps)])
+        total = travelled[-1] if count else 0.0
+        progress = travelled / total if total > 0 else (np.arange(count) + 0.5) / max(count, 1)
+    else:
+        raise ValueError(f"split_by must be none, sequence or distance, not {split_by!r}")
+    train_end = 1.0 - val_fraction - test_fraction
+    return ["train" if p < train_end else "val" if p < 1.0 - test_fraction else "test" for p in progress]
+
+
+def export_bag(
+    bag: str | Path,
+    out: str | Path,
+    *,
+    image_topic: str | None = None,
+    pose_topic: str | None = None,
+    every_n: int = 1,
+    min_distance_m: float = 0.0,
+    image_format: str = "jpg",
+    split_by: str = "none",
+    split: str = "train",
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    role: str = "",
+    prefix: str | None = None,
+    append: bool = False,
+) -> dict:
+    """Export one bag (see module docstring); returns counts and the CSV path."""
+    from tscm_ros.bags import BagReadStats, iter_frames
+
+    if every_n < 1 or min_distance_m < 0:
+        raise ValueError("every_n must be >= 1 and min_distance_m >= 0")
+    if min(val_fraction, test_fraction) < 0 or val_fraction + test_fraction >= 1:
+        raise ValueError("need val_fraction, test_fraction >= 0 and val_fraction + test_fraction < 1")
+    if split not in ("train", "val", "test") or role not in ("", "database", "query", "both"):
+        raise ValueError(f"bad split {split!r} or role {role!r}")
+    if image_format not in ("jpg", "png"):
+        raise ValueError(f"image_format must be jpg or png, not {image_format!r}")
+    bag = Path(bag)
+    out = Path(out)
+    csv_path = out / CSV_NAME
+    if csv_path.exists() and not append:
+        raise FileExistsError(f"{csv_path} exists; pass --append to add this bag's frames to it")
+    if append and csv_path.exists():
+        with csv_path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if tuple(reader.fieldnames or ()) != COLUMNS:
+                raise ValueError(
+                    f"{csv_path} was not written by tscm_export_dataset (columns {reader.fieldnames})"
+                )
+            existing = list(reader)
+    else:
+        existing = []
+    prefix = prefix or bag.name.removesuffix(".bag")
+    image_dir = out / "images" / prefix
+    if image_dir.exists() and any(image_dir.iterdir()):
+        raise FileExistsError(f"{image_dir} already holds images; choose another --prefix")
+    image_dir.mkdir(parents=True, exist_ok=True)
+
+    stats = BagReadStats()
+    frames: list[ExportedFrame] = []
+    last_kept: np.ndarray | None = None
+    decoded_with_pose = 0
+    for frame in iter_frames(bag, image_topic, pose_topic, stats=stats):
+        if frame.pose is None:
+            continue
+        decoded_with_pose += 1
+        if (decoded_with_pose - 1) % every_n:
+            continue
+        position = np.array(frame.pose.position[:2], dtype=np.float64)
+        if last_kept is not None and np.linalg.norm(position - last_kept) < min_distance_m:
+            continue
+        last_kept = position
+        name = f"{len(frames):06d}.{image_format}"
+        Image.fromarray(frame.rgb).save(
+            image_dir / name, **({"quality": 95} if image_format == "jpg" else {})
+        )
+        frames.append(
+            ExportedFrame(
+                image=f"images/{prefix}/{name}",
+                x=float(position[0]),
+                y=float(position[1]),
+                heading=yaw_degrees(frame.pose.orientation),
+                stamp_ns=int(frame.stamp_ns),
+                frame_id=frame.pose.frame_id,
+            )
+        )
+    if stats.pose_topic is None:
+        raise ValueError(
+            f"{bag}: no pose topic found; give --pose-topic "
+            "(nav_msgs/Odometry, geometry_msgs/PoseStamped or PoseWithCovarianceStamped)"
+        )
+    if not frames:
+        raise ValueError(f"{bag}: no frame with a pose was exported ({stats.summary()})")
+    splits = assign_splits(
+        np.array([[f.x, f.y] for f in frames]), split_by, val_fraction, test_fraction, split
+    )
+    rows = existing + [
+        {
+            "image": f.image,
+            "x": repr(f.x),
+            "y": repr(f.y),
+            "heading": f"{f.heading:.3f}",
+            "split": s,
+            "role": role,
+            "stamp_ns": str(f.stamp_ns),
+            "frame_id": f.frame_id,
+            "bag": bag.name,
+        }
+        for f, s in zip(frames, splits, strict=True)
+    ]
+    tmp = csv_path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, csv_path)
+    return {
+        "csv": csv_path,
+        "exported": len(frames),
+        "frames_with_pose": decoded_with_pose,
+        "splits": {name: splits.count(name) for name in ("train", "val", "test")},
+        "read": stats.summary(),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tscm_export_dataset",
+        description="Export images + poses of a rosbag to a tscm_ros CSV dataset.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("Examples::", 1)[1],
+    )
+    parser.add_argument("bag", type=Path, help="rosbag2 folder, .db3/.mcap file or ROS 1 .bag")
+    parser.add_argument("--out", type=Path, required=True, help="dataset folder (dataset.csv + images/)")
+    parser.add_argument("--image-topic", help="Image or CompressedImage topic (default: the first one)")
+    parser.add_argument("--pose-topic", help="Odometry / PoseStamped / PoseWithCovarianceStamped topic")
+    parser.add_argument("--every-n", type=int, default=1, help="keep every N-th frame that has a pose")
+    parser.add_argument("--min-distance-m", type=float, default=0.0, help="skip frames closer than D m")
+    parser.add_argument("--format", dest="image_format", choices=("jpg", "png"), default="jpg")
+    parser.add_argument("--split-by", choices=("none", "sequence", "distance"), default="none")
+    parser.add_argument(
+        "--split",
+        choices=("train", "val", "test"),
+        default="train",
+        help="split of every row (--split-by none)",
+    )
+    parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument("--test-fraction", type=float, default=0.1)
+    parser.add_argument(
+        "--role",
+        choices=("database", "query", "both"),
+        help="role column (default empty = both: leave-one-out)",
+    )
+    parser.add_argument("--prefix", help="image subfolder name (default: the bag name)")
+    parser.add_argument("--append", action="store_true", help="add rows to an existing dataset.csv")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from tscm_ros.bags import BagError
+
+    try:
+        result = export_bag(
+            args.bag,
+            args.out,
+            image_topic=args.image_topic,
+            pose_topic=args.pose_topic,
+            every_n=args.every_n,
+            min_distance_m=args.min_distance_m,
+            image_format=args.image_format,
+            split_by=args.split_by,
+            split=args.split,
+            val_fraction=args.val_fraction,
+            test_fraction=args.test_fraction,
+            role=args.role or "",
+            prefix=args.prefix,
+            append=args.append,
+        )
+    except (BagError, FileNotFoundError, FileExistsError, ValueError) as error:
+        print(f"tscm_export_dataset: error: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"exported {result['exported']} of {result['frames_with_pose']} frames with a pose "
+        f"to {result['csv']} "
+        f"(splits {result['splits']}); {result['read']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
