@@ -113,7 +113,9 @@ def exact_top1(n: int, dim: int, queries: np.ndarray, seed: int) -> np.ndarray:
     return best_id
 
 
-def run_one(n: int, spec: str, data: str, dim: int, n_queries: int, seed: int, cache: Path) -> dict:
+def run_one(
+    n: int, spec: str, data: str, dim: int, n_queries: int, seed: int, cache: Path, nprobes: list[int]
+) -> list[dict]:
     """Build one map in this process and measure it (called in a fresh subprocess)."""
     import faiss
 
@@ -140,7 +142,21 @@ def run_one(n: int, spec: str, data: str, dim: int, n_queries: int, seed: int, c
         del x
     gc.collect()
     rss1 = rss_bytes()
-    result = {"n": n, "spec": spec, "data": data, "build_s": build_s, "rss_delta_mb": (rss1 - rss0) / 2**20}
+    base = {"n": n, "spec": spec, "data": data, "build_s": build_s, "rss_delta_mb": (rss1 - rss0) / 2**20}
+    sweep = [None] if not nprobes or place_map.spec.kind != "ivf" else nprobes
+    results = []
+    for nprobe in sweep:
+        if nprobe is not None:
+            place_map.set_search_params(nprobe=nprobe)
+        result = dict(base, spec=str(place_map.spec) if nprobe else spec)
+        measure(place_map, queries, truth, result)
+        results.append(result)
+    return results
+
+
+def measure(place_map, queries: np.ndarray, truth: np.ndarray, result: dict) -> None:
+    import faiss
+
     for threads in (1, 2):
         faiss.omp_set_num_threads(threads)
         for q in queries[:20]:  # warm-up
@@ -158,7 +174,6 @@ def run_one(n: int, spec: str, data: str, dim: int, n_queries: int, seed: int, c
         if threads == 1:  # all work runs in this thread: its CPU time is the latency on an idle core
             result["cpu_ms_1t"] = 1000 * float(np.median(cpu))
     result["recall1"] = float(np.mean(found == truth))
-    return result
 
 
 def markdown(rows: list[dict]) -> str:
@@ -196,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--allow-flat-1m", action="store_true", help="also run exact flat at >= 1M (8 GiB)")
     parser.add_argument("--json", type=Path, help="append every result as a JSON line here")
+    parser.add_argument("--nprobe-sweep", help="IVF specs: also measure these nprobe values, e.g. 16,64")
     parser.add_argument("--table", type=Path, help="only print the tables of a --json file and exit")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: "n|spec|data|cache"
     args = parser.parse_args(argv)
@@ -204,7 +220,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.one:
         n, spec, data, cache = args.one.split("|")
-        print(json.dumps(run_one(int(n), spec, data, args.dim, args.queries, args.seed, Path(cache))))
+        nprobes = [int(v) for v in args.nprobe_sweep.split(",")] if args.nprobe_sweep else []
+        print(
+            json.dumps(run_one(int(n), spec, data, args.dim, args.queries, args.seed, Path(cache), nprobes))
+        )
         return 0
     sizes = sorted(parse_size(s) for s in args.sizes.split(","))
     rows = []
@@ -218,23 +237,22 @@ def main(argv: list[str] | None = None) -> int:
                 one = f"{n}|{spec}|{data}|{cache}"
                 cmd = [sys.executable, __file__, "--one", one, "--dim", str(args.dim),
                        "--queries", str(args.queries), "--seed", str(args.seed)]  # fmt: skip
+                if args.nprobe_sweep:
+                    cmd += ["--nprobe-sweep", args.nprobe_sweep]
                 started = time.perf_counter()
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
                 if proc.returncode != 0:
-                    row = {
-                        "n": n,
-                        "spec": spec,
-                        "data": data,
-                        "error": (proc.stderr.strip().splitlines() or ["?"])[-1],
-                    }
+                    error = (proc.stderr.strip().splitlines() or ["?"])[-1]
+                    new_rows = [{"n": n, "spec": spec, "data": data, "error": error}]
                 else:
-                    row = json.loads(proc.stdout.strip().splitlines()[-1])
-                row["wall_s"] = time.perf_counter() - started
-                rows.append(row)
-                print(json.dumps(row), file=sys.stderr, flush=True)
-                if args.json:
-                    with open(args.json, "a") as stream:
-                        stream.write(json.dumps(row) + "\n")
+                    new_rows = json.loads(proc.stdout.strip().splitlines()[-1])
+                for row in new_rows:
+                    row["wall_s"] = time.perf_counter() - started
+                    rows.append(row)
+                    print(json.dumps(row), file=sys.stderr, flush=True)
+                    if args.json:
+                        with open(args.json, "a") as stream:
+                            stream.write(json.dumps(row) + "\n")
     print(f"\n{args.dim}-d descriptors, {args.queries} single queries, PlaceMap.search_arrays(q, k=1); "
           "wall latency = median (p95); CPU ms = median thread CPU time (load-independent); "
           f"{os.cpu_count()} cores\n")  # fmt: skip

@@ -415,3 +415,16 @@ def test_sigkill_during_saves_leaves_old_or_new_map(tmp_path: Path) -> None:
     final = PlaceMap.load(root)
     final.save()
     assert sorted(p.name.startswith("v") for p in root.iterdir() if p.name != "current") == [True, True]
+
+
+def test_search_params_can_be_tuned_and_are_saved(tmp_path: Path, db: np.ndarray) -> None:
+    place_map = PlaceMap.create(DIM, "ivf:nlist=8,nprobe=1,train=300")
+    place_map.add(db, metas(len(db)))
+    queries = db[:100] + 0.02 * unit_vectors(100, seed=9)
+    place_map.set_search_params(nprobe=8)  # all lists: exact for IVF-Flat
+    _, full = place_map.search_arrays(queries, 1)
+    np.testing.assert_array_equal(full[:, 0], np.arange(100))
+    place_map.save(tmp_path / "m")
+    loaded = PlaceMap.load(tmp_path / "m")
+    assert loaded.spec.nprobe == 8
+    np.testing.assert_array_equal(loaded.search_arrays(queries, 1)[1][:, 0], np.arange(100))

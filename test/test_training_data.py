@@ -195,3 +195,63 @@ def test_mining_from_leave_one_out_csv(tmp_path):
     for t in miner.mine(emb, emb, np.random.default_rng(0)):
         assert t.positive != t.query and 0 < abs(t.positive - t.query) * 3.0 <= 10.0
         assert np.all(np.abs(t.negatives - t.query) * 3.0 > 25.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "arch"), [("train_teacher_pitts30k", "teacher"), ("distill_student_pitts30k", "student")]
+)
+def test_shipped_configs_hold_the_published_protocol(name, arch):
+    from pathlib import Path
+
+    from tscm_ros.training.config import load_config
+
+    config = load_config(Path(__file__).resolve().parents[1] / "config" / f"{name}.yaml", arch=arch)
+    # TSCM_FACTS.md section 3 (options.py / trainer.py defaults of the published code)
+    assert (config.lr, config.weight_decay, config.lr_gamma) == (1e-5, 1e-3, 0.99)
+    assert (config.batch_size, config.num_negatives, config.negative_pool, config.margin) == (
+        8,
+        10,
+        1000,
+        0.1,
+    )
+    assert (config.epochs, config.patience, config.seed, config.early_stop_metric) == (
+        200,
+        10,
+        1234,
+        "10m/R@1",
+    )
+    assert config.dataset == "pittsburgh" and config.train_data.endswith("pitts30k_train.mat")
+    if arch == "student":
+        assert config.mining_model == "teacher" and config.cross_metric_form == "published"
+
+
+def test_evaluation_registry_knows_pittsburgh_and_csv(tmp_path):
+    from tscm_ros.evaluation.cli import main as tscm_evaluate
+    from tscm_ros.evaluation.datasets import load_dataset
+
+    mat = write_pittsburgh_mat(
+        tmp_path / "structure" / "t.mat",
+        which_set="test",
+        database=["a.jpg"],
+        database_utm=[[0, 0]],
+        queries=["b.jpg"],
+        query_utm=[[3, 0]],
+    )
+    (tmp_path / "database").mkdir()
+    (tmp_path / "query").mkdir()
+    with pytest.raises(FileNotFoundError, match="a.jpg"):
+        load_dataset(f"pittsburgh:{mat}")  # evaluation checks that the images exist
+    for folder, name in (("database", "a.jpg"), ("query", "b.jpg")):
+        (tmp_path / folder / name).write_bytes(b"")
+    ds = load_dataset(f"pittsburgh:{mat}")
+    assert ds.positives["10m"][0].tolist() == [0] and ds.queries == [tmp_path / "query" / "b.jpg"]
+    ds = load_dataset(f"pittsburgh:{mat}:{tmp_path}")
+    assert ds.database == [tmp_path / "database" / "a.jpg"]
+    csv_path = tmp_path / "d.csv"
+    csv_path.write_text(
+        "image,x,y,split,role\ndatabase/a.jpg,0,0,test,database\nquery/b.jpg,30,0,test,query\n"
+    )
+    ds = load_dataset(f"csv:{csv_path}:test")
+    assert ds.positives["10m"][0].tolist() == [] and ds.name == "d_test"
+    with pytest.raises(SystemExit, match="tscm_evaluate: .*no rows with split='val'"):
+        tscm_evaluate(["--dataset", f"csv:{csv_path}:val", "--untrained", "--out", str(tmp_path / "e")])

@@ -134,7 +134,13 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike) -> Path:
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, example, check_trace=False)  # parity is tested
     extra = {"tscm_ros.json": json.dumps(model_metadata(model))}
-    return _replace_atomically(lambda tmp: torch.jit.save(traced, str(tmp), _extra_files=extra), Path(path))
+
+    def write(tmp: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)  # "torch.jit.save is deprecated"
+            torch.jit.save(traced, str(tmp), _extra_files=extra)
+
+    return _replace_atomically(write, Path(path))
 
 
 def fold_batch_norms(module: nn.Module) -> nn.Module:

@@ -41,7 +41,7 @@ import numpy as np
 
 from tscm_ros.data.pittsburgh import positives_within
 from tscm_ros.evaluation.dataset import RetrievalDataset
-from tscm_ros.evaluation.datasets import register_dataset
+from tscm_ros.evaluation.datasets import DatasetError, register_dataset
 
 SPLITS = ("train", "val", "test")
 ROLES = ("database", "query", "both")
@@ -50,7 +50,7 @@ NEGATIVE_RADIUS_M = 25.0
 COLUMNS = ("image", "easting", "northing", "x", "y", "heading", "split", "role")
 
 
-class CsvDatasetError(ValueError):
+class CsvDatasetError(DatasetError):
     """The CSV file does not follow the documented format (the message names the row and column)."""
 
 

@@ -31,7 +31,7 @@ import scipy.io
 from scipy.spatial import cKDTree
 
 from tscm_ros.evaluation.dataset import RetrievalDataset
-from tscm_ros.evaluation.datasets import register_dataset
+from tscm_ros.evaluation.datasets import DatasetError, register_dataset
 
 FIELD_NAMES = (
     "whichSet",
@@ -47,7 +47,7 @@ FIELD_NAMES = (
 )
 
 
-class PittsburghFormatError(ValueError):
+class PittsburghFormatError(DatasetError):
     """The ``.mat`` file is not a Pittsburgh ``dbStruct`` file."""
 
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from tscm_ros.bags import write_image_bag
 from tscm_ros.demo.scene import NS_PER_S, SceneConfig, build_world, generate_frames, plan_trajectory
+from tscm_ros.evaluation import metrics
 from tscm_ros.loop_closure import LoopClosureConfig, LoopClosureDetector
 from tscm_ros.pipelines.build_map import BuildResult, build_map_from_bag, write_candidates_csv, write_plots
 from tscm_ros.placemap import PlaceMap, Pose
@@ -137,39 +138,37 @@ def evaluate(
     is_match: Callable[[int, int], bool],
     threshold: float,
 ) -> Evaluation:
-    """Score top-1 loop-closure candidates of ``result`` against ground truth ``is_match(query, place)``."""
+    """Score top-1 loop-closure candidates of ``result`` against ground truth ``is_match(query, place)``.
+
+    A keyframe's positives are the earlier keyframes outside the exclusion window (the detector's own
+    cutoff) that ``is_match``; keyframes with any are the revisits (the recall denominator). Recall@1,
+    the PR sweep and AP come from :mod:`tscm_ros.evaluation.metrics`.
+    """
     top1 = top1_per_keyframe(result, config)
     stamps = [query for query, _, _ in top1]
-    exclusion_ns = config.exclusion_window_s * NS_PER_S
-    revisit = [
-        any(place <= query - exclusion_ns and is_match(query, place) for place in stamps) for query in stamps
+    exclusion_ns = round(config.exclusion_window_s * NS_PER_S)  # as PlaceMap.search cuts off
+    positives = [
+        np.array(
+            [place for place in stamps if place <= query - exclusion_ns and is_match(query, place)], np.int64
+        )
+        for query in stamps
     ]
-    has_match = [match >= 0 for _, match, _ in top1]
-    similarity = np.array([sim for _, _, sim in top1])
-    correct = np.array(
-        [ok and is_match(query, match) for (query, match, _), ok in zip(top1, has_match, strict=True)]
-    )
-    revisits = int(sum(revisit))
-    reported_mask = np.array(has_match) & (similarity >= threshold)
+    revisits = sum(len(p) > 0 for p in positives)
+    matches = np.array([match for _, match, _ in top1], np.int64).reshape(-1, 1)
+    has_match = matches[:, 0] >= 0
+    # keyframes without a candidate make no decision: -inf scores are left out of the PR sweep
+    similarity = np.where(has_match, [sim for _, _, sim in top1], -np.inf)
+    correct = metrics.hits_matrix(matches, positives)[:, 0]
+    reported_mask = has_match & (similarity >= threshold)
     reported = int(reported_mask.sum())
     n_correct = int((correct & reported_mask).sum())
-    # PR sweep over the top-1 similarity
-    order = np.argsort(-similarity, kind="stable")
-    valid = np.array(has_match)[order]
-    hits = np.cumsum(correct[order] & valid)
-    counts = np.cumsum(valid)
-    precision_curve = hits / np.maximum(counts, 1)
-    recall_curve = hits / max(revisits, 1)
-    curve = tuple(
-        (float(similarity[order][i]), float(precision_curve[i]), float(recall_curve[i]))
-        for i in range(len(order))
-        if valid[i]
-    )
-    recall_steps = np.diff(np.concatenate([[0.0], recall_curve[valid]]))
-    average_precision = float(np.sum(recall_steps * precision_curve[valid]))
-    f1 = 2 * precision_curve * recall_curve / np.maximum(precision_curve + recall_curve, 1e-12)
-    f1 = np.where(valid, f1, 0.0)
-    best = int(np.argmax(f1)) if len(f1) else 0
+    curve = metrics.precision_recall_curve(similarity, correct, revisits)
+    if len(curve.thresholds):
+        f1 = 2 * curve.precision * curve.recall / np.maximum(curve.precision + curve.recall, 1e-12)
+        best = int(np.argmax(f1))
+        best_f1, best_f1_threshold = float(f1[best]), float(curve.thresholds[best])
+    else:  # no candidate at all: F1 0 at the highest (no-candidate) similarity, as before
+        best_f1, best_f1_threshold = 0.0, float(max((sim for *_, sim in top1), default=float("nan")))
     return Evaluation(
         threshold=threshold,
         keyframes=len(top1),
@@ -178,11 +177,14 @@ def evaluate(
         correct=n_correct,
         precision=n_correct / reported if reported else 0.0,
         recall=n_correct / revisits if revisits else 0.0,
-        recall_at_1=float((correct & np.array(revisit)).sum() / revisits) if revisits else 0.0,
-        average_precision=average_precision,
-        best_f1=float(f1[best]) if len(f1) else 0.0,
-        best_f1_threshold=float(similarity[order][best]) if len(f1) else float("nan"),
-        pr_curve=curve,
+        recall_at_1=metrics.recall_at_n(matches, positives, (1,))[1] if revisits else 0.0,
+        average_precision=curve.average_precision if revisits else 0.0,
+        best_f1=best_f1,
+        best_f1_threshold=best_f1_threshold,
+        pr_curve=tuple(
+            (float(t), float(p), float(r))
+            for t, p, r in zip(curve.thresholds, curve.precision, curve.recall, strict=True)
+        ),
     )
 
 

@@ -8,6 +8,7 @@ later adds go straight into the trained index (it is never re-trained).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -265,6 +266,14 @@ class PlaceMap:
     def close(self) -> None:
         """Release the working metadata copy (the saved map on disk is untouched)."""
         self._finalizer()
+
+    def set_search_params(self, *, ef_search: int | None = None, nprobe: int | None = None) -> None:
+        """Change HNSW ``efSearch`` / IVF ``nprobe`` without rebuilding (saved with the spec)."""
+        changes = {k: int(v) for k, v in (("ef_search", ef_search), ("nprobe", nprobe)) if v is not None}
+        with self._lock:
+            self._spec = dataclasses.replace(self._spec, **changes)
+            if self._trained:
+                self._spec.apply_search_settings(self._index)
 
     # ------------------------------------------------------------------ updates
     def add(self, descriptors: np.ndarray, metas: Sequence[PlaceMeta] | PlaceMeta) -> np.ndarray:
