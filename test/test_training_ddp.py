@@ -20,7 +20,6 @@ import torch.multiprocessing as mp
 from tscm_ros.data.mining import TrainingTuple
 from tscm_ros.data.tuples import TupleDataset, collate_tuples
 from tscm_ros.models import build_model
-from tscm_ros.models.base import DescriptorNet
 from tscm_ros.training.config import load_config
 from tscm_ros.training.train import Runtime, batch_loss, embed_images, set_train_mode
 
@@ -54,10 +53,11 @@ def gradients_and_embeddings(model, batch, images, runtime: Runtime):
 def ddp_worker(rank: int, port: int, corridor: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    DescriptorNet.input_size = SMALL_INPUT  # spawned processes start from a fresh import
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        model = torch.nn.parallel.DistributedDataParallel(build_model("student", seed=0))
+        model = torch.nn.parallel.DistributedDataParallel(
+            build_model("student", seed=0, input_size=SMALL_INPUT)
+        )
         batch, images = make_batch(Path(corridor), rank)
         grads, embeddings = gradients_and_embeddings(model, batch, images, Runtime(rank, 2))
         if rank == 0:
@@ -72,14 +72,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_ddp_matches_single_process(corridor_dir, tmp_path, monkeypatch):
+def test_ddp_matches_single_process(corridor_dir, tmp_path):
     out = tmp_path / "rank0.pt"
     mp.spawn(ddp_worker, args=(free_port(), str(corridor_dir), str(out)), nprocs=2, join=True)
     distributed = torch.load(out, weights_only=True)
 
-    monkeypatch.setattr(DescriptorNet, "input_size", SMALL_INPUT)
     batch, images = make_batch(corridor_dir, None)
-    grads, embeddings = gradients_and_embeddings(build_model("student", seed=0), batch, images, Runtime())
+    grads, embeddings = gradients_and_embeddings(
+        build_model("student", seed=0, input_size=SMALL_INPUT), batch, images, Runtime()
+    )
     assert torch.allclose(distributed["embeddings"], embeddings, atol=1e-6)
     assert grads.keys() == distributed["grads"].keys()
     assert sum(float(g.abs().sum()) for g in grads.values()) > 0

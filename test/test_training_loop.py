@@ -1,9 +1,8 @@
 """End-to-end training on a tiny Pittsburgh-format set made from the corridor images (CPU, reduced input).
 
-The networks' NetVLAD sample counts follow ``DescriptorNet.input_size`` (tokens = (H/16)*(W/16)), so this
-module builds every network at 32x32 (4 tokens) by setting that class attribute for the module's duration;
-checkpoints record it, and ``load_model`` rebuilds the same shapes while it is set. Images are the 160x120
-corridor frames, squashed to 32x32 by the published preprocessing.
+Every network is built with the ``input_size=(32, 32)`` option (4 patch tokens instead of 196): a much
+cheaper network of the same structure. Checkpoints record the option, so ``load_model`` rebuilds the same
+shapes. Images are the 160x120 corridor frames, squashed to 32x32 by the published preprocessing.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from tscm_ros.data.pittsburgh import write_pittsburgh_mat
 from tscm_ros.data.tuples import TupleDataset, collate_tuples
 from tscm_ros.model_io import load_model, read_model_config
 from tscm_ros.models import build_model
-from tscm_ros.models.base import DescriptorNet
 from tscm_ros.training import cli
 from tscm_ros.training.config import ConfigError, TrainConfig, load_config
 from tscm_ros.training.train import STATE_FILE, Runtime, batch_loss, train
@@ -36,13 +34,6 @@ TRAIN_DB = [4, 32, 40, 46]
 TRAIN_Q = [5]
 VAL_DB = list(range(60, 111, 8))
 VAL_Q = [64, 96, 104]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def small_networks():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(DescriptorNet, "input_size", SMALL_INPUT)
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +80,7 @@ def tiny_config(pitts: dict, arch: str, out_dir: Path, **changes) -> TrainConfig
         eval_batch_size=32,
         out_dir=str(out_dir),
         progress=False,
+        model_options={"input_size": list(SMALL_INPUT)},
     )
     values.update(changes)
     return load_config(None, **values)
@@ -156,7 +148,7 @@ def test_teacher_trains_and_checkpoints(teacher_run, trained_teacher, pitts):
     assert state["epoch"] == 2 and state["model_fingerprint"] == trained_teacher.fingerprint
     # the objective on a fixed batch went down
     batch = fixed_batch(pitts)
-    initial = build_model("teacher", seed=config.seed, pretrained="none")
+    initial = build_model("teacher", seed=config.seed, pretrained="none", input_size=SMALL_INPUT)
     assert objective(trained_teacher, batch, config) < objective(initial, batch, config)
 
 
@@ -167,7 +159,7 @@ def test_student_distillation_loss_decreases(student_run, trained_teacher, pitts
     student = load_model(out / "last")
     assert student.arch == "student" and student.descriptor_dim == 2048
     batch = fixed_batch(pitts)
-    initial = build_model("student", seed=config.seed, pretrained="none")
+    initial = build_model("student", seed=config.seed, pretrained="none", input_size=SMALL_INPUT)
     before = objective(initial, batch, config, trained_teacher)
     assert objective(student, batch, config, trained_teacher) < before
 

@@ -44,7 +44,8 @@ def build_model(
         seed: seed of the weight initialisation (drawn from a forked RNG, the global RNG is untouched);
             ``None`` draws from the global RNG.
         options: student: ``variance_head: bool = False``; teacher: ``vit_tokens_only: bool = True``;
-            both: ``pretrained: "none" | "imagenet" = "none"`` (ImageNet ResNet trunk; raises
+            both: ``input_size: (H, W) = (224, 224)`` (multiples of 16; other sizes are other networks),
+            ``pretrained: "none" | "imagenet" = "none"`` (ImageNet ResNet trunk; raises
             :class:`PretrainedWeightsUnavailable` when the file is neither cached nor downloadable).
             ``pretrained`` only changes the initial weights, so it is not part of ``model.options``.
     """

@@ -15,16 +15,28 @@ class DescriptorNet(nn.Module):
 
     Attributes every network exposes: ``arch`` (str), ``options`` (JSON-serialisable architecture options,
     enough to rebuild the module with :func:`tscm_ros.models.build_model` before loading a state dict),
-    ``descriptor_dim`` (2048) and ``input_size`` ((H, W) = (224, 224), fixed by the NetVLAD re-views).
+    ``descriptor_dim`` (2048) and ``input_size`` ((H, W), default (224, 224) as published). The NetVLAD
+    re-views tie the sample counts to the number of 16x16 patches, so another size (option ``input_size``,
+    multiples of 16, e.g. (32, 32) for fast tests) builds a different, incompatible network; it is recorded
+    in ``options`` only when it differs from the published 224x224.
     """
 
     arch: str = ""
     descriptor_dim: int = DESCRIPTOR_DIM
     input_size: tuple[int, int] = INPUT_SIZE
 
-    def __init__(self, options: dict[str, Any]) -> None:
+    def __init__(
+        self, options: dict[str, Any], input_size: tuple[int, int] | list[int] | None = None
+    ) -> None:
         super().__init__()
         self.options = dict(options)
+        if input_size is not None:
+            size = tuple(int(v) for v in input_size)
+            if len(size) != 2 or min(size) < 16 or any(v % 16 for v in size):
+                raise ValueError(f"input_size must be (H, W), positive multiples of 16; got {input_size!r}")
+            if size != INPUT_SIZE:
+                self.input_size = size
+                self.options["input_size"] = list(size)
 
     def check_input(self, x: Tensor) -> None:
         """Raise a clear error unless ``x`` is a (B, 3, 224, 224) floating-point batch."""

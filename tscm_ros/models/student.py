@@ -27,12 +27,19 @@ class StudentNet(DescriptorNet):
             (second output of the published network, unused for retrieval); see
             :meth:`forward_with_variance`.
         pretrained: ``"imagenet"`` loads torchvision's ImageNet weights into the ResNet trunk.
+        input_size: (H, W) input, multiples of 16; default the published (224, 224).
     """
 
     arch = "student"
 
-    def __init__(self, *, variance_head: bool = False, pretrained: Pretrained = "none") -> None:
-        super().__init__({"variance_head": bool(variance_head)})
+    def __init__(
+        self,
+        *,
+        variance_head: bool = False,
+        pretrained: Pretrained = "none",
+        input_size: tuple[int, int] | list[int] | None = None,
+    ) -> None:
+        super().__init__({"variance_head": bool(variance_head)}, input_size)
         self.cnn = resnet50_trunk(pretrained)
         self.gem = GeM()
         self.patch_embed = nn.Conv2d(3, PATCH_DIM, kernel_size=PATCH_SIZE, stride=PATCH_SIZE)

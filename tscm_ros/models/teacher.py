@@ -67,12 +67,19 @@ class TeacherNet(DescriptorNet):
     Args:
         vit_tokens_only: see :class:`VitEncoder` (True = the published teacher).
         pretrained: ``"imagenet"`` loads torchvision's ImageNet weights into the ResNet trunk.
+        input_size: (H, W) input, multiples of 16; default the published (224, 224).
     """
 
     arch = "teacher"
 
-    def __init__(self, *, vit_tokens_only: bool = True, pretrained: Pretrained = "none") -> None:
-        super().__init__({"vit_tokens_only": bool(vit_tokens_only)})
+    def __init__(
+        self,
+        *,
+        vit_tokens_only: bool = True,
+        pretrained: Pretrained = "none",
+        input_size: tuple[int, int] | list[int] | None = None,
+    ) -> None:
+        super().__init__({"vit_tokens_only": bool(vit_tokens_only)}, input_size)
         num_patches = (self.input_size[0] // PATCH_SIZE) * (self.input_size[1] // PATCH_SIZE)
         self.cnn = resnet50_trunk(pretrained)
         self.gem = GeM()
