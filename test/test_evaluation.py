@@ -110,6 +110,15 @@ def test_loop_closure_pr_with_positions_and_pairs() -> None:
         metrics.loop_closure_pr_curve([1, 1], [0, 0], [0.5, 0.4], gt_pairs=pairs)
 
 
+def test_loop_closure_match_inside_exclusion_is_not_correct() -> None:
+    # frame 3 (x=20.5) matches frame 2 (x=20), within the radius but only one frame back: with
+    # exclusion_frames=2 that is no loop, so the detection is a false positive, not a true one
+    positions = [[0, 0], [10, 0], [20, 0], [20.5, 0]]
+    pr = metrics.loop_closure_pr_curve([3], [2], [0.9], positions=positions, radius_m=1.0, exclusion_frames=2)
+    assert pr.n_positive == 0
+    np.testing.assert_allclose(pr.precision, [0.0])
+
+
 # ---------------------------------------------------------------------------- loaders
 def test_corridor_csv_loader(corridor_dir: Path) -> None:
     ds = load_dataset(f"corridor:{corridor_dir}")

@@ -192,7 +192,8 @@ def loop_closure_pr_curve(
         for frame, neighbours in enumerate(tree.query_ball_point(positions, r=radius_m)):
             has_loop[frame] = any(j < frame - exclusion_frames for j in neighbours)
         distances = np.linalg.norm(positions[query_indices] - positions[match_indices], axis=1)
-        correct = distances <= radius_m
+        # the same rule as has_loop: only an earlier frame outside the exclusion is a true loop
+        correct = (distances <= radius_m) & (match_indices < query_indices - exclusion_frames)
         n_positive = int(has_loop.sum())
     else:
         pairs = {(int(q), int(m)) for q, m in gt_pairs}
