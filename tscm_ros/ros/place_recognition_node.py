@@ -5,13 +5,15 @@ Publications: ``~/loop_candidates``, ``lio_loop/loop_closure_detection``, ``~/ma
 ``~/descriptor`` (optional), ``/diagnostics``. Services: ``~/save_map``, ``~/reset_map``, ``~/set_mapping``.
 docs/ROS_INTERFACES.md documents every field.
 
-Image callbacks only drop the message into a one-frame slot; a worker thread decodes, describes and matches
-the newest frame, so the backlog never grows and overwritten frames are counted as dropped. All stamps come
+Image callbacks (executor threads) only drop the message into a one-frame slot; the inference loop on the
+main thread decodes, describes and matches the newest frame, so the backlog never grows and overwritten
+frames are counted as dropped. All stamps come
 from message headers (``use_sim_time`` only affects the diagnostics stamp).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
@@ -82,7 +84,7 @@ class PlaceRecognitionNode(Node):
         self._places = self._create_database()
         self._decode = image_msg_to_rgb if self._config["image_transport"] == "raw" else compressed_msg_to_rgb
 
-        # state shared between the executor threads and the worker
+        # state shared between the executor threads and the inference loop
         self._slot: LatestSlot[tuple[Any, float]] = LatestSlot()
         self._poses = PoseBuffer()
         self._edges: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=MAX_MARKER_EDGES)
@@ -104,10 +106,7 @@ class PlaceRecognitionNode(Node):
         else:  # rclpy before Iron: apply from the validating callback
             self._apply_after_validation = True
 
-        self._worker = threading.Thread(
-            target=self._worker_loop, name="place_recognition_worker", daemon=True
-        )
-        self._worker.start()
+        self._constructed = True
         self.get_logger().info(
             f"ready: model {self._describer.label} ({self._describer.backend} on {self._describer.device}), "
             f"map {len(self._places)} places, mode {self._config['mode']}, "
@@ -314,9 +313,15 @@ class PlaceRecognitionNode(Node):
             self.get_logger().info(message)
         return True, message
 
-    # ------------------------------------------------------------------ worker
-    def _worker_loop(self) -> None:
-        while not self._slot.closed:
+    # ------------------------------------------------------------------ inference loop
+    def run_inference_loop(self) -> None:
+        """Describe and match the newest frame until shutdown; ``main`` runs this on the main thread.
+
+        PyTorch's OpenMP intra-op parallelism ran 1.4-2.4x slower when called from a secondary thread on the
+        2-core development machine (same model, same thread count), so inference owns the main thread and
+        the executor spins in a background thread instead.
+        """
+        while not self._slot.closed and rclpy.ok(context=self.context):
             item = self._slot.take(timeout=0.5)
             if item is None:
                 continue
@@ -450,10 +455,9 @@ class PlaceRecognitionNode(Node):
 
     # ------------------------------------------------------------------ shutdown
     def destroy_node(self) -> None:
-        """Stop the worker, save the map when configured (clean shutdown only), then destroy the node."""
-        if hasattr(self, "_worker"):  # fully constructed
+        """Stop the inference loop, save the map if configured (clean shutdown only), destroy the node."""
+        if getattr(self, "_constructed", False):
             self._slot.close()
-            self._worker.join(timeout=5.0)
             if self._config["save_on_shutdown"] and self._config["map_path"] and self._places.dirty:
                 self._save("shutdown")
             self._places.close()
@@ -471,15 +475,23 @@ def main(args: Sequence[str] | None = None) -> int:
         return 1
     executor = MultiThreadedExecutor(num_threads=2)
     executor.add_node(node)
+    spinner = threading.Thread(target=_spin, args=(executor,), name="ros_executor", daemon=True)
+    spinner.start()
     try:
-        executor.spin()
+        node.run_inference_loop()  # inference on the main thread (see run_inference_loop)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
         executor.shutdown()
+        spinner.join(timeout=5.0)
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def _spin(executor: MultiThreadedExecutor) -> None:
+    with contextlib.suppress(ExternalShutdownException):
+        executor.spin()
 
 
 if __name__ == "__main__":
