@@ -45,18 +45,6 @@ class SceneConfig:
     phase_offset_m: float = 0.37  # lap 2 frames fall between lap 1 frames along the route
 
 
-@dataclass(frozen=True)
-class SceneFrame:
-    index: int
-    lap: int
-    stamp_ns: int
-    position: tuple[float, float, float]
-    orientation: tuple[float, float, float, float]  # quaternion xyzw (yaw about +z)
-    yaw: float
-    route_s: float  # arc length along the route (m)
-    rgb: np.ndarray = field(repr=False)
-
-
 # ------------------------------------------------------------------------------------------- world
 
 
@@ -263,6 +251,13 @@ class TrajectorySample:
     route_s: float
 
 
+@dataclass(frozen=True)
+class SceneFrame(TrajectorySample):
+    """A trajectory sample with its rendered image."""
+
+    rgb: np.ndarray = field(repr=False)
+
+
 def plan_trajectory(config: SceneConfig, world: World | None = None) -> list[TrajectorySample]:
     """Camera poses of all laps in time order (lap 2+: phase shift, lateral offset, heading jitter)."""
     world = world or build_world(config)
@@ -306,4 +301,4 @@ def generate_frames(config: SceneConfig = SceneConfig(), world: World | None = N
         if changed and config.noise_sigma > 0:
             noise = noise_rng.normal(0.0, config.noise_sigma, size=rgb.shape)
             rgb = np.clip(rgb + noise, 0, 255).astype(np.uint8)
-        yield SceneFrame(**dataclasses.asdict(sample), rgb=rgb)
+        yield SceneFrame(**{f.name: getattr(sample, f.name) for f in dataclasses.fields(sample)}, rgb=rgb)
