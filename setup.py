@@ -15,8 +15,10 @@ setup(
         ("share/" + package_name, ["package.xml"]),
         ("share/" + package_name + "/launch", glob("launch/*.launch.py")),
         ("share/" + package_name + "/config", glob("config/*.yaml") + glob("config/*.xml")),
-        ("share/" + package_name + "/models", glob("models/*.json") + glob("models/*.safetensors")
-         + glob("models/*.md")),
+        (
+            "share/" + package_name + "/models",
+            glob("models/*.json") + glob("models/*.safetensors") + glob("models/*.md"),
+        ),
     ],
     python_requires=">=3.10",
     # Python deps are pinned in requirements.txt; ROS deps come from package.xml (rosdep) or
