@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tscm_ros.image_files import list_images, read_rgb
 from tscm_ros.model_io import (
     CONFIG_FILE,
     IMAGENET_MEAN,
@@ -354,27 +355,6 @@ class Describer:
 
 
 # --------------------------------------------------------------------- tscm_describe
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Image files directly in ``folder``, sorted by name."""
-    if not folder.is_dir():
-        raise FileNotFoundError(f"not a directory: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
-    return files
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """Read an image file as HxWx3 uint8 RGB with PIL."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
-
-
 def describe_files(describer: Describer, files: Sequence[Path]) -> np.ndarray:
     """Describe image files in chunks of ``describer.batch_size`` (bounded memory)."""
     out = np.empty((len(files), describer.dim), dtype=np.float32)

@@ -11,21 +11,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
 from tscm_ros.data.mining import TrainingTuple
 from tscm_ros.describer import preprocess
+from tscm_ros.image_files import read_rgb
 
 
 def load_image(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
     """One image file -> (3, H, W) float32 network input."""
     try:
-        with Image.open(path) as image:
-            rgb = np.asarray(image.convert("RGB"))
+        rgb = read_rgb(Path(path))
     except FileNotFoundError:
         raise FileNotFoundError(f"training image not found: {path}") from None
     except OSError as error:

@@ -32,6 +32,7 @@ import numpy as np
 from tscm_ros.bags import write_image_bag
 from tscm_ros.demo.scene import NS_PER_S, SceneConfig, build_world, generate_frames, plan_trajectory
 from tscm_ros.evaluation import metrics
+from tscm_ros.image_files import list_images
 from tscm_ros.loop_closure import LoopClosureConfig, LoopClosureDetector
 from tscm_ros.pipelines.build_map import BuildResult, build_map_from_bag, write_candidates_csv, write_plots
 from tscm_ros.placemap import PlaceMap, Pose
@@ -390,15 +391,6 @@ def run_demo(
     return DemoResult(build, evaluation, note, plots, bag, time.perf_counter() - started, output)
 
 
-def _list_images(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder not found: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    if not files:
-        raise FileNotFoundError(f"no images in {folder}")
-    return files
-
-
 def run_corridor(
     corridor: str | Path,
     out_dir: str | Path = DEFAULT_OUT / "corridor",
@@ -423,7 +415,7 @@ def run_corridor(
 
     started = time.perf_counter()
     corridor, out_dir = Path(corridor), Path(out_dir)
-    refs, queries = _list_images(corridor / "ref"), _list_images(corridor / "query")
+    refs, queries = list_images(corridor / "ref"), list_images(corridor / "query")
     if limit:
         refs, queries = refs[:limit], queries[:limit]
     output: list[str] = []

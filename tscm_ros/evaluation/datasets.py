@@ -26,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tscm_ros.image_files import IMAGE_SUFFIXES, list_images
+
 from .dataset import RetrievalDataset
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
 DatasetLoader = Callable[[str], RetrievalDataset]
 _REGISTRY: dict[str, DatasetLoader] = {}
 # Modules that register more kinds when imported; load_dataset imports them on an unknown kind.
@@ -69,12 +70,10 @@ def load_dataset(spec: str) -> RetrievalDataset:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise DatasetError(f"missing image folder {folder}")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise DatasetError(f"no images in {folder}")
-    return files
+    try:
+        return list_images(folder)
+    except FileNotFoundError as error:
+        raise DatasetError(str(error)) from None
 
 
 def _require_dir(path: str | Path) -> Path:
