@@ -14,7 +14,7 @@ from visualization_msgs.msg import Marker
 
 from tscm_ros.ros import messages
 from tscm_ros.ros.latest_slot import LatestSlot
-from tscm_ros.ros.pose_buffer import PoseBuffer
+from tscm_ros.poses import PoseBuffer
 from tscm_ros.ros.testing import format_parameter
 
 NS = 1_000_000_000

@@ -28,10 +28,12 @@ from tscm_ros.images import (
     rgb_to_compressed_bytes,
     rgb_to_image_fields,
 )
+from tscm_ros.poses import NS_PER_S, PoseTrack
 
 if TYPE_CHECKING:
     from rosbags.highlevel import AnyReader
 
+    from tscm_ros.features import CameraIntrinsics
     from tscm_ros.placemap import Pose
 
 LOGGER = logging.getLogger(__name__)
@@ -39,6 +41,8 @@ LOGGER = logging.getLogger(__name__)
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_TYPE)
+CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
+DEPTH_PAIRING_S = 0.02  # a depth image pairs with the colour image stamped within this time
 POSE_TYPES = {
     "odometry": "nav_msgs/msg/Odometry",
     "pose_stamped": "geometry_msgs/msg/PoseStamped",
@@ -68,6 +72,8 @@ class BagFrame:
     rgb: np.ndarray  # (H, W, 3) uint8
     pose: Pose | None  # interpolated from the pose topic; None outside its time range or without one
     log_time_ns: int = 0
+    depth: np.ndarray | None = None  # (H, W) float32 metres (NaN = invalid) from the depth topic, when paired
+    intrinsics: CameraIntrinsics | None = None  # from the camera_info topic, when the bag has one
 
 
 @dataclass
@@ -76,6 +82,9 @@ class BagReadStats:
 
     image_topic: str | None = None
     pose_topic: str | None = None
+    depth_topic: str | None = None
+    camera_info_topic: str | None = None
+    frames_with_depth: int = 0
     image_messages: int = 0
     decoded: int = 0
     errors: Counter = field(
@@ -100,6 +109,10 @@ class BagReadStats:
                 f"; pose topic {self.pose_topic}: {self.pose_messages} poses, "
                 f"{self.frames_with_pose} frames with pose, {self.frames_without_pose} without"
             )
+        if self.camera_info_topic:
+            text += f"; intrinsics from {self.camera_info_topic}"
+        if self.depth_topic:
+            text += f"; depth topic {self.depth_topic}: {self.frames_with_depth} frames with depth"
         return text
 
 
@@ -196,59 +209,7 @@ def _choose_topic(reader: AnyReader, requested: str | None, msgtypes: Iterable[s
 
 
 def _stamp_ns(header: Any) -> int:
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
-
-
-@dataclass
-class PoseTrack:
-    """Time-sorted poses of one topic; :meth:`at` interpolates (linear position, slerp orientation)."""
-
-    stamps_ns: np.ndarray  # (N,) int64, strictly increasing
-    positions: np.ndarray  # (N, 3)
-    orientations_xyzw: np.ndarray  # (N, 4) unit quaternions
-    frame_id: str = ""
-
-    @classmethod
-    def from_samples(cls, samples: list[tuple[int, np.ndarray, np.ndarray]], frame_id: str = "") -> PoseTrack:
-        samples = sorted(samples, key=lambda sample: sample[0])
-        unique: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        for stamp, position, orientation in samples:
-            unique[stamp] = (position, orientation)  # the last message wins for duplicate stamps
-        stamps = np.fromiter(unique, dtype=np.int64, count=len(unique))
-        positions = np.array([value[0] for value in unique.values()], dtype=np.float64).reshape(-1, 3)
-        quaternions = np.array([value[1] for value in unique.values()], dtype=np.float64).reshape(-1, 4)
-        norms = np.linalg.norm(quaternions, axis=1, keepdims=True)
-        quaternions = np.where(norms > 0, quaternions / np.where(norms > 0, norms, 1), [0.0, 0.0, 0.0, 1.0])
-        return cls(stamps, positions, quaternions, frame_id)
-
-    def __len__(self) -> int:
-        return len(self.stamps_ns)
-
-    def at(self, stamp_ns: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """(position, orientation_xyzw) at ``stamp_ns``, or None outside [first, last] stamp."""
-        if not len(self) or stamp_ns < self.stamps_ns[0] or stamp_ns > self.stamps_ns[-1]:
-            return None
-        index = int(np.searchsorted(self.stamps_ns, stamp_ns, side="left"))
-        if self.stamps_ns[index] == stamp_ns:
-            return self.positions[index].copy(), self.orientations_xyzw[index].copy()
-        before, after = index - 1, index
-        fraction = (stamp_ns - self.stamps_ns[before]) / (self.stamps_ns[after] - self.stamps_ns[before])
-        position = self.positions[before] + fraction * (self.positions[after] - self.positions[before])
-        return position, quaternion_slerp(
-            self.orientations_xyzw[before], self.orientations_xyzw[after], fraction
-        )
-
-
-def quaternion_slerp(q0: np.ndarray, q1: np.ndarray, fraction: float) -> np.ndarray:
-    """Shortest-path spherical interpolation of unit quaternions (x, y, z, w)."""
-    dot = float(np.dot(q0, q1))
-    if dot < 0.0:
-        q1, dot = -q1, -dot
-    if dot > 0.9995:  # nearly parallel: normalised lerp is accurate and stable
-        result = q0 + fraction * (q1 - q0)
-        return result / np.linalg.norm(result)
-    theta = np.arccos(min(dot, 1.0))
-    return (np.sin((1.0 - fraction) * theta) * q0 + np.sin(fraction * theta) * q1) / np.sin(theta)
+    return int(header.stamp.sec) * NS_PER_S + int(header.stamp.nanosec)
 
 
 def _pose_of_message(message: Any, msgtype: str) -> tuple[np.ndarray, np.ndarray]:
@@ -298,11 +259,47 @@ def make_pose(position: np.ndarray, orientation_xyzw: np.ndarray, frame_id: str)
     )
 
 
+def _optional_topic(
+    reader: AnyReader, requested: str | None, msgtypes: Iterable[str], role: str
+) -> str | None:
+    """A topic chosen like :func:`_choose_topic`; "" or "none" = not wanted."""
+    if requested is not None and requested.lower() in ("", "none"):
+        return None
+    return _choose_topic(reader, requested, msgtypes, role)
+
+
+def read_camera_intrinsics(reader: AnyReader, topic: str) -> CameraIntrinsics | None:
+    """Intrinsics of the first valid CameraInfo message of ``topic`` (None when none is valid)."""
+    from tscm_ros.features import CameraIntrinsics
+
+    connections = [connection for connection in reader.connections if connection.topic == topic]
+    for connection, log_time, raw in reader.messages(connections=connections):
+        try:
+            message = reader.deserialize(raw, connection.msgtype)
+            return CameraIntrinsics.from_camera_info_k(
+                list(message.k), int(message.width), int(message.height)
+            )
+        except Exception as error:  # a corrupt or all-zero CameraInfo: try the next one
+            LOGGER.debug("unusable camera_info at %d: %s", log_time, error)
+    return None
+
+
+def _depth_topic(reader: AnyReader, requested: str | None, image_topic: str) -> str | None:
+    """``requested``, or (None) the one Image topic other than ``image_topic`` whose name says depth."""
+    if requested is not None:
+        return _optional_topic(reader, requested, (IMAGE_TYPE,), "depth")
+    names = [c.topic for c in reader.connections if c.msgtype == IMAGE_TYPE and c.topic != image_topic]
+    depth = sorted({name for name in names if "depth" in name.lower()})
+    return depth[0] if len(depth) == 1 else None
+
+
 def iter_frames(
     path: str | Path,
     image_topic: str | None = None,
     pose_topic: str | None = None,
     *,
+    depth_topic: str | None = "",
+    camera_info_topic: str | None = "",
     max_pixels: int = DEFAULT_MAX_PIXELS,
     stats: BagReadStats | None = None,
 ) -> Iterator[BagFrame]:
@@ -314,12 +311,17 @@ def iter_frames(
             first CompressedImage topic.
         pose_topic: Odometry / PoseStamped / PoseWithCovarianceStamped topic; None picks one automatically
             when the bag has one, "" (or "none") reads no poses.
+        depth_topic: aligned depth Image topic (16UC1 mm / 32FC1 m), paired by header stamp within
+            ``DEPTH_PAIRING_S``; None picks the one Image topic named ``*depth*``, "" reads no depth.
+        camera_info_topic: CameraInfo topic for ``BagFrame.intrinsics``; None picks one, "" reads none.
         max_pixels: larger images are skipped (counted as "too_large").
         stats: filled in while iterating (decoded frames, skipped messages per reason).
 
     Raises:
         FileNotFoundError, BagError: missing bag, no image topic, unknown topic (before the first frame).
     """
+    from tscm_ros.depth import DepthDecodeError, depth_msg_to_metres
+
     stats = stats if stats is not None else BagReadStats()
     reader = open_bag(path)
     with reader:
@@ -329,19 +331,61 @@ def iter_frames(
             raise BagError(f"{path}: no sensor_msgs Image/CompressedImage topic (topics: {available})")
         stats.image_topic = topic
         track = None
-        if pose_topic is None or pose_topic.lower() not in ("", "none"):
-            chosen_pose_topic = _choose_topic(reader, pose_topic, POSE_TYPES.values(), "pose")
-            if chosen_pose_topic:
-                stats.pose_topic = chosen_pose_topic
-                track = read_pose_track(reader, chosen_pose_topic, stats)
-        connections = [connection for connection in reader.connections if connection.topic == topic]
+        chosen_pose_topic = _optional_topic(reader, pose_topic, POSE_TYPES.values(), "pose")
+        if chosen_pose_topic:
+            stats.pose_topic = chosen_pose_topic
+            track = read_pose_track(reader, chosen_pose_topic, stats)
+        intrinsics = None
+        info_topic = _optional_topic(reader, camera_info_topic, (CAMERA_INFO_TYPE,), "camera_info")
+        if info_topic:
+            intrinsics = read_camera_intrinsics(reader, info_topic)
+            stats.camera_info_topic = info_topic if intrinsics is not None else None
+        depth_name = _depth_topic(reader, depth_topic, topic)
+        stats.depth_topic = depth_name
+        tolerance_ns = round(DEPTH_PAIRING_S * NS_PER_S)
+        depths: list[tuple[int, Any]] = []  # recent (stamp, depth message)
+        pending: list[BagFrame] = []  # frames waiting for their depth image, in order
+
+        def pair(frame: BagFrame) -> bool:
+            for stamp, message in depths:
+                if abs(stamp - frame.stamp_ns) <= tolerance_ns:
+                    try:
+                        frame.depth = depth_msg_to_metres(message, max_pixels)
+                        stats.frames_with_depth += 1
+                    except DepthDecodeError as error:
+                        stats.errors["bad_depth"] += 1
+                        LOGGER.debug("unusable depth at %d: %s", stamp, error)
+                    return True
+            return False
+
+        def ready(now_ns: int, flush: bool) -> Iterator[BagFrame]:
+            while pending and (
+                flush or pending[0].depth is not None or now_ns - pending[0].log_time_ns > 10 * tolerance_ns
+                or len(pending) > 8
+            ):  # fmt: skip
+                stats.decoded += 1
+                yield pending.pop(0)
+
+        wanted = {topic, depth_name} - {None}
+        connections = [connection for connection in reader.connections if connection.topic in wanted]
         for connection, log_time, raw in reader.messages(connections=connections):
-            stats.image_messages += 1
+            is_depth = connection.topic == depth_name
+            if not is_depth:
+                stats.image_messages += 1
             try:
                 message = reader.deserialize(raw, connection.msgtype)
             except Exception as error:
-                stats.errors["corrupt_message"] += 1
+                stats.errors["corrupt_depth_message" if is_depth else "corrupt_message"] += 1
                 LOGGER.debug("undecodable %s message at %d: %s", connection.msgtype, log_time, error)
+                continue
+            stamp = _stamp_ns(message.header) or int(log_time)
+            if is_depth:
+                depths.append((stamp, message))
+                del depths[:-8]
+                for frame in pending:
+                    if frame.depth is None:
+                        pair(frame)
+                yield from ready(int(log_time), flush=False)
                 continue
             try:
                 if connection.msgtype == COMPRESSED_TYPE:
@@ -352,7 +396,6 @@ def iter_frames(
                 stats.errors[error.reason] += 1
                 LOGGER.debug("skipping image at %d: %s", log_time, error)
                 continue
-            stamp = _stamp_ns(message.header) or int(log_time)
             pose = None
             if track is not None:
                 sample = track.at(stamp)
@@ -361,8 +404,16 @@ def iter_frames(
                 else:
                     stats.frames_with_pose += 1
                     pose = make_pose(sample[0], sample[1], track.frame_id)
-            stats.decoded += 1
-            yield BagFrame(stamp, str(message.header.frame_id), topic, rgb, pose, int(log_time))
+            frame = BagFrame(stamp, str(message.header.frame_id), topic, rgb, pose, int(log_time),
+                             intrinsics=intrinsics)  # fmt: skip
+            if depth_name is None:
+                stats.decoded += 1
+                yield frame
+                continue
+            pair(frame)
+            pending.append(frame)
+            yield from ready(int(log_time), flush=False)
+        yield from ready(0, flush=True)
 
 
 def _summaries(reader: AnyReader) -> list[TopicSummary]:
@@ -398,7 +449,7 @@ class _MessageFactory:
 
     def header(self, stamp_ns: int, frame_id: str) -> Any:
         stamp = self.types["builtin_interfaces/msg/Time"](
-            sec=int(stamp_ns // 1_000_000_000), nanosec=int(stamp_ns % 1_000_000_000)
+            sec=int(stamp_ns // NS_PER_S), nanosec=int(stamp_ns % NS_PER_S)
         )
         header_type = self.types["std_msgs/msg/Header"]
         if self.ros1:
@@ -415,6 +466,29 @@ class _MessageFactory:
         fields = rgb_to_image_fields(rgb, encoding)
         fields["data"] = np.frombuffer(fields["data"], dtype=np.uint8)
         return self.types[IMAGE_TYPE](header=self.header(stamp_ns, frame_id), **fields)
+
+    def depth(self, stamp_ns: int, frame_id: str, depth_m: np.ndarray) -> Any:
+        """16UC1 millimetres (0 = invalid) of a float metres image."""
+        millimetres = np.nan_to_num(np.asarray(depth_m, np.float64) * 1000.0, nan=0.0, posinf=0.0)
+        data = np.clip(np.round(millimetres), 0, 65535).astype("<u2")
+        height, width = data.shape
+        return self.types[IMAGE_TYPE](
+            header=self.header(stamp_ns, frame_id), height=height, width=width, encoding="16UC1",
+            is_bigendian=0, step=width * 2, data=data.view(np.uint8).reshape(-1),
+        )  # fmt: skip
+
+    def camera_info(self, stamp_ns: int, frame_id: str, intrinsics: CameraIntrinsics) -> Any:
+        types = self.types
+        k = np.array([intrinsics.fx, 0, intrinsics.cx, 0, intrinsics.fy, intrinsics.cy, 0, 0, 1], np.float64)
+        p = np.array([intrinsics.fx, 0, intrinsics.cx, 0, 0, intrinsics.fy, intrinsics.cy, 0, 0, 0, 1, 0])
+        fields = {"binning_x": 0, "binning_y": 0}
+        roi = types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0,
+                                                         do_rectify=False)  # fmt: skip
+        return types[CAMERA_INFO_TYPE](
+            header=self.header(stamp_ns, frame_id), height=intrinsics.height, width=intrinsics.width,
+            distortion_model="plumb_bob", d=np.zeros(5, np.float64), k=k, r=np.eye(3).reshape(-1),
+            p=p.astype(np.float64), roi=roi, **fields,
+        )  # fmt: skip
 
     def compressed(self, stamp_ns: int, frame_id: str, rgb: np.ndarray, fmt: str) -> Any:
         data = np.frombuffer(rgb_to_compressed_bytes(rgb, fmt), dtype=np.uint8)
@@ -475,9 +549,12 @@ class _BagSink:
 
 def write_image_bag(
     path: str | Path,
-    frames: Iterable[tuple[int, np.ndarray]],
+    frames: Iterable[tuple[int, np.ndarray] | tuple[int, np.ndarray, np.ndarray]],
     *,
     topic: str = "/camera/image_raw",
+    camera_info: CameraIntrinsics | None = None,
+    camera_info_topic: str = "/camera/camera_info",
+    depth_topic: str = "/camera/depth/image_raw",
     frame_id: str = "camera",
     storage: str = "sqlite3",
     encoding: str = "rgb8",
@@ -492,7 +569,9 @@ def write_image_bag(
 
     Args:
         path: rosbag2 directory to create (sqlite3/mcap) or ``.bag`` file (ros1; suffix added if missing).
-        frames: (stamp_ns, (H, W, 3) uint8 RGB); the stamp is both header stamp and log time.
+        frames: (stamp_ns, (H, W, 3) uint8 RGB[, (H, W) float depth in metres]); the stamp is both header
+            stamp and log time. A depth image goes to ``depth_topic`` as 16UC1 millimetres.
+        camera_info: intrinsics written as sensor_msgs/CameraInfo on ``camera_info_topic`` with each frame.
         storage: "sqlite3", "mcap" or "ros1".
         encoding: sensor_msgs/Image encoding (any of ``tscm_ros.images.SUPPORTED_ENCODINGS``).
         compressed: "jpeg" or "png" to write sensor_msgs/CompressedImage instead of Image.
@@ -532,8 +611,15 @@ def write_image_bag(
                 sink.write(pose_topic, POSE_TYPES[pose_type], int(stamp), message)
                 next_pose += 1
 
-        for stamp_ns, rgb in frames:
+        for stamp_ns, rgb, *depth in frames:
             flush_poses(int(stamp_ns))
+            if camera_info is not None:
+                info = factory.camera_info(int(stamp_ns), frame_id, camera_info)
+                sink.write(camera_info_topic, CAMERA_INFO_TYPE, int(stamp_ns), info)
+            if depth and depth[0] is not None:
+                sink.write(
+                    depth_topic, IMAGE_TYPE, int(stamp_ns), factory.depth(int(stamp_ns), frame_id, depth[0])
+                )
             if compressed:
                 message = factory.compressed(int(stamp_ns), frame_id, rgb, compressed)
                 sink.write(topic, COMPRESSED_TYPE, int(stamp_ns), message)

@@ -2,8 +2,9 @@
 
 Per incoming frame, :class:`LoopClosureDetector`:
 
-1. **Keyframe policy** -- the frame is a keyframe when it is the first one, or when every enabled gate
-   passes: at least ``min_interval_s`` since the last keyframe, descriptor change (1 - cosine to the
+1. **Keyframe policy** -- the frame is a keyframe when it is the first one (or the first after time went
+   back more than ``TIME_JUMP_BACK_S``: a restarted bag), or when every enabled gate passes: at least
+   ``min_interval_s`` since the last keyframe, descriptor change (1 - cosine to the
    last keyframe) at least ``min_descriptor_change``, and travel at least ``min_travel_m`` (only checked
    when both this frame and the last keyframe have a pose). Other frames are dropped.
 2. **Query** -- top-``top_k`` places with similarity >= ``similarity_threshold``. In mapping mode
@@ -24,13 +25,17 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from .placemap import PlaceMap, PlaceMeta, Pose, Utm
+from .placemap import Match, PlaceMap, PlaceMeta, Pose, Utm
+from .poses import NS_PER_S
 
-_NS_PER_S = 1_000_000_000
+if TYPE_CHECKING:
+    from .verification import Verification
+
+TIME_JUMP_BACK_S = 1.0  # a stamp this far behind the last keyframe resets the history
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,17 @@ class LoopCandidate:
     match_keyframe_index: int = -1
     match_frame_id: str = ""
     match_utm: Utm | None = None
+    sequence_score: float = math.nan  # NaN: no sequence matching for this candidate
+    sequence_length: int = 0  # query keyframes the sequence score used (0: single frame)
+    verification: Verification | None = None  # None: not verified (verification off or beyond verify_top_k)
+
+    @property
+    def verified(self) -> bool:
+        return self.verification is not None and self.verification.verified
+
+    @property
+    def inliers(self) -> int:
+        return self.verification.inliers if self.verification is not None else 0
 
 
 @dataclass(frozen=True)
@@ -124,17 +140,23 @@ class _ChainEntry:
 
 
 class LoopClosureDetector:
-    """Keyframe selection + loop-closure queries against ``place_map``. Thread-safe (one lock)."""
+    """Keyframe selection + loop-closure queries against ``place_map``. Thread-safe (one lock).
+
+    :meth:`process` runs every step for one frame. The recognition session calls the steps one by one
+    (:meth:`keyframe_gate`, :meth:`retrieve`, :meth:`select`, :meth:`commit`) so that it can verify and
+    sequence-match between them.
+    """
 
     def __init__(self, place_map: PlaceMap, config: LoopClosureConfig | None = None) -> None:
         self.place_map = place_map
         self.config = config or LoopClosureConfig()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._last_descriptor: np.ndarray | None = None
         self._last_stamp_ns: int | None = None
         self._last_pose: Pose | None = None
         self._keyframe_count = 0
         self._previous_chain: list[_ChainEntry] = []
+        self.time_jumps = 0
 
     @property
     def keyframe_count(self) -> int:
@@ -156,91 +178,141 @@ class LoopClosureDetector:
         pose: Pose | None = None,
         utm: Utm | None = None,
     ) -> KeyframeResult:
-        """Handle one frame's descriptor (``(D,)``, L2-normalised) stamped ``stamp_ns`` (int ns)."""
-        vector = np.asarray(descriptor, dtype=np.float32).reshape(-1)
-        if vector.shape[0] != self.place_map.dim:
-            raise ValueError(
-                f"descriptor has {vector.shape[0]} values, the map holds {self.place_map.dim}-d ones"
-            )
-        norm = float(np.linalg.norm(vector))
-        if not math.isfinite(norm) or norm < 1e-12:
-            raise ValueError("descriptor must be finite and non-zero")
-        vector = vector / norm
+        """Handle one frame's descriptor (``(D,)``) stamped ``stamp_ns`` (int ns): every step in order."""
+        vector = self.place_map.normalize(descriptor)
         stamp_ns = int(stamp_ns)
-        cfg = self.config
         with self._lock:
-            reason = self._keyframe_gate(vector, stamp_ns, pose)
+            reason = self.keyframe_gate(vector, stamp_ns, pose)
             if reason:
                 return KeyframeResult(is_keyframe=False, place_id=None, skipped_reason=reason)
+            keyframe_index, matches = self.retrieve(vector, stamp_ns, self.config.top_k)
+            matches = self.select(matches)
+            place_id = self.commit(
+                vector, stamp_ns, keyframe_index, frame_id=frame_id, source=source, pose=pose, utm=utm
+            )
+            candidates = self.candidates(matches, place_id, keyframe_index, stamp_ns, pose)
+            return KeyframeResult(is_keyframe=True, place_id=place_id, candidates=candidates)
+
+    # ------------------------------------------------------------------ steps
+    def interval_gate(self, stamp_ns: int) -> str:
+        """'' when ``min_interval_s`` lets a frame stamped ``stamp_ns`` through, else ``"min_interval_s"``.
+
+        The one place that handles time going backwards: a stamp more than ``TIME_JUMP_BACK_S`` before the
+        last keyframe (a bag restarted, a simulation reset) resets the keyframe and consistency history and
+        counts a time jump; smaller steps back are let through without a reset.
+        """
+        with self._lock:
+            last = self._last_stamp_ns
+            if last is None:
+                return ""
+            elapsed_ns = stamp_ns - last
+            if elapsed_ns < -TIME_JUMP_BACK_S * NS_PER_S:
+                self.reset()
+                self.time_jumps += 1
+                return ""
+            if 0 <= elapsed_ns < self.config.min_interval_s * NS_PER_S:
+                return "min_interval_s"
+            return ""
+
+    def keyframe_gate(self, vector: np.ndarray, stamp_ns: int, pose: Pose | None) -> str:
+        """'' when the frame is a keyframe, else the name of the gate that rejected it."""
+        cfg = self.config
+        with self._lock:
+            reason = self.interval_gate(stamp_ns)
+            if reason or self._last_descriptor is None:
+                return reason
+            if cfg.min_descriptor_change > 0:
+                change = 1.0 - float(np.dot(vector, self._last_descriptor))
+                if change < cfg.min_descriptor_change:
+                    return "min_descriptor_change"
+            if (
+                cfg.min_travel_m > 0
+                and pose is not None
+                and self._last_pose is not None
+                and pose.distance_to(self._last_pose) < cfg.min_travel_m
+            ):
+                return "min_travel_m"
+            return ""
+
+    def retrieve(self, vector: np.ndarray, stamp_ns: int, k: int) -> tuple[int, list[Match]]:
+        """(keyframe index of this frame, its top-``k`` places) -- mapping-mode exclusions, no threshold."""
+        cfg = self.config
+        with self._lock:
             mapping = cfg.mode == "mapping"
             keyframe_index = self.place_map.next_keyframe_index if mapping else self._keyframe_count
             matches = self.place_map.search(
-                vector, cfg.top_k,
+                vector, k,
                 query_stamp_ns=stamp_ns if mapping else None,
                 exclusion_window_s=cfg.exclusion_window_s,
                 query_keyframe_index=keyframe_index if mapping else None,
                 exclusion_keyframes=cfg.exclusion_keyframes if mapping else None,
             )  # fmt: skip
-            matches = [m for m in matches if m.similarity >= cfg.similarity_threshold]
-            matches = self._non_maximum_suppression(matches)
+            return keyframe_index, matches
+
+    def select(self, matches: list[Match]) -> list[Match]:
+        """The single-frame rule: similarity threshold, NMS, consistency over consecutive keyframes."""
+        with self._lock:
+            kept = [
+                m for m in matches[: self.config.top_k] if m.similarity >= self.config.similarity_threshold
+            ]
+            return self._consistent(self._non_maximum_suppression(kept))
+
+    def commit(
+        self,
+        vector: np.ndarray,
+        stamp_ns: int,
+        keyframe_index: int,
+        *,
+        frame_id: str = "",
+        source: str = "",
+        pose: Pose | None = None,
+        utm: Utm | None = None,
+        features: bytes | None = None,
+        thumbnail: bytes | None = None,
+    ) -> int | None:
+        """End the keyframe: add it to the map in mapping mode (returns its place id) and remember it."""
+        with self._lock:
             place_id = None
-            if mapping:
+            if self.config.mode == "mapping":
                 meta = PlaceMeta(stamp_ns=stamp_ns, frame_id=frame_id, source=source,
                                  keyframe_index=keyframe_index, pose=pose, utm=utm)  # fmt: skip
-                place_id = int(self.place_map.add(vector[None, :], [meta])[0])
-            consistent = self._consistent(matches)
-            query_id = place_id if place_id is not None else keyframe_index
-            candidates = [
-                LoopCandidate(
-                    query_id=query_id,
-                    query_stamp_ns=stamp_ns,
-                    match_id=m.place_id,
-                    match_stamp_ns=m.meta.stamp_ns,
-                    similarity=m.similarity,
-                    rank=rank,
-                    match_pose=m.meta.pose,
-                    query_pose=pose,
-                    query_keyframe_index=keyframe_index,
-                    match_keyframe_index=m.meta.keyframe_index,
-                    match_frame_id=m.meta.frame_id,
-                    match_utm=m.meta.utm,
-                )  # fmt: skip
-                for rank, m in enumerate(consistent)
-            ]
-            self._last_descriptor, self._last_stamp_ns, self._last_pose = (
-                vector,
-                stamp_ns,
-                pose or self._last_pose,
-            )
+                extra = {}
+                if features is not None or thumbnail is not None:
+                    extra = {"features": [features], "thumbnails": [thumbnail]}
+                place_id = int(self.place_map.add(vector[None, :], [meta], **extra)[0])
+            self._last_descriptor, self._last_stamp_ns = vector, stamp_ns
+            self._last_pose = pose or self._last_pose
             self._keyframe_count += 1
-            return KeyframeResult(is_keyframe=True, place_id=place_id, candidates=candidates)
+            return place_id
 
-    # ------------------------------------------------------------------ steps
-    def _keyframe_gate(self, vector: np.ndarray, stamp_ns: int, pose: Pose | None) -> str:
-        """'' when the frame is a keyframe, else the name of the gate that rejected it."""
-        cfg = self.config
-        if self._last_descriptor is None:
-            return ""
-        elapsed_ns = stamp_ns - self._last_stamp_ns
-        if 0 <= elapsed_ns < cfg.min_interval_s * _NS_PER_S:  # time going backwards (bag loop) passes
-            return "min_interval_s"
-        if cfg.min_descriptor_change > 0:
-            change = 1.0 - float(np.dot(vector, self._last_descriptor))
-            if change < cfg.min_descriptor_change:
-                return "min_descriptor_change"
-        if (
-            cfg.min_travel_m > 0
-            and pose is not None
-            and self._last_pose is not None
-            and pose.distance_to(self._last_pose) < cfg.min_travel_m
-        ):
-            return "min_travel_m"
-        return ""
+    @staticmethod
+    def candidates(
+        matches: list[Match], place_id: int | None, keyframe_index: int, stamp_ns: int, pose: Pose | None
+    ) -> list[LoopCandidate]:
+        """LoopCandidate records of ``matches`` (ranked in the given order) for the query keyframe."""
+        query_id = place_id if place_id is not None else keyframe_index
+        return [
+            LoopCandidate(
+                query_id=query_id,
+                query_stamp_ns=stamp_ns,
+                match_id=m.place_id,
+                match_stamp_ns=m.meta.stamp_ns,
+                similarity=m.similarity,
+                rank=rank,
+                match_pose=m.meta.pose,
+                query_pose=pose,
+                query_keyframe_index=keyframe_index,
+                match_keyframe_index=m.meta.keyframe_index,
+                match_frame_id=m.meta.frame_id,
+                match_utm=m.meta.utm,
+            )  # fmt: skip
+            for rank, m in enumerate(matches)
+        ]
 
     def _close(self, a_kf: int, a_ns: int, b_kf: int, b_ns: int, window_kf: int, window_s: float) -> bool:
         if abs(a_kf - b_kf) <= window_kf:
             return True
-        return window_s > 0 and abs(a_ns - b_ns) <= window_s * _NS_PER_S
+        return window_s > 0 and abs(a_ns - b_ns) <= window_s * NS_PER_S
 
     def _non_maximum_suppression(self, matches: list) -> list:
         cfg = self.config

@@ -34,8 +34,10 @@ from tscm_ros.demo.scene import NS_PER_S, SceneConfig, build_world, generate_fra
 from tscm_ros.evaluation import metrics
 from tscm_ros.image_files import list_images
 from tscm_ros.loop_closure import LoopClosureConfig, LoopClosureDetector
-from tscm_ros.pipelines.build_map import BuildResult, build_map_from_bag, write_candidates_csv, write_plots
+from tscm_ros.pipelines.build_map import BuildResult, build_map_from_bag, write_plots
 from tscm_ros.placemap import PlaceMap, Pose
+from tscm_ros.recognition import RecognitionConfig
+from tscm_ros.sequence import SequenceConfig
 
 LOGGER = logging.getLogger(__name__)
 DEFAULT_OUT = Path("tscm_demo_output")
@@ -147,13 +149,7 @@ def evaluate(
     """
     top1 = top1_per_keyframe(result, config)
     stamps = [query for query, _, _ in top1]
-    exclusion_ns = round(config.exclusion_window_s * NS_PER_S)  # as PlaceMap.search cuts off
-    positives = [
-        np.array(
-            [place for place in stamps if place <= query - exclusion_ns and is_match(query, place)], np.int64
-        )
-        for query in stamps
-    ]
+    positives = positives_per_keyframe(stamps, config.exclusion_window_s, is_match)
     revisits = sum(len(p) > 0 for p in positives)
     matches = np.array([match for _, match, _ in top1], np.int64).reshape(-1, 1)
     has_match = matches[:, 0] >= 0
@@ -187,6 +183,104 @@ def evaluate(
             for t, p, r in zip(curve.thresholds, curve.precision, curve.recall, strict=True)
         ),
     )
+
+
+def positives_per_keyframe(
+    stamps: Sequence[int], exclusion_window_s: float, is_match: Callable[[int, int], bool]
+) -> list[np.ndarray]:
+    """Per keyframe stamp: the earlier keyframe stamps outside the exclusion window that ``is_match``."""
+    exclusion_ns = round(exclusion_window_s * NS_PER_S)  # as PlaceMap.search cuts off
+    return [
+        np.array(
+            [place for place in stamps if place <= query - exclusion_ns and is_match(query, place)], np.int64
+        )
+        for query in stamps
+    ]
+
+
+def evaluate_verified(
+    result: BuildResult, config: LoopClosureConfig, is_match: Callable[[int, int], bool], min_inliers: int
+) -> Evaluation:
+    """Score the session's verified loop closures: a keyframe reports its best verified candidate.
+
+    ``threshold`` is ``min_inliers``; the PR sweep varies the inlier count of each keyframe's best-verified
+    candidate from there up; ``recall_at_1`` is R@1 after the verification re-rank (rank-0 candidate, verified
+    or not, is correct), over the revisits.
+    """
+    stamps = [k.stamp_ns for k in result.keyframes]
+    positives = positives_per_keyframe(stamps, config.exclusion_window_s, is_match)
+    revisits = sum(len(p) > 0 for p in positives)
+    by_query: dict[int, list] = {}
+    for candidate in result.candidates:
+        by_query.setdefault(candidate.query_stamp_ns, []).append(candidate)
+    scores, correct, top1 = [], [], []
+    for stamp in stamps:
+        ranked = sorted(by_query.get(stamp, []), key=lambda c: c.rank)
+        top1.append(ranked[0].match_stamp_ns if ranked else -1)
+        verified = [c for c in ranked if c.verified]
+        scores.append(float(verified[0].inliers) if verified else -np.inf)
+        correct.append(bool(verified) and is_match(stamp, verified[0].match_stamp_ns))
+    scores_array, correct_array = np.array(scores), np.array(correct, bool)
+    reported_mask = scores_array >= min_inliers
+    reported, n_correct = int(reported_mask.sum()), int((correct_array & reported_mask).sum())
+    curve = metrics.precision_recall_curve(scores_array, correct_array, revisits)
+    f1 = 2 * curve.precision * curve.recall / np.maximum(curve.precision + curve.recall, 1e-12)
+    best = int(np.argmax(f1)) if len(curve.thresholds) else -1
+    matches = np.array(top1, np.int64).reshape(-1, 1)
+    return Evaluation(
+        threshold=float(min_inliers),
+        keyframes=len(stamps),
+        revisits=revisits,
+        reported=reported,
+        correct=n_correct,
+        precision=n_correct / reported if reported else 0.0,
+        recall=n_correct / revisits if revisits else 0.0,
+        recall_at_1=metrics.recall_at_n(matches, positives, (1,))[1] if revisits else 0.0,
+        average_precision=curve.average_precision if revisits else 0.0,
+        best_f1=float(f1[best]) if best >= 0 else 0.0,
+        best_f1_threshold=float(curve.thresholds[best]) if best >= 0 else float("nan"),
+        pr_curve=tuple(
+            (float(t), float(p), float(r))
+            for t, p, r in zip(curve.thresholds, curve.precision, curve.recall, strict=True)
+        ),
+    )
+
+
+def write_match_pictures(result: BuildResult, is_match: Callable[[int, int], bool]) -> list[Path]:
+    """``match_verified.png`` / ``match_rejected.png``: one correct verified closure and one rejected
+    candidate, drawn from the thumbnails and features stored in the map."""
+    from tscm_ros.features import LocalFeatures, decode_thumbnail
+    from tscm_ros.verification import draw_matches
+
+    correct = (c for c in result.candidates if c.verified and is_match(c.query_stamp_ns, c.match_stamp_ns))
+    verified = next(correct, None)
+    rejected = next(
+        (c for c in result.candidates if c.verification is not None and not c.verified and c.inliers > 0),
+        next((c for c in result.candidates if c.verification is not None and not c.verified), None),
+    )
+    written = []
+    place_map = PlaceMap.load(result.map_dir)
+    try:
+        for name, candidate in (("match_verified.png", verified), ("match_rejected.png", rejected)):
+            if candidate is None:
+                continue
+            ids = [candidate.query_id, candidate.match_id]
+            blobs = place_map.get_features(ids)
+            thumbnails = [place_map.get_thumbnail(i) for i in ids]
+            if any(blobs.get(i) is None for i in ids) or any(t is None for t in thumbnails):
+                continue
+            picture = draw_matches(
+                decode_thumbnail(thumbnails[0]), decode_thumbnail(thumbnails[1]),
+                LocalFeatures.from_bytes(blobs[ids[0]]), LocalFeatures.from_bytes(blobs[ids[1]]),
+                candidate.verification,
+            )  # fmt: skip
+            from PIL import Image
+
+            Image.fromarray(picture).save(result.out_dir / name)
+            written.append(result.out_dir / name)
+    finally:
+        place_map.close()
+    return written
 
 
 def write_pr_plot(path: Path, evaluation: Evaluation, title: str) -> Path:
@@ -275,38 +369,62 @@ def _detect_and_score(
     output: list[str],
     progress: bool,
     started: float,
+    verify: bool = True,
+    sequence_length: int = 0,
 ) -> tuple[BuildResult, Evaluation, list[Path]]:
-    """Build the map from ``bag`` (top-1 candidates), pick the threshold, score, write csv/plots/summary."""
+    """Build the map from ``bag`` through the recognition session, score retrieval alone (top-1 similarity at
+    a threshold) and, with ``verify``, the verified loop closures; write csv/plots/pictures/summary."""
     _emit(output, note)
-    config = LoopClosureConfig(
+    detector = LoopClosureConfig(
         similarity_threshold=-1.0 if threshold is None else threshold,
         exclusion_window_s=exclusion_window_s,
-        top_k=1,
+        top_k=5,
+    )
+    config = RecognitionConfig(
+        detector=detector, verify=verify, sequence=SequenceConfig(length=sequence_length)
     )
     if threshold is None:
-        _emit(output, "building with no similarity threshold: it is calibrated afterwards, see below")
-    build = build_map_from_bag(bag, out_dir, describer=describer, detector_config=config, progress=progress)
+        _emit(output, "no similarity threshold while building: it is calibrated afterwards, see below")
+    build = build_map_from_bag(bag, out_dir, describer=describer, config=config, progress=progress)
     _emit(output, build.summary())
     is_match = make_truth(build)
     if threshold is None:
-        calibrated = calibrate_threshold(top1_per_keyframe(build, config))
+        calibrated = calibrate_threshold(top1_per_keyframe(build, detector))
         threshold = calibrated if calibrated is not None else LoopClosureConfig().similarity_threshold
         how = (
             "95th percentile of the first half's top-1 similarities, no ground truth used"
             if calibrated is not None
             else "LoopClosureConfig default: the first half had no candidates"
         )
-        _emit(output, f"threshold {threshold:.6f} (auto: {how})")
-        build.candidates = [c for c in build.candidates if c.similarity >= threshold]
-        write_candidates_csv(build.csv_path, build.candidates)  # keep only the loop closures
-        _emit(output, f"{len(build.candidates)} loop-closure candidates at the threshold -> {build.csv_path}")
-    evaluation = evaluate(build, config, is_match, threshold)
-    correct = [is_match(c.query_stamp_ns, c.match_stamp_ns) for c in build.candidates]
-    plots = write_plots(out_dir, build.keyframes, build.candidates, title=title, correct=correct)
-    plots.append(write_pr_plot(out_dir / PR_PNG, evaluation, title))
+        _emit(output, f"similarity threshold {threshold:.6f} (auto: {how})")
+    retrieval = evaluate(build, detector, is_match, threshold)
     _emit(output, f"ground truth: {truth_text}")
-    for line in evaluation.lines():
-        _emit(output, line)
+    _emit(output, "-- retrieval alone (top-1 cosine similarity at the threshold):")
+    for line in retrieval.lines():
+        _emit(output, "   " + line)
+    evaluation, verified = retrieval, None
+    if verify:
+        min_inliers = config.verifier.min_inliers
+        verified = evaluate_verified(build, detector, is_match, min_inliers)
+        _emit(output, f"-- with geometric verification (best verified candidate, min_inliers {min_inliers}):")
+        _emit(
+            output,
+            f"   {verified.reported} closures, {verified.correct} correct -> "
+            f"precision {verified.precision:.3f}, recall {verified.recall:.3f}; "
+            f"R@1 after re-rank {verified.recall_at_1:.3f}; "
+            f"AP over min_inliers {verified.average_precision:.3f}",
+        )
+        evaluation = verified
+    shown = (
+        build.closures
+        if verify
+        else [c for c in build.candidates if c.rank == 0 and c.similarity >= threshold]
+    )
+    correct = [is_match(c.query_stamp_ns, c.match_stamp_ns) for c in shown]
+    plots = write_plots(out_dir, build.keyframes, shown, title=title, correct=correct)
+    plots.append(write_pr_plot(out_dir / PR_PNG, evaluation, title))
+    if verify:
+        plots.extend(write_match_pictures(build, is_match))
     for plot in plots:
         _emit(output, f"plot: {plot}")
     seconds = time.perf_counter() - started
@@ -314,8 +432,14 @@ def _detect_and_score(
     summary = {
         "model": note,
         **{k: v for k, v in dataclasses.asdict(evaluation).items() if k != "pr_curve"},
+        "retrieval": {k: v for k, v in dataclasses.asdict(retrieval).items() if k != "pr_curve"},
+        "verified": (
+            {k: v for k, v in dataclasses.asdict(verified).items() if k != "pr_curve"} if verified else None
+        ),
+        "sequence_length": sequence_length,
         "frames": build.frames,
         "candidates": len(build.candidates),
+        "closures": len(build.closures),
         "describe_ms_per_frame": 1000 * build.describe_seconds / max(build.frames, 1),
         "seconds": seconds,
         **extra,
@@ -337,6 +461,8 @@ def run_demo(
     overwrite: bool = False,
     progress: bool = True,
     describer=None,
+    verify: bool = True,
+    sequence_length: int = 0,
 ) -> DemoResult:
     """Procedural two-lap scene -> rosbag2 -> map + loop closures -> precision/recall against the poses.
 
@@ -387,6 +513,7 @@ def run_demo(
         truth_text=f"a candidate is correct when the matched place is within {radius_m:g} m of the query",
         title=f"demo scene, {describer.label}, R={radius_m:g} m",
         extra={"radius_m": radius_m, "scene": identity}, output=output, progress=progress, started=started,
+        verify=verify, sequence_length=sequence_length,
     )  # fmt: skip
     return DemoResult(build, evaluation, note, plots, bag, time.perf_counter() - started, output)
 
@@ -404,6 +531,8 @@ def run_corridor(
     overwrite: bool = False,
     progress: bool = True,
     describer=None,
+    verify: bool = True,
+    sequence_length: int = 0,
     limit: int | None = None,
 ) -> DemoResult:
     """Real images: ``ref/`` then ``query/`` of a VPR-Bench style folder as one 5 Hz stream, no poses.
@@ -457,6 +586,7 @@ def run_corridor(
         truth_text=f"query i matches ref j when |i - j| <= {tolerance} (the dataset's convention)",
         title=f"corridor, {describer.label}, |i-j|<={tolerance}",
         extra={"tolerance": tolerance, "source": identity}, output=output, progress=progress, started=started,
+        verify=verify, sequence_length=sequence_length,
     )  # fmt: skip
     return DemoResult(build, evaluation, note, plots, bag, time.perf_counter() - started, output)
 
@@ -486,6 +616,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--height", type=int, default=defaults.height)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--corridor", type=Path, help="VPR-Bench folder with ref/, query/")
+    parser.add_argument(
+        "--verify",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="geometric verification of the candidates (default: on; P/R is printed with and without)",
+    )
+    parser.add_argument(
+        "--sequence", type=int, default=0, metavar="L", help="sequence matching over L keyframes"
+    )
     parser.add_argument("--overwrite", action="store_true", help="re-create the bag in --out")
     parser.add_argument("--no-progress", action="store_true")
     return parser
@@ -496,7 +635,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     common = dict(
         model=args.model, untrained=args.untrained, device=args.device, threshold=args.threshold,
-        overwrite=args.overwrite, progress=not args.no_progress,
+        overwrite=args.overwrite, progress=not args.no_progress, verify=args.verify,
+        sequence_length=args.sequence,
     )  # fmt: skip
     try:
         if args.corridor:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import logging
 import math
 import sys
@@ -26,15 +27,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tscm_ros.bags import BagError, BagReadStats, iter_frames, list_topics
+from tscm_ros.features import FeatureConfig, FeatureExtractor, make_thumbnail
 from tscm_ros.images import DEFAULT_MAX_PIXELS
-from tscm_ros.loop_closure import LoopCandidate, LoopClosureConfig, LoopClosureDetector
-from tscm_ros.placemap import PlaceMap, Pose
+from tscm_ros.loop_closure import LoopCandidate, LoopClosureConfig
+from tscm_ros.placemap import MapError, PlaceMap, Pose
+from tscm_ros.poses import NS_PER_S
+from tscm_ros.recognition import RecognitionConfig, RecognitionSession, read_params_file
 
 if TYPE_CHECKING:
     from tscm_ros.describer import Describer
 
 LOGGER = logging.getLogger(__name__)
-NS_PER_S = 1_000_000_000
 MAP_DIR = "map"
 CSV_FILE = "loop_closures.csv"
 TRAJECTORY_PNG = "trajectory.png"
@@ -42,6 +45,8 @@ TIMELINE_PNG = "loop_timeline.png"
 CSV_COLUMNS = (
     "query_id", "query_stamp_ns", "match_id", "match_stamp_ns", "similarity", "rank",
     "query_x", "query_y", "query_z", "match_x", "match_y", "match_z", "distance_m",
+    "verified", "inliers", "verify_reason", "scale_known", "tx", "ty", "tz", "qx", "qy", "qz", "qw",
+    "sequence_score", "sequence_length",
 )  # fmt: skip
 
 
@@ -70,6 +75,13 @@ class BuildResult:
     descriptors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32), repr=False)
     frame_stamps_ns: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
     frame_poses: list[Pose | None] = field(default_factory=list, repr=False)
+    verification: bool = False
+    unverified_reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def closures(self) -> list[LoopCandidate]:
+        """The verified candidates."""
+        return [c for c in self.candidates if c.verified]
 
     def summary(self) -> str:
         per_frame = self.describe_seconds / max(self.frames, 1)
@@ -79,7 +91,9 @@ class BuildResult:
             f"{self.frames} frames described ({per_frame * 1000:.0f} ms/frame), "
             f"{len(self.keyframes)} keyframes, "
             f"{len(self.candidates)} loop-closure candidates "
-            f"({len({c.query_id for c in self.candidates})} queries) in {self.total_seconds:.1f} s\n"
+            f"({len({c.query_id for c in self.candidates})} queries)"
+            + (f", {len(self.closures)} verified" if self.verification else ", verification off")
+            + f" in {self.total_seconds:.1f} s\n"
             f"map: {self.map_dir}\ncandidates: {self.csv_path}\n"
             + "".join(f"plot: {plot}\n" for plot in self.plots)
         ).rstrip()
@@ -97,17 +111,23 @@ def build_map_from_bag(
     *,
     image_topic: str | None = None,
     pose_topic: str | None = None,
+    depth_topic: str | None = None,
+    camera_info_topic: str | None = None,
     describer: Describer,
     index_spec: str = "flat",
+    config: RecognitionConfig | None = None,
     detector_config: LoopClosureConfig | None = None,
     batch_size: int = 8,
     progress: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_frames: int | None = None,
 ) -> BuildResult:
-    """Describe every frame of ``bag``, build a place map and detect loop closures (mapping mode).
+    """Describe the frames of ``bag`` in batches and run them, in bag order, through one
+    :class:`RecognitionSession` (mapping mode): the same steps as ``place_recognition_node`` on a replay.
 
-    ``pose_topic``: None picks an Odometry/PoseStamped topic automatically, "" reads no poses.
+    ``config``: the session settings (default :class:`RecognitionConfig`); ``detector_config`` replaces its
+    detector part (kept for callers that only set the single-frame rule). ``pose_topic`` / ``depth_topic`` /
+    ``camera_info_topic``: None picks one automatically when the bag has one, "" reads none.
     Unsupported or corrupt images are skipped and counted (``result.stats``).
 
     Raises:
@@ -116,36 +136,58 @@ def build_map_from_bag(
     """
     started = time.perf_counter()
     bag, out_dir = Path(bag), Path(out_dir)
-    config = detector_config or LoopClosureConfig()
-    if config.mode != "mapping":
-        raise ValueError("build_map_from_bag needs LoopClosureConfig(mode='mapping')")
+    config = config or RecognitionConfig()
+    if detector_config is not None:
+        config = dataclasses.replace(config, detector=detector_config)
+    if config.detector.mode != "mapping":
+        raise ValueError("build_map_from_bag needs mode='mapping'")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     counts = {topic.name: topic.count for topic in list_topics(bag)}
     stats = BagReadStats()
-    frames = iter_frames(bag, image_topic, pose_topic, max_pixels=max_pixels, stats=stats)
-
-    records: list[tuple[int, str, Pose | None]] = []
+    frames = iter_frames(
+        bag, image_topic, pose_topic, depth_topic=depth_topic, camera_info_topic=camera_info_topic,
+        max_pixels=max_pixels, stats=stats,
+    )  # fmt: skip
+    session: RecognitionSession | None = None
+    records: list[tuple[int, Pose | None]] = []
     descriptors: list[np.ndarray] = []
+    keyframes: list[Keyframe] = []
+    candidates: list[LoopCandidate] = []
     describe_seconds = 0.0
     batch: list = []
+    bar = None
 
     def flush() -> None:
-        nonlocal describe_seconds
+        nonlocal describe_seconds, session
         tick = time.perf_counter()
-        descriptors.append(np.asarray(describer.describe([frame.rgb for frame in batch]), dtype=np.float32))
+        described = np.asarray(describer.describe([frame.rgb for frame in batch]), dtype=np.float32)
         describe_seconds += time.perf_counter() - tick
-        records.extend((frame.stamp_ns, frame.frame_id, frame.pose) for frame in batch)
+        if session is None:
+            dim, fingerprint = described.shape[1], describer.fingerprint
+            place_map = PlaceMap.create(dim, index_spec, model_fingerprint=fingerprint)
+            session = RecognitionSession(place_map, config)
+        for frame, descriptor in zip(batch, described, strict=True):
+            result = session.process(
+                descriptor, frame.stamp_ns, image=frame.rgb if config.verify else None, depth=frame.depth,
+                intrinsics=frame.intrinsics, frame_id=frame.frame_id, source=source, pose=frame.pose,
+            )  # fmt: skip
+            if result.is_keyframe:
+                keyframes.append(Keyframe(int(result.place_id), frame.stamp_ns, frame.pose))
+                candidates.extend(result.candidates)
+        descriptors.append(described)
+        records.extend((frame.stamp_ns, frame.pose) for frame in batch)
         bar.update(len(batch))
         batch.clear()
 
-    bar = None
+    source = ""
     try:
         for frame in frames:
             if bar is None:
                 total = counts.get(stats.image_topic)
                 total = min(total, max_frames) if max_frames and total else total
                 bar = _progress(total, progress, f"describe {stats.image_topic}")
+                source = f"{bag.name}:{stats.image_topic}"
             batch.append(frame)
             if len(batch) >= batch_size:
                 flush()
@@ -157,30 +199,17 @@ def build_map_from_bag(
         frames.close()
         if bar is not None:
             bar.close()
-    if not records:
+    if session is None:
         raise ValueError(f"{bag}: no frame could be decoded ({stats.summary()})")
-
-    all_descriptors = np.concatenate(descriptors)
-    place_map = PlaceMap.create(all_descriptors.shape[1], index_spec, model_fingerprint=describer.fingerprint)
-    detector = LoopClosureDetector(place_map, config)
-    source = f"{bag.name}:{stats.image_topic}"
-    keyframes: list[Keyframe] = []
-    candidates: list[LoopCandidate] = []
-    order = sorted(range(len(records)), key=lambda i: records[i][0])  # stable: stamp order
-    for i in order:
-        stamp_ns, frame_id, pose = records[i]
-        result = detector.process(all_descriptors[i], stamp_ns, frame_id=frame_id, source=source, pose=pose)
-        if result.is_keyframe:
-            keyframes.append(Keyframe(int(result.place_id), stamp_ns, pose))
-            candidates.extend(result.candidates)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     map_dir = out_dir / MAP_DIR
-    place_map.save(map_dir)
-    place_map.close()
+    session.save(str(map_dir))
+    reasons = dict(session.reasons)
+    session.close()
     csv_path = write_candidates_csv(out_dir / CSV_FILE, candidates)
     plots = write_plots(out_dir, keyframes, candidates, title=f"{bag.name} - {describer.label}")
-    result = BuildResult(
+    return BuildResult(
         out_dir=out_dir,
         map_dir=map_dir,
         csv_path=csv_path,
@@ -192,12 +221,52 @@ def build_map_from_bag(
         describer_label=describer.label,
         describe_seconds=describe_seconds,
         total_seconds=time.perf_counter() - started,
-        descriptors=all_descriptors[order],
-        frame_stamps_ns=np.array([records[i][0] for i in order], dtype=np.int64),
-        frame_poses=[records[i][2] for i in order],
+        descriptors=np.concatenate(descriptors),
+        frame_stamps_ns=np.array([stamp for stamp, _ in records], dtype=np.int64),
+        frame_poses=[pose for _, pose in records],
+        verification=config.verify,
+        unverified_reasons=reasons,
     )
-    LOGGER.info("%s", result.summary())
-    return result
+
+
+def add_features_from_bag(
+    map_path: str | Path,
+    bag: str | Path,
+    *,
+    image_topic: str | None = None,
+    depth_topic: str | None = None,
+    camera_info_topic: str | None = None,
+    features: FeatureConfig | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[int, int]:
+    """Give the places of an older map (built without local features) the features of their bag frames.
+
+    Places are found by header stamp. Returns (places updated, places still without features); the map is
+    saved atomically in place.
+    """
+    place_map = PlaceMap.load(map_path)
+    try:
+        ids = place_map.place_ids
+        by_stamp = {meta.stamp_ns: place_id for place_id, meta in place_map.get_metas(ids).items()}
+        have = place_map.get_features(ids)
+        extractor = FeatureExtractor(features or FeatureConfig())
+        updated = 0
+        frames = iter_frames(
+            bag, image_topic, "", depth_topic=depth_topic, camera_info_topic=camera_info_topic,
+            max_pixels=max_pixels,
+        )  # fmt: skip
+        for frame in frames:
+            place_id = by_stamp.get(frame.stamp_ns)
+            if place_id is None or have.get(place_id) is not None:
+                continue
+            local = extractor.extract(frame.rgb, depth=frame.depth, intrinsics=frame.intrinsics)
+            place_map.set_features(place_id, local.to_bytes(), make_thumbnail(frame.rgb))
+            updated += 1
+        place_map.save()
+        missing = len(ids) - sum(1 for blob in place_map.get_features(ids).values() if blob is not None)
+        return updated, missing
+    finally:
+        place_map.close()
 
 
 # ------------------------------------------------------------------------------------------ outputs
@@ -216,9 +285,16 @@ def write_candidates_csv(path: Path, candidates: Sequence[LoopCandidate]) -> Pat
             distance = ""
             if c.query_pose is not None and c.match_pose is not None:
                 distance = f"{math.dist(c.query_pose.position, c.match_pose.position):.3f}"
+            verification = c.verification
+            pose: tuple = ("",) * 7
+            if verification is not None and verification.translation is not None:
+                pose = tuple(f"{v:.6f}" for v in (*verification.translation, *verification.rotation_xyzw))
             writer.writerow(
                 [c.query_id, c.query_stamp_ns, c.match_id, c.match_stamp_ns, f"{c.similarity:.6f}", c.rank,
-                 *_xyz(c.query_pose), *_xyz(c.match_pose), distance]
+                 *_xyz(c.query_pose), *_xyz(c.match_pose), distance,
+                 int(c.verified), c.inliers, verification.reason if verification is not None else "",
+                 int(verification.scale_known) if verification is not None else "", *pose,
+                 "" if math.isnan(c.sequence_score) else f"{c.sequence_score:.4f}", c.sequence_length]
             )  # fmt: skip
     return path
 
@@ -310,31 +386,70 @@ def write_plots(
 
 
 def _parser() -> argparse.ArgumentParser:
-    defaults = LoopClosureConfig()
     parser = argparse.ArgumentParser(
         prog="tscm_build_map",
-        description="Build a TSCM place map and loop-closure candidates from a rosbag2 (sqlite3/mcap) "
-        "or ROS 1 bag.",
+        description="Build a TSCM place map and loop closures from a rosbag2 (sqlite3/mcap) or ROS 1 bag, "
+        "through the same recognition session as place_recognition_node. Settings come from the node's "
+        "params file (--params-file) and the options below override them.",
     )
     parser.add_argument("bag", type=Path, help="rosbag2 directory, .db3/.mcap file or ROS 1 .bag")
-    parser.add_argument("--out", type=Path, required=True, help="output directory (map/, csv, plots)")
+    parser.add_argument("--out", type=Path, help="output directory (map/, csv, plots)")
+    parser.add_argument(
+        "--params-file", type=Path, help="the node's parameter YAML (e.g. config/place_recognition.yaml)"
+    )
     parser.add_argument("--image-topic", help="Image/CompressedImage topic (default: the first one)")
     parser.add_argument(
         "--pose-topic", help="Odometry/PoseStamped topic (default: auto-detect; 'none' disables poses)"
     )
+    parser.add_argument("--depth-topic", help="aligned depth Image topic (default: the one named *depth*)")
+    parser.add_argument("--camera-info-topic", help="CameraInfo topic (default: auto-detect; 'none' = none)")
     parser.add_argument("--model", type=Path, help="model directory (model.json); default: untrained student")
     parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--index", default="flat", help="index spec: flat, hnsw, ivf:nlist=...")
-    parser.add_argument("--threshold", type=float, default=defaults.similarity_threshold)
-    parser.add_argument("--exclusion-window-s", type=float, default=defaults.exclusion_window_s)
-    parser.add_argument("--top-k", type=int, default=defaults.top_k)
-    parser.add_argument("--consistency-n", type=int, default=defaults.consistency_n)
-    parser.add_argument("--min-interval-s", type=float, default=defaults.min_interval_s)
+    parser.add_argument("--index", help="index spec of the new map (default: index_spec of the params, flat)")
+    parser.add_argument("--threshold", type=float, help="similarity_threshold")
+    parser.add_argument("--exclusion-window-s", type=float, help="exclusion_window_s")
+    parser.add_argument("--top-k", type=int, help="top_k")
+    parser.add_argument("--consistency-n", type=int, help="consistency_n")
+    parser.add_argument("--min-interval-s", type=float, help="min_interval_s")
+    parser.add_argument(
+        "--verify", action=argparse.BooleanOptionalAction, default=None, help="geometric verification"
+    )
+    parser.add_argument("--min-inliers", type=int, help="min_inliers of the verifier")
+    parser.add_argument("--sequence", type=int, metavar="L", help="sequence_length (0 = single frames)")
+    parser.add_argument(
+        "--add-features",
+        type=Path,
+        metavar="MAP",
+        help="instead of building: give the places of an existing map (built without local features) "
+        "the features of their frames in BAG",
+    )
     parser.add_argument("--max-frames", type=int, help="stop after this many decoded frames")
     parser.add_argument("--no-progress", action="store_true")
     return parser
+
+
+OPTION_NAMES = {
+    "threshold": "similarity_threshold",
+    "exclusion_window_s": "exclusion_window_s",
+    "top_k": "top_k",
+    "consistency_n": "consistency_n",
+    "min_interval_s": "min_interval_s",
+    "verify": "verify",
+    "min_inliers": "min_inliers",
+    "sequence": "sequence_length",
+}
+
+
+def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The node's params file (when given) with the command-line overrides applied."""
+    options = read_params_file(args.params_file) if args.params_file else {}
+    options.update(
+        {name: getattr(args, key) for key, name in OPTION_NAMES.items() if getattr(args, key) is not None}
+    )
+    options["mode"] = "mapping"
+    return options
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -345,16 +460,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog}: error: bag not found: {args.bag}", file=sys.stderr)
         return 2
     try:
-        config = LoopClosureConfig(
-            similarity_threshold=args.threshold,
-            exclusion_window_s=args.exclusion_window_s,
-            top_k=args.top_k,
-            consistency_n=args.consistency_n,
-            min_interval_s=args.min_interval_s,
-        )
+        if args.add_features is not None:
+            updated, missing = add_features_from_bag(
+                args.add_features, args.bag, image_topic=args.image_topic, depth_topic=args.depth_topic,
+                camera_info_topic=args.camera_info_topic,
+            )  # fmt: skip
+            print(f"{args.add_features}: features added to {updated} places, {missing} places without")
+            return 0
+        if args.out is None:
+            raise ValueError("--out is required (or --add-features MAP)")
+        options = options_from_args(args)
+        config = RecognitionConfig.from_options(options)
+        index_spec = args.index or options.get("index_spec") or "flat"
         # check the bag and topics before loading a network
         topics = {topic.name: topic.msgtype for topic in list_topics(args.bag)}
-        for option, topic in (("--image-topic", args.image_topic), ("--pose-topic", args.pose_topic)):
+        for option, topic in (
+            ("--image-topic", args.image_topic),
+            ("--pose-topic", args.pose_topic),
+            ("--depth-topic", args.depth_topic),
+            ("--camera-info-topic", args.camera_info_topic),
+        ):
             if topic and topic.lower() != "none" and topic not in topics:
                 listing = ", ".join(f"{name} [{kind}]" for name, kind in sorted(topics.items())) or "none"
                 raise BagError(f"{option} {topic} is not in {args.bag} (topics: {listing})")
@@ -369,14 +494,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.out,
             image_topic=args.image_topic,
             pose_topic=args.pose_topic,
+            depth_topic=args.depth_topic,
+            camera_info_topic=args.camera_info_topic,
             describer=describer,
-            index_spec=args.index,
-            detector_config=config,
+            index_spec=index_spec,
+            config=config,
             batch_size=args.batch_size,
             progress=not args.no_progress,
             max_frames=args.max_frames,
         )
-    except (FileNotFoundError, BagError, ValueError) as error:
+    except (FileNotFoundError, BagError, ValueError, MapError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
     print(result.summary())

@@ -250,6 +250,11 @@ class PlaceMap:
         return int(self._info["next_keyframe_index"])
 
     @property
+    def next_place_id(self) -> int:
+        """The id the next added place gets (ids are never reused)."""
+        return int(self._info["next_place_id"])
+
+    @property
     def place_ids(self) -> np.ndarray:
         with self._lock:
             return self._ids.values.copy()
@@ -440,6 +445,10 @@ class PlaceMap:
         if meta is None:
             raise KeyError(f"no place with id {place_id}")
         return meta
+
+    def normalize(self, descriptor: np.ndarray) -> np.ndarray:
+        """One ``(D,)`` descriptor checked (dimension, finite, non-zero) and L2-normalised, as stored."""
+        return self._prepare(np.asarray(descriptor).reshape(1, -1))[0]
 
     def _prepare(self, descriptors: np.ndarray) -> np.ndarray:
         array = np.asarray(descriptors, dtype=np.float32)

@@ -15,13 +15,14 @@ import numpy as np
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, Pose, PoseWithCovarianceStamped
-from sensor_msgs.msg import PointCloud2, PointField
+from sensor_msgs.msg import Image, PointCloud2, PointField
 from std_msgs.msg import ColorRGBA, Float64MultiArray, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
-NS_PER_S = 1_000_000_000
+from tscm_ros.poses import NS_PER_S
 
-# One point per loop candidate on ``~/loop_candidates``; packed (no padding), little-endian, 34 bytes.
+# One point per loop candidate on ``~/loop_candidates`` (and per closure on ``~/loop_closures``); packed (no
+# padding), little-endian, 74 bytes. The first 34 bytes are the layout of earlier releases, unchanged.
 CANDIDATE_DTYPE = np.dtype(
     [
         ("x", "<f4"),  # match position in the map frame, NaN when the match has no pose
@@ -32,6 +33,18 @@ CANDIDATE_DTYPE = np.dtype(
         ("match_stamp", "<f8"),  # header stamp of the matched keyframe, seconds
         ("similarity", "<f4"),  # cosine similarity of the two descriptors
         ("rank", "<u2"),  # 0 = best candidate
+        ("inliers", "<u4"),  # geometric inliers (0 when not verified)
+        ("verified", "u1"),  # 1 = geometrically verified loop closure
+        ("scale_known", "u1"),  # 1 = metric translation (PnP with depth); 0 = unit direction or none
+        ("tx", "<f4"),  # relative pose query->match in the query camera's optical frame:
+        ("ty", "<f4"),  #   X_query = R(q) X_match + t, i.e. the match camera's pose in the query camera
+        ("tz", "<f4"),  #   frame; NaN when unknown
+        ("qx", "<f4"),
+        ("qy", "<f4"),
+        ("qz", "<f4"),
+        ("qw", "<f4"),
+        ("sequence_score", "<f4"),  # sequence-matching score, NaN when sequence matching is off
+        ("sequence_length", "<u2"),  # query keyframes behind sequence_score (0 = single frame)
     ]
 )
 
@@ -122,12 +135,28 @@ def cloud_to_array(msg: PointCloud2) -> np.ndarray:
 
 
 def candidates_cloud(header: Header, rows: Sequence[Mapping[str, float | int]]) -> PointCloud2:
-    """Loop candidates (dicts with the CANDIDATE_DTYPE field names) -> ``~/loop_candidates`` message."""
+    """Loop candidates (dicts with CANDIDATE_DTYPE field names; missing pose/sequence fields are NaN/0)
+    -> ``~/loop_candidates`` message."""
     points = np.zeros(len(rows), dtype=CANDIDATE_DTYPE)
+    for name in ("tx", "ty", "tz", "qx", "qy", "qz", "qw", "sequence_score"):
+        points[name] = np.nan
     for index, row in enumerate(rows):
         for name in CANDIDATE_DTYPE.names:
-            points[name][index] = row[name]
+            if name in row:
+                points[name][index] = row[name]
     return array_to_cloud(header, points)
+
+
+def rgb_image_msg(header: Header, rgb: np.ndarray) -> Image:
+    """(H, W, 3) uint8 RGB -> sensor_msgs/Image rgb8."""
+    msg = Image()
+    msg.header = header
+    msg.height, msg.width = int(rgb.shape[0]), int(rgb.shape[1])
+    msg.encoding = "rgb8"
+    msg.is_bigendian = 0
+    msg.step = msg.width * 3
+    msg.data = byte_array(np.ascontiguousarray(rgb, dtype=np.uint8))
+    return msg
 
 
 def descriptor_cloud(header: Header, descriptor: np.ndarray) -> PointCloud2:

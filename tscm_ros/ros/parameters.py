@@ -16,11 +16,15 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 
 from tscm_ros.loop_closure import LoopClosureConfig
 from tscm_ros.placemap import IndexSpec, IndexSpecError
+from tscm_ros.sequence import SequenceConfig
+from tscm_ros.verification import VerifierConfig
 
 Validator = Callable[[Any], "str | None"]
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 DETECTOR_DEFAULTS = LoopClosureConfig()
+VERIFIER_DEFAULTS = VerifierConfig()
+SEQUENCE_DEFAULTS = SequenceConfig()
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,16 @@ def _index_spec(value: str) -> str | None:
         IndexSpec.parse(value)
     except (IndexSpecError, ValueError) as error:
         return f"index_spec {value!r} is invalid: {error}"
+    return None
+
+
+def _intrinsics(value: Any) -> str | None:
+    """four finite values fx, fy, cx, cy >= 0 (all 0 = from camera_info)"""
+    values = list(value)
+    if len(values) != 4 or not all(math.isfinite(v) and v >= 0.0 for v in values):
+        return f"camera_intrinsics must be 4 finite values fx, fy, cx, cy >= 0; got {values!r}"
+    if any(values) and not (values[0] > 0 and values[1] > 0):
+        return f"camera_intrinsics needs fx > 0 and fy > 0 (or all 0); got {values!r}"
     return None
 
 
@@ -238,6 +252,77 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         False,
         0.0,
         1.0e6,
+    ),
+    # geometric verification and sequence matching
+    ParameterSpec(
+        "verify",
+        True,
+        "verify candidates geometrically (local features + MAGSAC++); ~/loop_closures and the LIO-SAM "
+        "topic then carry verified closures only",
+    ),
+    ParameterSpec("verify_top_k", 5, "verify the first N candidates of a keyframe (there are at most top_k)", False, 1, 100),
+    ParameterSpec(
+        "feature_method", "sift", "local features: sift (RootSIFT) or orb (faster)", choices=("sift", "orb")
+    ),
+    ParameterSpec("max_keypoints", 1000, "maximum local features per keyframe", False, 16, 20000),
+    ParameterSpec(
+        "feature_max_side",
+        640,
+        "working resolution of local features: longer image side in pixels (0 = native)",
+        False,
+        0,
+        8192,
+    ),
+    ParameterSpec(
+        "min_inliers", VERIFIER_DEFAULTS.min_inliers, "inliers needed to accept a candidate", False, 5, 100000
+    ),
+    ParameterSpec(
+        "min_inlier_ratio",
+        VERIFIER_DEFAULTS.min_inlier_ratio,
+        "inliers / mutual matches needed to accept a candidate",
+        False,
+        0.0,
+        1.0,
+    ),
+    ParameterSpec(
+        "camera_intrinsics",
+        [0.0, 0.0, 0.0, 0.0],
+        "fx, fy, cx, cy of the image in pixels; all 0 = take them from the camera_info topic (essential "
+        "matrix), none known = fundamental matrix (no relative pose)",
+        validator=_intrinsics,
+    ),
+    ParameterSpec(
+        "depth_max_offset_s",
+        0.02,
+        "a depth image (topic 'depth', 16UC1 mm or 32FC1 m, aligned to the image) is used when its stamp is "
+        "within this time of the image stamp",
+        False,
+        0.0,
+        1.0,
+    ),
+    ParameterSpec(
+        "sequence_length",
+        SEQUENCE_DEFAULTS.length,
+        "match sequences of N keyframes (SeqSLAM-style) instead of single frames (0 = off)",
+        False,
+        0,
+        1000,
+    ),
+    ParameterSpec(
+        "sequence_min_speed",
+        SEQUENCE_DEFAULTS.min_speed,
+        "slowest relative speed (map keyframes per query keyframe) a sequence may have",
+        False,
+        0.05,
+        20.0,
+    ),
+    ParameterSpec(
+        "sequence_max_speed",
+        SEQUENCE_DEFAULTS.max_speed,
+        "fastest relative speed (map keyframes per query keyframe) a sequence may have",
+        False,
+        0.05,
+        20.0,
     ),
     # input
     ParameterSpec(

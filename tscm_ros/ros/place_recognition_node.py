@@ -1,9 +1,11 @@
 """place_recognition_node: camera images -> TSCM descriptors -> place map -> loop-closure candidates.
 
-Subscriptions: ``image`` (sensor_msgs/Image) or ``image/compressed`` (CompressedImage), optional ``odom``.
-Publications: ``~/loop_candidates``, ``lio_loop/loop_closure_detection``, ``~/matched_pose``, ``~/markers``,
-``~/descriptor`` (optional), ``/diagnostics``. Services: ``~/save_map``, ``~/reset_map``, ``~/set_mapping``.
-docs/ROS_INTERFACES.md documents every field.
+Subscriptions: ``image`` (sensor_msgs/Image) or ``image/compressed`` (CompressedImage), optional ``odom``,
+``camera_info`` and ``depth``. Publications: ``~/loop_candidates``, ``~/loop_closures`` (verified only),
+``lio_loop/loop_closure_detection``, ``~/matched_pose``, ``~/markers``, ``~/match_image`` (only while
+subscribed), ``~/descriptor`` (optional), ``/diagnostics``. Services: ``~/save_map``, ``~/reset_map``,
+``~/set_mapping``. docs/ROS_INTERFACES.md documents every field. The node only turns messages into calls of a
+:class:`~tscm_ros.recognition.RecognitionSession` and its results into messages.
 
 Image callbacks (executor threads) only drop the message into a one-frame slot; the inference loop on the
 main thread decodes, describes and matches the newest frame, so the backlog never grows and overwritten
@@ -34,19 +36,22 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import CompressedImage, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Float64MultiArray, Header
 from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import MarkerArray
 
+from tscm_ros.depth import DepthDecodeError, depth_msg_to_metres
+from tscm_ros.features import CameraIntrinsics, decode_thumbnail
 from tscm_ros.images import REASONS, ImageDecodeError, compressed_msg_to_rgb, image_msg_to_rgb
 from tscm_ros.placemap import Pose
+from tscm_ros.poses import NS_PER_S, PoseBuffer
+from tscm_ros.recognition import RecognitionConfig, RecognitionError, RecognitionResult, RecognitionSession
 from tscm_ros.ros import messages
 from tscm_ros.ros.latest_slot import LatestSlot
 from tscm_ros.ros.parameters import PARAMETERS, validate
-from tscm_ros.ros.place_database import PlaceDatabase, PlaceDatabaseError, detector_config
-from tscm_ros.ros.pose_buffer import PoseBuffer
 from tscm_ros.ros.stats import DurationStats, RateMeter, ReasonCounter
+from tscm_ros.verification import draw_matches
 
 NODE_NAME = "place_recognition_node"
 DIAGNOSTIC_NAME = f"{NODE_NAME}: place recognition"
@@ -54,6 +59,7 @@ STALE_INPUT_S = 5.0  # diagnostics WARN when no image arrived for this long
 RECENT_PROBLEM_S = 10.0  # bad messages / errors this recent raise the diagnostics level
 BAD_MESSAGE_LOG_PERIOD_S = 5.0
 MAX_MARKER_EDGES = 2000
+DEPTH_BUFFER = 10  # depth images kept for pairing with colour images by stamp
 
 __all__ = ["PARAMETERS", "PlaceRecognitionNode", "StartupError", "main"]
 
@@ -81,12 +87,17 @@ class PlaceRecognitionNode(Node):
         self._check_startup_combination()
 
         self._describer = self._create_describer()
-        self._places = self._create_database()
+        self._places = self._create_session()
+        self._run_first_place_id = self._places.place_map.next_place_id
         self._decode = image_msg_to_rgb if self._config["image_transport"] == "raw" else compressed_msg_to_rgb
 
         # state shared between the executor threads and the inference loop
         self._slot: LatestSlot[tuple[Any, float]] = LatestSlot()
         self._poses = PoseBuffer()
+        self._depths: deque[Image] = deque(maxlen=DEPTH_BUFFER)
+        self._depth_lock = threading.Lock()
+        self._camera_info: CameraIntrinsics | None = None
+        self._match_image: tuple[Any, np.ndarray, RecognitionResult] | None = None
         self._edges: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=MAX_MARKER_EDGES)
         self._input_rate = RateMeter()
         self._processed_rate = RateMeter()
@@ -95,6 +106,8 @@ class PlaceRecognitionNode(Node):
         self._bad_log_times: dict[str, float] = {}
         self._keyframes = 0
         self._candidates_published = 0
+        self._closures_published = 0
+        self._stage_ms: dict[str, DurationStats] = {}
         self._last_error: tuple[float, str] | None = None
         self._started = time.monotonic()
 
@@ -151,18 +164,18 @@ class PlaceRecognitionNode(Node):
             )
         return describer
 
-    def _create_database(self) -> PlaceDatabase:
+    def _create_session(self) -> RecognitionSession:
         config = self._config
         try:
-            places = PlaceDatabase.open(
+            places = RecognitionSession.open(
                 dim=self._describer.dim,
                 model_fingerprint=self._describer.fingerprint,
                 map_path=config["map_path"] or None,
                 load=config["load_map"],
                 index_spec=config["index_spec"],
-                detector_options=config,
+                options=config,
             )
-        except PlaceDatabaseError as error:
+        except RecognitionError as error:
             raise StartupError(str(error)) from error
         if config["map_path"] and not config["load_map"] and Path(config["map_path"]).exists():
             self.get_logger().warning(
@@ -196,8 +209,16 @@ class PlaceRecognitionNode(Node):
         self.create_subscription(
             Odometry, "odom", self._on_odom, odom_qos, callback_group=self._subscription_group
         )
+        self.create_subscription(
+            CameraInfo, "camera_info", self._on_camera_info, odom_qos, callback_group=self._subscription_group
+        )
+        self.create_subscription(
+            Image, "depth", self._on_depth, image_qos, callback_group=self._subscription_group
+        )
 
         self._candidates_publisher = self.create_publisher(PointCloud2, "~/loop_candidates", 10)
+        self._closures_publisher = self.create_publisher(PointCloud2, "~/loop_closures", 10)
+        self._match_image_publisher = self.create_publisher(Image, "~/match_image", 1)
         self._lio_sam_publisher = self.create_publisher(
             Float64MultiArray, "lio_loop/loop_closure_detection", 10
         )
@@ -227,8 +248,8 @@ class PlaceRecognitionNode(Node):
             if pending["autosave_period_s"] > 0 and not pending["map_path"]:
                 return SetParametersResult(successful=False, reason="autosave_period_s > 0 needs map_path")
             try:
-                detector_config(pending)
-            except ValueError as error:
+                RecognitionConfig.from_options(pending)
+            except (TypeError, ValueError) as error:
                 return SetParametersResult(successful=False, reason=str(error))
             if getattr(self, "_apply_after_validation", False):
                 self._apply_parameters(parameters)
@@ -262,12 +283,47 @@ class PlaceRecognitionNode(Node):
             msg.header.frame_id,
         )
 
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        try:
+            self._camera_info = CameraIntrinsics.from_camera_info_k(list(msg.k), msg.width, msg.height)
+        except ValueError as error:
+            self._count_bad_message("bad_camera_info", f"camera_info: {error}")
+
+    def _on_depth(self, msg: Image) -> None:
+        with self._depth_lock:
+            self._depths.append(msg)
+
+    def _depth_for(self, stamp_ns: int) -> np.ndarray | None:
+        """The aligned depth image (metres) stamped within ``depth_max_offset_s`` of ``stamp_ns``, if any."""
+        tolerance = int(self._config["depth_max_offset_s"] * NS_PER_S)
+        with self._depth_lock:
+            stamped = [(abs(messages.stamp_to_ns(m.header.stamp) - stamp_ns), m) for m in self._depths]
+        best = min(stamped, key=lambda item: item[0], default=None)
+        if best is None or best[0] > tolerance:
+            return None
+        try:
+            return depth_msg_to_metres(best[1], self._config["max_image_pixels"])
+        except DepthDecodeError as error:
+            self._count_bad_message("bad_depth", f"depth: {error}")
+            return None
+
+    def _intrinsics(self, width: int, height: int) -> CameraIntrinsics | None:
+        """Parameters first, else the latest camera_info; scaled when its size differs from the image."""
+        fx, fy, cx, cy = self._config["camera_intrinsics"]
+        if fx > 0 and fy > 0:
+            return CameraIntrinsics(fx, fy, cx, cy, width, height)
+        info = self._camera_info
+        if info is None:
+            return None
+        return info if info.size == (width, height) else info.scaled_to(width, height)
+
     def _on_save_map(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         response.success, response.message = self._save("service")
         return response
 
     def _on_reset_map(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         self._places.reset()
+        self._run_first_place_id = self._places.place_map.next_place_id
         self._edges.clear()
         response.success, response.message = (
             True,
@@ -337,52 +393,86 @@ class PlaceRecognitionNode(Node):
         if not self._places.wants(stamp_ns):  # inside min_interval_s: not even decoded
             self._processed_rate.tick()
             return
+        started = time.perf_counter()
         try:
             rgb = self._decode(msg, max_pixels=self._config["max_image_pixels"])
         except ImageDecodeError as error:
             self._count_bad_message(error.reason, str(error))
             return
-        stamped = self._poses.lookup(stamp_ns, int(self._config["pose_max_age_s"] * 1e9))
+        stamped = self._poses.lookup(stamp_ns, int(self._config["pose_max_age_s"] * NS_PER_S))
         pose = None
         if stamped is not None:
             pose = Pose(tuple(stamped.position), tuple(stamped.orientation_xyzw), stamped.frame_id)
+        self._stage("decode", started)
         started = time.perf_counter()
         descriptor = self._describer.describe(rgb)[0]
         self._inference_ms.add((time.perf_counter() - started) * 1000.0)
+        self._stage("inference", started)
+        verify = self._config["verify"]
+        height, width = rgb.shape[:2]
         result = self._places.process(
-            descriptor, stamp_ns, frame_id=msg.header.frame_id, source=self._source, pose=pose
-        )
+            descriptor, stamp_ns, frame_id=msg.header.frame_id, source=self._source, pose=pose,
+            image=rgb if verify else None,
+            depth=self._depth_for(stamp_ns) if verify else None,
+            intrinsics=self._intrinsics(width, height) if verify else None,
+        )  # fmt: skip
+        for stage, milliseconds in result.timings_ms.items():
+            self._stage_ms.setdefault(stage, DurationStats()).add(milliseconds)
         self._processed_rate.tick()
         if result.is_keyframe:
             self._keyframes += 1
+            started = time.perf_counter()
             self._publish_keyframe(msg.header, stamp_ns, descriptor, result, pose)
+            if result.candidates and self._match_image_publisher.get_subscription_count() > 0:
+                self._publish_match_image(msg.header, rgb, result)
+            self._stage("publish", started)
+
+    def _stage(self, name: str, started: float) -> None:
+        self._stage_ms.setdefault(name, DurationStats()).add((time.perf_counter() - started) * 1000.0)
+
+    @staticmethod
+    def _candidate_row(candidate) -> dict[str, float | int]:
+        position = candidate.match_pose.position if candidate.match_pose is not None else (np.nan,) * 3
+        row: dict[str, float | int] = {
+            "x": position[0],
+            "y": position[1],
+            "z": position[2],
+            "query_id": candidate.query_id,
+            "match_id": candidate.match_id,
+            "match_stamp": messages.ns_to_seconds(candidate.match_stamp_ns),
+            "similarity": candidate.similarity,
+            "rank": candidate.rank,
+            "inliers": candidate.inliers,
+            "verified": int(candidate.verified),
+            "sequence_score": candidate.sequence_score,
+            "sequence_length": candidate.sequence_length,
+        }
+        verification = candidate.verification
+        if verification is not None and verification.translation is not None:
+            row.update(zip(("tx", "ty", "tz"), verification.translation, strict=True))
+            row.update(zip(("qx", "qy", "qz", "qw"), verification.rotation_xyzw, strict=True))
+            row["scale_known"] = int(verification.scale_known)
+        return row
 
     def _publish_keyframe(self, header: Header, stamp_ns: int, descriptor: np.ndarray, result, pose) -> None:
         config = self._config
-        rows = []
-        for candidate in result.candidates:
-            position = candidate.match_pose.position if candidate.match_pose is not None else (np.nan,) * 3
-            rows.append(
-                {
-                    "x": position[0],
-                    "y": position[1],
-                    "z": position[2],
-                    "query_id": candidate.query_id,
-                    "match_id": candidate.match_id,
-                    "match_stamp": messages.ns_to_seconds(candidate.match_stamp_ns),
-                    "similarity": candidate.similarity,
-                    "rank": candidate.rank,
-                }
-            )
+        rows = [self._candidate_row(candidate) for candidate in result.candidates]
         self._candidates_publisher.publish(messages.candidates_cloud(header, rows))
         self._candidates_published += len(rows)
+        closures = [row for row, c in zip(rows, result.candidates, strict=True) if c.verified]
+        if closures:
+            self._closures_publisher.publish(messages.candidates_cloud(header, closures))
+            self._closures_published += len(closures)
         if config["publish_descriptor"]:
             self._descriptor_publisher.publish(messages.descriptor_cloud(header, descriptor))
         if not result.candidates:
             return
         best = result.candidates[0]
-        if config["publish_lio_sam"]:
+        lio_sam_ok = (best.verified or not config["verify"]) and self._in_this_run(best.match_id)
+        if config["publish_lio_sam"] and config["mode"] == "mapping" and lio_sam_ok:
             self._lio_sam_publisher.publish(messages.lio_sam_loop(stamp_ns, best.match_stamp_ns))
+        if config["verify"] and not best.verified:
+            return  # unverified candidates go to ~/loop_candidates only
         map_header = Header(stamp=header.stamp, frame_id=config["map_frame"])
         match_pose = best.match_pose
         if match_pose is not None:
@@ -395,6 +485,29 @@ class PlaceRecognitionNode(Node):
             self._edges.append((np.asarray(pose.position), np.asarray(match_pose.position)))
             if config["publish_markers"]:
                 self._markers_publisher.publish(messages.loop_edge_markers(map_header, list(self._edges)))
+
+    def _in_this_run(self, place_id: int) -> bool:
+        """True when ``place_id`` was added since the node started (or the map was reset)."""
+        return place_id >= self._run_first_place_id
+
+    def _publish_match_image(self, header: Header, rgb: np.ndarray, result: RecognitionResult) -> None:
+        """query | best match (its stored thumbnail) side by side with the inlier matches drawn."""
+        best = result.candidates[0]
+        thumbnail = self._places.place_map.get_thumbnail(best.match_id)
+        stored = self._places.place_map.get_features([best.match_id]).get(best.match_id)
+        if thumbnail is None or stored is None or result.query_features is None or best.verification is None:
+            return
+        from tscm_ros.features import LocalFeatures
+
+        try:
+            match_features = LocalFeatures.from_bytes(stored)
+            picture = draw_matches(
+                rgb, decode_thumbnail(thumbnail), result.query_features, match_features, best.verification
+            )
+        except ValueError as error:
+            self._record_error(f"match image failed: {error}")
+            return
+        self._match_image_publisher.publish(messages.rgb_image_msg(header, picture))
 
     # ------------------------------------------------------------------ diagnostics
     def _count_bad_message(self, reason: str, detail: str) -> None:
@@ -420,6 +533,7 @@ class PlaceRecognitionNode(Node):
             "frames_dropped": self._slot.dropped,
             "keyframes": self._keyframes,
             "candidates_published": self._candidates_published,
+            "closures_published": self._closures_published,
             "inference_ms_p50": f"{self._inference_ms.percentile(50):.1f}",
             "inference_ms_p95": f"{self._inference_ms.percentile(95):.1f}",
             "map_size": len(self._places),
@@ -427,8 +541,14 @@ class PlaceRecognitionNode(Node):
             "model": self._describer.label,
             "bad_messages": sum(bad.values()),
         }
-        for reason in REASONS:
-            values[f"bad_{reason}"] = bad.get(reason, 0)
+        for reason in (*REASONS, "bad_depth", "bad_camera_info"):
+            values[f"bad_{reason.removeprefix('bad_')}"] = bad.get(reason, 0)
+        for reason, count in sorted(self._places.reasons.items()):
+            values[f"unverified_{reason}"] = count
+        values["verification"] = "on" if self._config["verify"] else "off"
+        values["time_jumps"] = self._places.time_jumps
+        for stage, stats in sorted(self._stage_ms.items()):
+            values[f"stage_{stage}_ms_p50"] = f"{stats.percentile(50):.1f}"
         values["last_error"] = self._last_error[1] if self._last_error else ""
 
         level, problems = DiagnosticStatus.OK, []

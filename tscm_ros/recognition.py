@@ -1,0 +1,439 @@
+"""One place-recognition session: keyframe gate, place map, detector, sequence matcher, verifier, closures.
+
+The ROS node, ``tscm_build_map``, the demo and the evaluation all drive this one object, so a bag replayed
+into the node and the same bag mapped offline go through the same steps. Per keyframe
+(:meth:`RecognitionSession.process`):
+
+1. **Keyframe gate** (:class:`LoopClosureDetector`): interval, descriptor change, travel; a time jump back
+   (restarted bag) resets the keyframe, consistency and sequence history.
+2. **Local features** of the keyframe image (when verification is on and an image is given), outside the lock.
+3. **Retrieval**: top-K places with the mapping-mode exclusions.
+4. **Ranking**: with ``sequence.length > 0`` the sequence matcher ranks and gates the candidates by their
+   score along the trajectory; until it has a full sequence of history (or without it) the single-frame rule
+   applies (similarity threshold, NMS, consistency) and the result says so.
+5. **Verification** of the first ``verify_top_k`` candidates against the features stored with each place:
+   accepted candidates get inliers and a relative pose and are ranked first, by inliers.
+6. **Commit**: in mapping mode the keyframe becomes a place, with its features and thumbnail.
+
+Everything that changes state holds one lock; feature extraction and verification of the candidates of one
+keyframe run while it is held only as long as they touch the map.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tscm_ros.features import (
+    CameraIntrinsics,
+    FeatureConfig,
+    FeatureExtractor,
+    FeatureFormatError,
+    LocalFeatures,
+    make_thumbnail,
+)
+from tscm_ros.loop_closure import LoopCandidate, LoopClosureConfig, LoopClosureDetector
+from tscm_ros.placemap import MapError, Match, PlaceMap, Pose, Utm
+from tscm_ros.sequence import SequenceConfig, SequenceMatcher, SequenceScore
+from tscm_ros.verification import Verification, Verifier, VerifierConfig
+
+MAX_CLOSURES = 2000  # accepted loop closures kept in memory (markers, statistics)
+
+
+class RecognitionError(RuntimeError):
+    """The session cannot be opened as configured (one clear message)."""
+
+
+@dataclass(frozen=True)
+class RecognitionConfig:
+    """Every setting of a session. :meth:`from_options` reads the flat node-parameter names."""
+
+    detector: LoopClosureConfig = field(default_factory=LoopClosureConfig)
+    verify: bool = True
+    verify_top_k: int = 5  # at most top_k candidates exist to verify
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    verifier: VerifierConfig = field(default_factory=VerifierConfig)
+    sequence: SequenceConfig = field(default_factory=SequenceConfig)
+    thumbnails: bool = True
+
+    def __post_init__(self) -> None:
+        k = self.verify_top_k
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"verify_top_k must be an integer >= 1, got {k!r}")
+
+    # flat option name -> (section, field)
+    OPTION_FIELDS = {
+        "feature_method": ("features", "method"),
+        "max_keypoints": ("features", "max_keypoints"),
+        "feature_max_side": ("features", "max_image_side"),
+        "min_inliers": ("verifier", "min_inliers"),
+        "min_inlier_ratio": ("verifier", "min_inlier_ratio"),
+        "sequence_length": ("sequence", "length"),
+        "sequence_min_speed": ("sequence", "min_speed"),
+        "sequence_max_speed": ("sequence", "max_speed"),
+    }
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> RecognitionConfig:
+        """A config from flat names (node parameters, CLI options); unknown names are ignored.
+
+        ``LoopClosureConfig`` fields keep their names; ``verify``, ``verify_top_k`` and ``thumbnails`` are
+        top-level; the rest are listed in :attr:`OPTION_FIELDS`. Raises ``ValueError`` naming the field.
+        """
+        detector_names = {f.name for f in dataclasses.fields(LoopClosureConfig)}
+        detector = LoopClosureConfig(**{k: v for k, v in options.items() if k in detector_names})
+        sections: dict[str, dict[str, Any]] = {"features": {}, "verifier": {}, "sequence": {}}
+        for name, (section, field_name) in cls.OPTION_FIELDS.items():
+            if name in options:
+                sections[section][field_name] = options[name]
+        top = {k: options[k] for k in ("verify", "verify_top_k", "thumbnails") if k in options}
+        return cls(
+            detector=detector,
+            features=FeatureConfig(**sections["features"]),
+            verifier=VerifierConfig(**sections["verifier"]),
+            sequence=SequenceConfig(**sections["sequence"]),
+            **top,
+        )
+
+
+@dataclass(frozen=True)
+class RecognitionResult:
+    """What the session did with one frame. ``candidates``: verified first (by inliers), then the rest."""
+
+    is_keyframe: bool
+    place_id: int | None = None
+    keyframe_index: int = -1
+    candidates: list[LoopCandidate] = field(default_factory=list)
+    skipped_reason: str = ""
+    sequence_partial: bool = False  # sequence matching on, but not yet a full sequence of history
+    query_features: LocalFeatures | None = field(default=None, repr=False)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def closures(self) -> list[LoopCandidate]:
+        """The verified candidates: loop closures a back end can take."""
+        return [c for c in self.candidates if c.verified]
+
+
+class RecognitionSession:
+    """Thread-safe owner of the place map, detector, sequence matcher, verifier and accepted closures."""
+
+    def __init__(self, place_map: PlaceMap, config: RecognitionConfig | None = None) -> None:
+        self._lock = threading.RLock()
+        self._map = place_map
+        self._config = config or RecognitionConfig()
+        self._detector = LoopClosureDetector(place_map, self._config.detector)
+        self._sequence = SequenceMatcher(self._config.sequence)
+        self._extractor = FeatureExtractor(self._config.features)
+        self._verifier = Verifier(self._config.verifier)
+        self._changes = 0
+        self._time_jumps_seen = 0
+        self.closures: deque[LoopCandidate] = deque(maxlen=MAX_CLOSURES)
+        self.reasons: Counter[str] = Counter()  # why candidates stayed unverified, and feature problems
+        self.last_feature_error = ""
+
+    @classmethod
+    def open(
+        cls,
+        *,
+        dim: int,
+        model_fingerprint: str,
+        map_path: str | None,
+        load: bool,
+        index_spec: str,
+        options: Mapping[str, Any],
+    ) -> RecognitionSession:
+        """Load ``map_path`` (``load``) or create an empty map; RecognitionError has one clear line."""
+        try:
+            config = RecognitionConfig.from_options(options)
+        except (TypeError, ValueError) as error:
+            raise RecognitionError(str(error)) from error
+        if load:
+            if not map_path or not Path(map_path).exists():
+                raise RecognitionError(
+                    f"map_path {map_path!r} does not exist (set load_map:=false to start an empty map)"
+                )
+            try:
+                place_map = PlaceMap.load(map_path, dim=dim, model_fingerprint=model_fingerprint)
+            except MapError as error:
+                raise RecognitionError(f"cannot load map: {error}") from error
+        else:
+            try:
+                place_map = PlaceMap.create(dim, index_spec, model_fingerprint)
+            except (MapError, ValueError) as error:
+                raise RecognitionError(
+                    f"cannot create a map with index_spec {index_spec!r}: {error}"
+                ) from error
+        return cls(place_map, config)
+
+    # ------------------------------------------------------------------ state
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._map)
+
+    @property
+    def place_map(self) -> PlaceMap:
+        return self._map
+
+    @property
+    def config(self) -> RecognitionConfig:
+        return self._config
+
+    @property
+    def dirty(self) -> bool:
+        """True when places were added or the map was reset since the last save."""
+        with self._lock:
+            return self._changes > 0
+
+    @property
+    def time_jumps(self) -> int:
+        return self._detector.time_jumps
+
+    def configure(self, options: Mapping[str, Any]) -> None:
+        """Apply new settings (keeps the map and the histories unless the sequence settings change)."""
+        config = RecognitionConfig.from_options(options)
+        with self._lock:
+            self._apply(config)
+
+    def _apply(self, config: RecognitionConfig) -> None:
+        if config.sequence != self._config.sequence:
+            self._sequence = SequenceMatcher(config.sequence)
+        if config.features != self._config.features:
+            self._extractor = FeatureExtractor(config.features)
+        if config.verifier != self._config.verifier:
+            self._verifier = Verifier(config.verifier)
+        self._detector.config = config.detector
+        self._config = config
+
+    # ------------------------------------------------------------------ frames
+    def wants(self, stamp_ns: int) -> bool:
+        """False when ``min_interval_s`` would reject a frame stamped ``stamp_ns`` (skip describing it)."""
+        with self._lock:
+            wanted = not self._detector.interval_gate(int(stamp_ns))
+            self._follow_time_jumps()
+            return wanted
+
+    def _follow_time_jumps(self) -> None:
+        if self._detector.time_jumps != self._time_jumps_seen:
+            self._time_jumps_seen = self._detector.time_jumps
+            self._sequence.reset()
+
+    def process(
+        self,
+        descriptor: np.ndarray,
+        stamp_ns: int,
+        *,
+        image: np.ndarray | None = None,
+        depth: np.ndarray | None = None,
+        intrinsics: CameraIntrinsics | None = None,
+        frame_id: str = "",
+        source: str = "",
+        pose: Pose | None = None,
+        utm: Utm | None = None,
+        travel_m: float | None = None,
+    ) -> RecognitionResult:
+        """Handle one frame: its descriptor (D,), header stamp (ns) and, for verification, its RGB image
+        (with an aligned depth image and the camera intrinsics when known)."""
+        stamp_ns = int(stamp_ns)
+        vector = self._map.normalize(descriptor)
+        timings: dict[str, float] = {}
+        with self._lock:
+            reason = self._detector.keyframe_gate(vector, stamp_ns, pose)
+            self._follow_time_jumps()
+            if reason:
+                return RecognitionResult(is_keyframe=False, skipped_reason=reason)
+            config = self._config
+            extractor = self._extractor
+        features, blob, thumbnail = None, None, None
+        if config.verify and image is not None:
+            started = time.perf_counter()
+            features, blob, thumbnail = self._describe_locally(extractor, image, depth, intrinsics, config)
+            timings["features"] = _ms_since(started)
+        with self._lock:
+            started = time.perf_counter()
+            retrieve_k = max(config.detector.top_k, config.sequence.candidates_per_keyframe)
+            keyframe_index, matches = self._detector.retrieve(vector, stamp_ns, retrieve_k)
+            timings["retrieve"] = _ms_since(started)
+            started = time.perf_counter()
+            ranked, sequence_scores, partial = self._rank(matches, keyframe_index, stamp_ns, travel_m)
+            timings["sequence" if config.sequence.length else "select"] = _ms_since(started)
+            place_id = self._detector.commit(
+                vector, stamp_ns, keyframe_index, frame_id=frame_id, source=source, pose=pose, utm=utm,
+                features=blob, thumbnail=thumbnail,
+            )  # fmt: skip
+            if place_id is not None:
+                self._changes += 1
+            candidates = self._detector.candidates(ranked, place_id, keyframe_index, stamp_ns, pose)
+            candidates = [
+                dataclasses.replace(c, sequence_score=s.score, sequence_length=s.length) if s else c
+                for c, s in zip(candidates, sequence_scores, strict=True)
+            ]
+            if config.verify:
+                started = time.perf_counter()
+                candidates = self._verify(candidates, features, intrinsics, config)
+                timings["verify"] = _ms_since(started)
+            self.closures.extend(c for c in candidates if c.verified)
+        return RecognitionResult(
+            is_keyframe=True, place_id=place_id, keyframe_index=keyframe_index, candidates=candidates,
+            sequence_partial=partial, query_features=features, timings_ms=timings,
+        )  # fmt: skip
+
+    def _describe_locally(
+        self,
+        extractor: FeatureExtractor,
+        image: np.ndarray,
+        depth: np.ndarray | None,
+        intrinsics: CameraIntrinsics | None,
+        config: RecognitionConfig,
+    ) -> tuple[LocalFeatures | None, bytes | None, bytes | None]:
+        try:
+            features = extractor.extract(image, depth=depth, intrinsics=intrinsics)
+        except ValueError as error:  # e.g. depth of another size: keep the keyframe, count the reason
+            self.reasons["bad_depth" if depth is not None else "feature_error"] += 1
+            self.last_feature_error = str(error)
+            try:
+                features = extractor.extract(image)
+            except ValueError:
+                return None, None, None
+        thumbnail = make_thumbnail(image) if config.thumbnails else None
+        return features, features.to_bytes(), thumbnail
+
+    def _rank(
+        self, matches: list[Match], keyframe_index: int, stamp_ns: int, travel_m: float | None
+    ) -> tuple[list[Match], list[SequenceScore | None], bool]:
+        """(ranked matches, their sequence scores, partial?) -- the sequence rule or the single-frame rule."""
+        sequence = self._config.sequence
+        if not sequence.length:
+            selected = self._detector.select(matches)
+            return selected, [None] * len(selected), False
+        scores = self._sequence.update(
+            keyframe_index=keyframe_index,
+            stamp_ns=stamp_ns,
+            place_ids=np.array([m.place_id for m in matches], np.int64),
+            place_keyframes=np.array([m.meta.keyframe_index for m in matches], np.int64),
+            similarities=np.array([m.similarity for m in matches], np.float32),
+            travel_m=travel_m,
+        )
+        by_id = {m.place_id: m for m in matches}
+        full = [s for s in scores if s.full and s.place_id in by_id]
+        if not full:  # not enough history yet: the single-frame rule, flagged
+            selected = self._detector.select(matches)
+            partial_scores = {s.place_id: s for s in scores}
+            return selected, [partial_scores.get(m.place_id) for m in selected], True
+        accepted = [s for s in full if s.accepted][: self._config.detector.top_k]
+        return [by_id[s.place_id] for s in accepted], list(accepted), False
+
+    def _verify(
+        self,
+        candidates: list[LoopCandidate],
+        features: LocalFeatures | None,
+        intrinsics: CameraIntrinsics | None,
+        config: RecognitionConfig,
+    ) -> list[LoopCandidate]:
+        """Verify the first ``verify_top_k`` candidates; verified ones first (by inliers), then the rest."""
+        head, tail = candidates[: config.verify_top_k], candidates[config.verify_top_k :]
+        if not head:
+            return candidates
+        stored = self._map.get_features([c.match_id for c in head]) if features is not None else {}
+        checked = []
+        for candidate in head:
+            verification = self._verify_one(features, stored, candidate.match_id, intrinsics)
+            if not verification.verified:
+                self.reasons[verification.reason] += 1
+            checked.append(dataclasses.replace(candidate, verification=verification))
+        checked.sort(key=lambda c: (not c.verified, -c.inliers if c.verified else 0))
+        return [dataclasses.replace(c, rank=rank) for rank, c in enumerate(checked + tail)]
+
+    def _verify_one(
+        self,
+        features: LocalFeatures | None,
+        stored: Mapping[int, bytes | None],
+        match_id: int,
+        intrinsics: CameraIntrinsics | None,
+    ) -> Verification:
+        if features is None:
+            return _rejected("no_query_features")
+        if match_id not in stored:
+            return _rejected("no_match_features")
+        blob = stored[match_id]
+        if blob is None:
+            return _rejected("corrupt_match_features")
+        try:
+            match_features = LocalFeatures.from_bytes(blob)
+        except FeatureFormatError:
+            return _rejected("corrupt_match_features")
+        return self._verifier.verify(features, match_features, intrinsics=intrinsics)
+
+    # ------------------------------------------------------------------ map management
+    def save(self, path: str) -> int:
+        """Atomically save the map to ``path``; returns the number of places saved."""
+        with self._lock:
+            self._map.save(path)
+            self._changes = 0
+            return len(self._map)
+
+    def reset(self) -> None:
+        """Replace the map by an empty one (same dimension, index spec and model fingerprint)."""
+        with self._lock:
+            old = self._map
+            self._map = PlaceMap.create(old.dim, old.spec, old.model_fingerprint)
+            self._detector = LoopClosureDetector(self._map, self._config.detector)
+            self._sequence.reset()
+            self.closures.clear()
+            self._changes += 1
+            old.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._map.close()
+
+
+NODE_NAME = "place_recognition_node"
+
+
+def read_params_file(path: str | Path, node_name: str = NODE_NAME) -> dict[str, Any]:
+    """The ``ros__parameters`` of ``node_name`` in a ROS 2 params YAML (``/**/name``, ``/name``, ``name``
+    or ``/**``), so offline tools read the node's own file. ValueError with one line when it has none."""
+    import yaml
+
+    path = Path(path)
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise ValueError(f"cannot read params file {path}: {error}") from error
+    if not isinstance(document, dict):
+        raise ValueError(f"{path} is not a ROS 2 params file (no mapping at the top)")
+    options: dict[str, Any] = {}
+    for key in ("/**", f"/**/{node_name}", f"/{node_name}", node_name):
+        section = document.get(key)
+        if isinstance(section, dict) and isinstance(section.get("ros__parameters"), dict):
+            options.update(section["ros__parameters"])
+    if not options:
+        raise ValueError(f"{path} has no ros__parameters for {node_name}")
+    return options
+
+
+def _rejected(reason: str) -> Verification:
+    return Verification(verified=False, inliers=0, matches=0, inlier_ratio=0.0, reason=reason)
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0
+
+
+__all__ = [
+    "MAX_CLOSURES",
+    "RecognitionConfig",
+    "RecognitionError",
+    "RecognitionResult",
+    "RecognitionSession",
+    "read_params_file",
+]
