@@ -12,9 +12,9 @@ from sensor_msgs.msg import PointCloud2, PointField
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker
 
+from tscm_ros.poses import PoseBuffer
 from tscm_ros.ros import messages
 from tscm_ros.ros.latest_slot import LatestSlot
-from tscm_ros.poses import PoseBuffer
 from tscm_ros.ros.testing import format_parameter
 
 NS = 1_000_000_000
@@ -33,16 +33,23 @@ def test_candidate_cloud_layout_and_round_trip_through_cdr():
         {"x": 1.5, "y": -2.0, "z": 0.25, "query_id": 40, "match_id": 3, "match_stamp": 12.125,
          "similarity": 0.9, "rank": 0},
         {"x": math.nan, "y": math.nan, "z": math.nan, "query_id": 40, "match_id": 2**32 - 1,
-         "match_stamp": 1.7e9 + 0.5, "similarity": -0.25, "rank": 1},
+         "match_stamp": 1.7e9 + 0.5, "similarity": -0.25, "rank": 1, "inliers": 57, "verified": 1,
+         "scale_known": 1, "tx": 0.5, "ty": -0.1, "tz": 2.0, "qx": 0.0, "qy": 0.1, "qz": 0.0, "qw": 0.995,
+         "sequence_score": 3.5, "sequence_length": 10},
     ]  # fmt: skip
     cloud = messages.candidates_cloud(header, rows)
-    assert (cloud.height, cloud.width, cloud.point_step, cloud.row_step) == (1, 2, 34, 68)
+    assert (cloud.height, cloud.width, cloud.point_step, cloud.row_step) == (1, 2, 74, 148)
     assert (cloud.is_dense, cloud.is_bigendian) == (False, False)
     assert [(f.name, f.offset, f.datatype) for f in cloud.fields] == [
         ("x", 0, PointField.FLOAT32), ("y", 4, PointField.FLOAT32), ("z", 8, PointField.FLOAT32),
         ("query_id", 12, PointField.UINT32), ("match_id", 16, PointField.UINT32),
         ("match_stamp", 20, PointField.FLOAT64), ("similarity", 28, PointField.FLOAT32),
-        ("rank", 32, PointField.UINT16),
+        ("rank", 32, PointField.UINT16), ("inliers", 34, PointField.UINT32),
+        ("verified", 38, PointField.UINT8),
+        ("scale_known", 39, PointField.UINT8), ("tx", 40, PointField.FLOAT32), ("ty", 44, PointField.FLOAT32),
+        ("tz", 48, PointField.FLOAT32), ("qx", 52, PointField.FLOAT32), ("qy", 56, PointField.FLOAT32),
+        ("qz", 60, PointField.FLOAT32), ("qw", 64, PointField.FLOAT32),
+        ("sequence_score", 68, PointField.FLOAT32), ("sequence_length", 72, PointField.UINT16),
     ]  # fmt: skip
     decoded = messages.cloud_to_array(deserialize_message(serialize_message(cloud), PointCloud2))
     assert decoded["match_id"].tolist() == [3, 2**32 - 1]
@@ -50,6 +57,13 @@ def test_candidate_cloud_layout_and_round_trip_through_cdr():
     assert decoded["rank"].tolist() == [0, 1]
     np.testing.assert_allclose(decoded["similarity"], [0.9, -0.25], rtol=1e-6)
     assert decoded["x"][0] == 1.5 and np.isnan(decoded["x"][1])
+    # fields a row leaves out: unverified, unknown pose (NaN), no sequence (NaN score, length 0)
+    assert decoded["verified"].tolist() == [0, 1] and decoded["inliers"].tolist() == [0, 57]
+    assert (
+        np.isnan(decoded["tx"][0]) and np.isnan(decoded["qw"][0]) and np.isnan(decoded["sequence_score"][0])
+    )
+    np.testing.assert_allclose(decoded[["tx", "ty", "tz"]][1].tolist(), [0.5, -0.1, 2.0], rtol=1e-6)
+    assert decoded["sequence_length"].tolist() == [0, 10] and decoded["scale_known"].tolist() == [0, 1]
     # the documented manual decoding gives the same bytes
     manual = np.frombuffer(bytes(cloud.data), dtype=messages.CANDIDATE_DTYPE, count=cloud.width)
     assert manual.tobytes() == decoded.tobytes()
@@ -57,7 +71,7 @@ def test_candidate_cloud_layout_and_round_trip_through_cdr():
 
 def test_empty_candidate_cloud_is_valid():
     cloud = messages.candidates_cloud(Header(), [])
-    assert (cloud.width, len(cloud.data), len(cloud.fields)) == (0, 0, 8)
+    assert (cloud.width, len(cloud.data), len(cloud.fields)) == (0, 0, len(messages.CANDIDATE_DTYPE.names))
     assert messages.cloud_to_array(cloud).shape == (0,)
 
 

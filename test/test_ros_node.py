@@ -47,9 +47,11 @@ QUERY_STEP = 4  # every 4th query frame: 28 revisits keep the test short
 STARTUP_TIMEOUT_S = 180.0
 FRAME_TIMEOUT_S = 60.0
 
-# Behaviour, not accuracy: every frame is a keyframe, every match is reported (threshold -1), and the
-# exclusion window hides the current traversal (22 s long) but not the reference one (>= 978 s earlier).
+# Behaviour, not accuracy: every frame is a keyframe, every match is reported (threshold -1, no verification),
+# and the exclusion window hides the current traversal (22 s long) but not the reference one (>= 978 s
+# earlier). test_ros_verification.py covers the verified path.
 BASE_PARAMETERS = {
+    "verify": False,
     "reliable_qos": True,
     "min_interval_s": 0.0,
     "min_descriptor_change": 0.0,
@@ -220,8 +222,8 @@ def test_corridor_revisits_match_the_offline_describer(mapping_node: NodeUnderTe
 
     # PointCloud2 layout exactly as documented
     cloud = next(msg for msg in revisit.values() if msg.width > 0)
-    assert (cloud.height, cloud.is_bigendian, cloud.is_dense, cloud.point_step) == (1, False, False, 34)
-    assert cloud.row_step == 34 * cloud.width and len(cloud.data) == cloud.row_step
+    assert (cloud.height, cloud.is_bigendian, cloud.is_dense, cloud.point_step) == (1, False, False, 74)
+    assert cloud.row_step == 74 * cloud.width and len(cloud.data) == cloud.row_step
     expected_fields = [
         ("x", 0, PointField.FLOAT32), ("y", 4, PointField.FLOAT32), ("z", 8, PointField.FLOAT32),
         ("query_id", 12, PointField.UINT32), ("match_id", 16, PointField.UINT32),
