@@ -116,8 +116,8 @@ def load_csv_dataset(
 ) -> RetrievalDataset:
     """Load one split (``None`` = every row) of a dataset CSV as a :class:`RetrievalDataset`.
 
-    ``extra["query_database_index"]`` gives, per query, the database index of the same row (leave-one-out
-    rows) or -1; that entry is removed from the query's positives.
+    ``query_database_index`` gives, per query, the database index of the same row (leave-one-out ``both``
+    rows) or -1; that entry is removed from the query's positives and every search skips it.
     """
     path = Path(path)
     if split is not None and split not in SPLITS:
@@ -153,8 +153,8 @@ def load_csv_dataset(
         positives=positives,
         database_utm=db_xy,
         query_utm=q_xy,
+        query_database_index=same_row,
         extra={
-            "query_database_index": same_row,
             "database_heading": np.array([r["heading"] for r in database]),
             "query_heading": np.array([r["heading"] for r in queries]),
             "pos_dist_thr": NEGATIVE_RADIUS_M,

@@ -131,7 +131,9 @@ def evaluate(
     if missing:
         raise SystemExit(f"dataset has no protocol {missing[0]!r}; it has {list(dataset.positives)}")
     k = min(max(ns), len(database))
-    sims, ranked = metrics.exact_search(_normalise(database), _normalise(queries), k)
+    sims, ranked = metrics.exact_search(
+        _normalise(database), _normalise(queries), k, exclude=dataset.query_database_index
+    )
     results = {}
     for name in protocols:
         positives = dataset.positives[name]
