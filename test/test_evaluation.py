@@ -56,7 +56,6 @@ def test_exact_search_matches_numpy() -> None:
     np.testing.assert_allclose(sims, np.take_along_axis(q @ db.T, order, 1), rtol=1e-5)
 
 
-
 def test_exact_search_excludes_one_entry_per_query() -> None:
     rng = np.random.default_rng(1)
     db = rng.standard_normal((6, 4)).astype(np.float32)
