@@ -319,13 +319,66 @@ def test_cli_on_precomputed_descriptors(tmp_path: Path, corridor_dir: Path, caps
     assert "| gt | 0.5405 |" in printed
 
 
-def test_cli_rejects_bad_descriptors(tmp_path: Path, corridor_dir: Path) -> None:
+def test_cli_rejects_bad_descriptors(tmp_path: Path, corridor_dir: Path, capsys) -> None:
     np.save(tmp_path / "db.npy", np.ones((10, 4), np.float32))
     np.save(tmp_path / "q.npy", np.ones((111, 4), np.float32))
-    with pytest.raises(SystemExit, match=r"expected \(111, D\) database"):
-        descriptors = f"{tmp_path / 'db.npy'},{tmp_path / 'q.npy'}"
-        evaluate_main(
-            ["--dataset", f"corridor:{corridor_dir}", "--descriptors", descriptors, "--out", str(tmp_path)]
-        )
-    with pytest.raises(SystemExit, match="--model"):
-        evaluate_main(["--dataset", f"corridor:{corridor_dir}", "--out", str(tmp_path / "o")])
+    descriptors = f"{tmp_path / 'db.npy'},{tmp_path / 'q.npy'}"
+    code = evaluate_main(
+        ["--dataset", f"corridor:{corridor_dir}", "--descriptors", descriptors, "--out", str(tmp_path)]
+    )
+    assert code == 1
+    assert "expected (111, D) database" in capsys.readouterr().err
+    assert evaluate_main(["--dataset", f"corridor:{corridor_dir}", "--out", str(tmp_path / "o")]) == 1
+    assert "--model" in capsys.readouterr().err
+
+
+def _assert_one_line_error(capsys, *fragments: str) -> None:
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("tscm_evaluate: ") and "Traceback" not in captured.err + captured.out
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_cli_empty_ground_truth_is_an_error(tmp_path: Path, capsys) -> None:
+    # corridor layout whose ground_truth.csv has a header and no rows: 0 queries
+    root = tmp_path / "empty"
+    (root / "ref").mkdir(parents=True)
+    (root / "query").mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(root / "ref" / "0.png")
+    (root / "ground_truth.csv").write_text("query_index,query_file,positive_ref_indices,positive_ref_files\n")
+    out = tmp_path / "out"
+    descriptors = tmp_path / "d.npy"
+    np.save(descriptors, np.ones((1, 4), np.float32))
+    both = f"{descriptors},{descriptors}"
+    code = evaluate_main(["--dataset", f"corridor:{root}", "--descriptors", both, "--out", str(out)])
+    assert code == 1
+    _assert_one_line_error(capsys, "0 queries")
+    assert not out.exists()
+    # queries exist but none has a positive within the radius: every metric would be NaN
+    csv_path = tmp_path / "far.csv"
+    csv_path.write_text("split,path,easting,northing\ndb,a.png,0,0\nquery,b.png,500,500\n")
+    code = evaluate_main(["--dataset", f"utm-csv:{csv_path}:10", "--descriptors", both, "--out", str(out)])
+    assert code == 1
+    _assert_one_line_error(capsys, "empty ground truth", "10m")
+
+
+@pytest.mark.parametrize("kind", ["csv", "utm-csv", "corridor"])
+def test_cli_binary_csv_is_a_one_line_error(tmp_path: Path, capsys, kind: str) -> None:
+    blob = bytes(range(256)) * 8  # not UTF-8
+    if kind == "corridor":
+        from PIL import Image
+
+        (tmp_path / "ref").mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / "ref" / "0.png")
+        (tmp_path / "ground_truth.csv").write_bytes(blob)
+        spec = f"corridor:{tmp_path}"
+    else:
+        (tmp_path / "data.csv").write_bytes(blob)
+        spec = f"{kind}:{tmp_path / 'data.csv'}"
+    code = evaluate_main(["--dataset", spec, "--untrained", "--out", str(tmp_path / "out")])
+    assert code == 1
+    _assert_one_line_error(capsys, "UTF-8")

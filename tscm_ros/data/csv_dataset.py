@@ -70,6 +70,15 @@ def read_csv_rows(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"dataset CSV not found: {path}")
+    try:
+        return _read_rows(path)
+    except UnicodeDecodeError as error:
+        raise CsvDatasetError(f"{path}: not a UTF-8 text CSV (byte {error.start}: {error.reason})") from None
+    except csv.Error as error:
+        raise CsvDatasetError(f"{path}: not a readable CSV ({error})") from None
+
+
+def _read_rows(path: Path) -> list[dict]:
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         header = [h.strip() for h in (reader.fieldnames or [])]
