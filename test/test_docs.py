@@ -176,6 +176,8 @@ def parse_with_cli(script: str, args: list[str], monkeypatch) -> argparse.Namesp
     except _Parsed as parsed:
         return parsed.namespace
     except SystemExit as exit_:
+        if exit_.code in (0, None) and ({"-h", "--help", "--version"} & set(args)):
+            return None  # help / version output is a valid use
         pytest.fail(f"{script} {shlex.join(args)}: the CLI rejects these arguments (exit {exit_.code})")
     pytest.fail(f"{script}: main() returned without parsing its arguments")
 
@@ -295,6 +297,8 @@ def test_checker_catches_wrong_commands(monkeypatch):
             check_command(argv, monkeypatch)
         monkeypatch.undo()
     assert check_command(["tscm_evaluate", "--dataset", "x:y", "--untrained", "--out", "o"], monkeypatch)
+    monkeypatch.undo()
+    assert check_command([".venv/bin/tscm_demo", "--help"], monkeypatch) == "tscm_demo"
 
 
 # ----------------------------------------------------------------------------------------- (b) YAML
