@@ -3,7 +3,8 @@
     ros2 launch tscm_ros place_recognition.launch.py image_topic:=/camera/image_raw \
         model_path:=/path/to/student map_path:=/data/maps/office device:=cuda
 
-Launch arguments left empty keep the value from ``params_file``; non-empty ones override it.
+Launch arguments left empty keep the value from ``params_file``; non-empty ones override it. That includes
+``use_sim_time``: by default (empty) the parameter file decides; ``use_sim_time:=true|false`` overrides it.
 """
 
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
@@ -16,15 +17,36 @@ from launch import LaunchDescription
 
 PACKAGE = "tscm_ros"
 OVERRIDABLE = ("model_path", "map_path", "device")
+BOOLEAN_OVERRIDABLE = ("use_sim_time",)
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def parameter_overrides(arguments: dict) -> dict:
+    """Node parameters from launch argument values: only the non-empty ones (empty = the params file's value).
+
+    ``arguments`` maps the names in ``OVERRIDABLE`` / ``BOOLEAN_OVERRIDABLE`` to their launch values (str).
+    """
+    overrides = {}
+    for name in OVERRIDABLE:
+        value = arguments.get(name, "")
+        if value:
+            overrides[name] = value
+    for name in BOOLEAN_OVERRIDABLE:
+        value = arguments.get(name, "").strip().lower()
+        if not value:
+            continue
+        if value not in _BOOLEANS:
+            raise ValueError(
+                f"launch argument {name}:={arguments[name]!r}: use true or false (or leave it empty)"
+            )
+        overrides[name] = _BOOLEANS[value]
+    return overrides
 
 
 def _launch_setup(context, *args, **kwargs):
     """Build the node once the launch arguments are known, passing only the non-empty overrides."""
-    overrides = {"use_sim_time": LaunchConfiguration("use_sim_time").perform(context).lower() == "true"}
-    for name in OVERRIDABLE:
-        value = LaunchConfiguration(name).perform(context)
-        if value:
-            overrides[name] = value
+    values = {name: LaunchConfiguration(name).perform(context) for name in OVERRIDABLE + BOOLEAN_OVERRIDABLE}
+    overrides = parameter_overrides(values)
     node = Node(
         package=PACKAGE,
         executable="place_recognition_node",
@@ -66,7 +88,9 @@ def generate_launch_description() -> LaunchDescription:
             ),
             DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
             DeclareLaunchArgument(
-                "use_sim_time", default_value="false", description="use /clock (bag replay)"
+                "use_sim_time",
+                default_value="",
+                description="true: /clock (bag replay), false: wall clock, empty: the params file's value",
             ),
             DeclareLaunchArgument(
                 "fastdds_localhost",

@@ -56,6 +56,84 @@ def test_exact_search_matches_numpy() -> None:
     np.testing.assert_allclose(sims, np.take_along_axis(q @ db.T, order, 1), rtol=1e-5)
 
 
+def test_exact_search_excludes_one_entry_per_query() -> None:
+    rng = np.random.default_rng(1)
+    db = rng.standard_normal((6, 4)).astype(np.float32)
+    q = db[[0, 3, 5]].copy()  # each query is a copy of a database entry: rank 1 without exclusion
+    exclude = np.array([0, 3, -1])
+    sims, idx = metrics.exact_search(db, q, 3, exclude=exclude)
+    full = np.argsort(-(q @ db.T), axis=1)
+    np.testing.assert_array_equal(idx[0], full[0, 1:4])
+    np.testing.assert_array_equal(idx[1], full[1, 1:4])
+    np.testing.assert_array_equal(idx[2], full[2, :3])  # -1: nothing excluded, self stays at rank 1
+    np.testing.assert_allclose(sims, np.take_along_axis(q @ db.T, idx, 1), rtol=1e-5)
+    # k = database size: the excluded entry leaves one padded (-1) slot at the end
+    _, idx = metrics.exact_search(db, q, 6, exclude=exclude)
+    assert idx[0, -1] == -1 and 0 not in idx[0] and sorted(idx[0, :5]) == [1, 2, 3, 4, 5]
+    assert sorted(idx[2]) == list(range(6))
+    with pytest.raises(ValueError, match="exclude has 2 entries"):
+        metrics.exact_search(db, q, 3, exclude=np.array([0, 1]))
+
+
+def _brute_force_leave_one_out(db, q, own, positives, ns, k):
+    """Numpy reference: cosine ranking that skips each query's own database entry, recall@N and mAP@K."""
+    sims = q @ db.T
+    for row, index in enumerate(own):
+        if index >= 0:
+            sims[row, index] = -np.inf
+    ranked = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    recalls, aps = {n: [] for n in ns}, []
+    for row, pos in enumerate(positives):
+        if len(pos) == 0:
+            continue
+        hit = np.isin(ranked[row], pos)
+        for n in ns:
+            recalls[n].append(hit[:n].any())
+        precision = np.cumsum(hit) / np.arange(1, k + 1)
+        aps.append((precision * hit).sum() / min(len(pos), k))
+    return ranked, {n: float(np.mean(v)) for n, v in recalls.items()}, float(np.mean(aps))
+
+
+def test_leave_one_out_dataset_never_retrieves_itself(tmp_path: Path) -> None:
+    """role=both rows (tscm_export_dataset's default): tscm_evaluate and training validation both match a
+    numpy brute force that skips self-matches (without the exclusion R@1 would be 0 for every model)."""
+    from tscm_ros.data.csv_dataset import load_csv_dataset
+    from tscm_ros.evaluation.cli import evaluate
+    from tscm_ros.training.evaluate import retrieval_metrics
+
+    rows = [f"f{i}.png,{i * 3.0},0,{'database' if i % 7 == 0 else 'both'}" for i in range(40)]
+    rows += [f"q{i}.png,{i * 9.0 + 1},0,query" for i in range(5)]
+    csv_path = tmp_path / "loop.csv"
+    csv_path.write_text("image,x,y,role\n" + "\n".join(rows) + "\n")
+    ds = load_csv_dataset(csv_path)
+    own = ds.query_database_index
+    assert len(ds.database) == 40 and len(ds.queries) == 39 and (own >= 0).sum() == 34
+    rng = np.random.default_rng(3)
+    db = rng.standard_normal((40, 16)).astype(np.float32)
+    q = rng.standard_normal((39, 16)).astype(np.float32)
+    q[own >= 0] = db[own[own >= 0]]  # a both-row query has exactly its database descriptor
+    db /= np.linalg.norm(db, axis=1, keepdims=True)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    ns = (1, 5, 10)
+    results = evaluate(db, q, ds, ns, None)
+    training = retrieval_metrics(db, q, ds, ns)
+    for protocol in ("10m", "25m"):
+        ranked, recalls, mean_ap = _brute_force_leave_one_out(db, q, own, ds.positives[protocol], ns, 10)
+        assert not np.any(ranked == own[:, None])
+        got = results[protocol]
+        assert {int(n): v for n, v in got["recall"].items()} == pytest.approx(recalls)
+        assert got["map_at_k"] == pytest.approx(mean_ap)
+        assert {n: training[f"{protocol}/R@{n}"] for n in ns} == pytest.approx(recalls)
+        assert training[f"{protocol}/mAP"] == pytest.approx(mean_ap)
+        top1 = metrics.retrieval_pr_curve(
+            np.take_along_axis(q @ db.T, ranked[:, :1], 1)[:, 0], ranked[:, 0], ds.positives[protocol]
+        )
+        assert got["pr"]["average_precision"] == pytest.approx(top1.average_precision)
+    # sanity: the same data without the exclusion retrieves itself first (the bug this guards against)
+    _, unexcluded = metrics.exact_search(db, q, 1)
+    assert np.all(unexcluded[own >= 0, 0] == own[own >= 0])
+
+
 # ---------------------------------------------------------------------------- PR / AP
 def test_precision_recall_curve_hand_computed() -> None:
     pr = metrics.precision_recall_curve(
@@ -241,13 +319,66 @@ def test_cli_on_precomputed_descriptors(tmp_path: Path, corridor_dir: Path, caps
     assert "| gt | 0.5405 |" in printed
 
 
-def test_cli_rejects_bad_descriptors(tmp_path: Path, corridor_dir: Path) -> None:
+def test_cli_rejects_bad_descriptors(tmp_path: Path, corridor_dir: Path, capsys) -> None:
     np.save(tmp_path / "db.npy", np.ones((10, 4), np.float32))
     np.save(tmp_path / "q.npy", np.ones((111, 4), np.float32))
-    with pytest.raises(SystemExit, match=r"expected \(111, D\) database"):
-        descriptors = f"{tmp_path / 'db.npy'},{tmp_path / 'q.npy'}"
-        evaluate_main(
-            ["--dataset", f"corridor:{corridor_dir}", "--descriptors", descriptors, "--out", str(tmp_path)]
-        )
-    with pytest.raises(SystemExit, match="--model"):
-        evaluate_main(["--dataset", f"corridor:{corridor_dir}", "--out", str(tmp_path / "o")])
+    descriptors = f"{tmp_path / 'db.npy'},{tmp_path / 'q.npy'}"
+    code = evaluate_main(
+        ["--dataset", f"corridor:{corridor_dir}", "--descriptors", descriptors, "--out", str(tmp_path)]
+    )
+    assert code == 1
+    assert "expected (111, D) database" in capsys.readouterr().err
+    assert evaluate_main(["--dataset", f"corridor:{corridor_dir}", "--out", str(tmp_path / "o")]) == 1
+    assert "--model" in capsys.readouterr().err
+
+
+def _assert_one_line_error(capsys, *fragments: str) -> None:
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("tscm_evaluate: ") and "Traceback" not in captured.err + captured.out
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_cli_empty_ground_truth_is_an_error(tmp_path: Path, capsys) -> None:
+    # corridor layout whose ground_truth.csv has a header and no rows: 0 queries
+    root = tmp_path / "empty"
+    (root / "ref").mkdir(parents=True)
+    (root / "query").mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(root / "ref" / "0.png")
+    (root / "ground_truth.csv").write_text("query_index,query_file,positive_ref_indices,positive_ref_files\n")
+    out = tmp_path / "out"
+    descriptors = tmp_path / "d.npy"
+    np.save(descriptors, np.ones((1, 4), np.float32))
+    both = f"{descriptors},{descriptors}"
+    code = evaluate_main(["--dataset", f"corridor:{root}", "--descriptors", both, "--out", str(out)])
+    assert code == 1
+    _assert_one_line_error(capsys, "0 queries")
+    assert not out.exists()
+    # queries exist but none has a positive within the radius: every metric would be NaN
+    csv_path = tmp_path / "far.csv"
+    csv_path.write_text("split,path,easting,northing\ndb,a.png,0,0\nquery,b.png,500,500\n")
+    code = evaluate_main(["--dataset", f"utm-csv:{csv_path}:10", "--descriptors", both, "--out", str(out)])
+    assert code == 1
+    _assert_one_line_error(capsys, "empty ground truth", "10m")
+
+
+@pytest.mark.parametrize("kind", ["csv", "utm-csv", "corridor"])
+def test_cli_binary_csv_is_a_one_line_error(tmp_path: Path, capsys, kind: str) -> None:
+    blob = bytes(range(256)) * 8  # not UTF-8
+    if kind == "corridor":
+        from PIL import Image
+
+        (tmp_path / "ref").mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / "ref" / "0.png")
+        (tmp_path / "ground_truth.csv").write_bytes(blob)
+        spec = f"corridor:{tmp_path}"
+    else:
+        (tmp_path / "data.csv").write_bytes(blob)
+        spec = f"{kind}:{tmp_path / 'data.csv'}"
+    code = evaluate_main(["--dataset", spec, "--untrained", "--out", str(tmp_path / "out")])
+    assert code == 1
+    _assert_one_line_error(capsys, "UTF-8")

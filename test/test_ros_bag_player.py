@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import numpy as np
 import pytest
 from rosgraph_msgs.msg import Clock
@@ -102,3 +104,23 @@ def test_missing_bag_is_one_clear_error(tmp_path):
         output = player.output()
     assert "does not exist" in output
     assert "Traceback" not in output
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_signal_stops_playback_quietly(probe: RosProbe, tmp_path, signal_name: str):
+    """Ctrl+C / SIGTERM while publishing: exit code 0, a one-line summary, no traceback, no rosout error."""
+    topic = f"/bag_test/signal_{signal_name.lower()}"
+    bag = write_image_bag(tmp_path / "loop", frames(), topic=topic)
+    received = probe.subscribe(Image, topic, reliable_qos(100))
+    arguments = [str(bag), "--loop", "--rate", "1.0", "--start-delay", "0", "--progress"]
+    with NodeProcess("tscm_ros.ros.bag_player", arguments=arguments) as player:
+        assert received.wait_count(2, 30.0), player.output()
+        assert player.process.poll() is None, player.output()
+        player.process.send_signal(getattr(signal, signal_name))
+        assert player.wait(15) == 0, player.output()
+        output = player.output()
+    assert "Traceback" not in output and "Failed to publish" not in output, output
+    assert "Error" not in output and "error" not in output, output
+    summary = [line for line in output.splitlines() if line.startswith("bag_player: stopped: published")]
+    assert len(summary) == 1, output
+    assert "msg" in output  # --progress forced the bar onto the (non-terminal) log

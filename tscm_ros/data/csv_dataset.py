@@ -70,6 +70,15 @@ def read_csv_rows(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"dataset CSV not found: {path}")
+    try:
+        return _read_rows(path)
+    except UnicodeDecodeError as error:
+        raise CsvDatasetError(f"{path}: not a UTF-8 text CSV (byte {error.start}: {error.reason})") from None
+    except csv.Error as error:
+        raise CsvDatasetError(f"{path}: not a readable CSV ({error})") from None
+
+
+def _read_rows(path: Path) -> list[dict]:
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         header = [h.strip() for h in (reader.fieldnames or [])]
@@ -116,8 +125,8 @@ def load_csv_dataset(
 ) -> RetrievalDataset:
     """Load one split (``None`` = every row) of a dataset CSV as a :class:`RetrievalDataset`.
 
-    ``extra["query_database_index"]`` gives, per query, the database index of the same row (leave-one-out
-    rows) or -1; that entry is removed from the query's positives.
+    ``query_database_index`` gives, per query, the database index of the same row (leave-one-out ``both``
+    rows) or -1; that entry is removed from the query's positives and every search skips it.
     """
     path = Path(path)
     if split is not None and split not in SPLITS:
@@ -153,8 +162,8 @@ def load_csv_dataset(
         positives=positives,
         database_utm=db_xy,
         query_utm=q_xy,
+        query_database_index=same_row,
         extra={
-            "query_database_index": same_row,
             "database_heading": np.array([r["heading"] for r in database]),
             "query_heading": np.array([r["heading"] for r in queries]),
             "pos_dist_thr": NEGATIVE_RADIUS_M,

@@ -85,7 +85,7 @@ class HardNegativeMiner:
             raise ValueError(f"dataset {dataset.name!r} has no positions; mining needs UTM/x-y coordinates")
         options.setdefault("positive_radius_m", float(dataset.extra.get("non_triv_pos_dist", 10.0)))
         options.setdefault("negative_radius_m", float(dataset.extra.get("pos_dist_thr", 25.0)))
-        options.setdefault("query_database_index", dataset.extra.get("query_database_index"))
+        options.setdefault("query_database_index", dataset.query_database_index)
         return cls(dataset.database_utm, dataset.query_utm, **options)
 
     def negative_candidates(self, query: int, rng: np.random.Generator) -> np.ndarray:

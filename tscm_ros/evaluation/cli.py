@@ -13,6 +13,7 @@ descriptors as ``database.npy`` / ``queries.npy`` when a model ran) and prints a
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import sys
@@ -131,7 +132,9 @@ def evaluate(
     if missing:
         raise SystemExit(f"dataset has no protocol {missing[0]!r}; it has {list(dataset.positives)}")
     k = min(max(ns), len(database))
-    sims, ranked = metrics.exact_search(_normalise(database), _normalise(queries), k)
+    sims, ranked = metrics.exact_search(
+        _normalise(database), _normalise(queries), k, exclude=dataset.query_database_index
+    )
     results = {}
     for name in protocols:
         positives = dataset.positives[name]
@@ -174,17 +177,57 @@ def _plot(results: dict, out: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _check_ground_truth(dataset: RetrievalDataset, protocol: str | None) -> None:
+    """Refuse a dataset that cannot give a single metric: no query, or no query with a positive."""
+    if not dataset.queries or not dataset.database:
+        raise SystemExit(
+            f"tscm_evaluate: {dataset.name}: the dataset has {len(dataset.database)} database images and "
+            f"{len(dataset.queries)} queries; it needs at least one of each"
+        )
+    protocols = [protocol] if protocol else list(dataset.positives)
+    counts = {p: sum(len(x) > 0 for x in dataset.positives.get(p, [])) for p in protocols}
+    if not any(counts.values()):
+        raise SystemExit(
+            f"tscm_evaluate: {dataset.name}: empty ground truth: no query has a positive "
+            f"(protocols {', '.join(protocols) or 'none'}); check the ground-truth file / positions"
+        )
+    for name, count in counts.items():
+        if not count:
+            LOGGER.warning("protocol %s: no query has a positive; its metrics are NaN", name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; errors print one line to stderr and return 1 (argparse usage errors exit 2)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
     )
+    try:
+        return _run(args)
+    except SystemExit as exc:
+        if not isinstance(exc.code, str):
+            raise
+        message = " ".join(exc.code.split())  # one line
+        if not message.startswith("tscm_evaluate:"):
+            message = f"tscm_evaluate: {message}"
+        print(message, file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     if not (args.model or args.untrained or args.descriptors):
         raise SystemExit("tscm_evaluate: give --model DIR, --untrained or --descriptors DB.npy,Q.npy")
     try:
         dataset = load_dataset(args.dataset)
     except (DatasetError, FileNotFoundError) as exc:
         raise SystemExit(f"tscm_evaluate: {exc}") from exc
+    except UnicodeDecodeError as exc:  # a binary file where a text CSV / ground-truth file belongs
+        raise SystemExit(
+            f"tscm_evaluate: {args.dataset}: not a UTF-8 text file (byte {exc.start}: {exc.reason})"
+        ) from exc
+    except csv.Error as exc:
+        raise SystemExit(f"tscm_evaluate: {args.dataset}: not a readable CSV file ({exc})") from exc
+    _check_ground_truth(dataset, args.protocol)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.descriptors:
         database, queries = _load_descriptors(args.descriptors, dataset)

@@ -73,17 +73,36 @@ def mean_average_precision(ranked: np.ndarray, positives: Sequence[np.ndarray]) 
     return float(np.mean((precision_at * hits).sum(axis=1) / denominators))
 
 
-def exact_search(database: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product top-k (faiss ``IndexFlatIP``): (similarities (Q,k), indices (Q,k)), -1 padded."""
+def exact_search(
+    database: np.ndarray, queries: np.ndarray, k: int, *, exclude: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k (faiss ``IndexFlatIP``): (similarities (Q,k), indices (Q,k)), -1 padded.
+
+    ``exclude`` (Q,): a database index each query must never retrieve (-1 = none), e.g. the query's own
+    entry in a leave-one-out dataset (``RetrievalDataset.query_database_index``). The results are then the
+    top k of the remaining database entries.
+    """
     database = np.ascontiguousarray(database, dtype=np.float32)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if database.ndim != 2 or queries.ndim != 2 or database.shape[1] != queries.shape[1]:
         raise ValueError(
             f"descriptor shapes do not match: database {database.shape}, queries {queries.shape}"
         )
+    k = int(k)
     index = faiss.IndexFlatIP(database.shape[1])
     index.add(database)
-    return index.search(queries, int(k))
+    if exclude is None:
+        return index.search(queries, k)
+    exclude = np.asarray(exclude, dtype=np.int64).reshape(-1)
+    if len(exclude) != len(queries):
+        raise ValueError(f"exclude has {len(exclude)} entries for {len(queries)} queries")
+    sims, ranked = index.search(queries, k + 1)  # at most one result per row is dropped
+    keep = (ranked != exclude[:, None]) | (ranked < 0)
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # kept results first, in rank order
+    sims, ranked = np.take_along_axis(sims, order, 1), np.take_along_axis(ranked, order, 1)
+    dropped = ~np.take_along_axis(keep, order, 1)  # only when fewer than k other entries exist
+    sims[dropped], ranked[dropped] = np.finfo(np.float32).min, -1  # faiss's own padding
+    return sims, ranked
 
 
 @dataclass

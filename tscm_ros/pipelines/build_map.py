@@ -311,73 +311,28 @@ def write_plots(
     *,
     title: str = "",
     correct: Sequence[bool] | None = None,
+    truth_band: Any = None,
 ) -> list[Path]:
     """``loop_timeline.png`` always; ``trajectory.png`` when keyframes have poses. Returns the files written.
 
-    ``correct`` (one flag per candidate, e.g. from ground truth) colours candidates green/red instead of by
-    similarity.
+    Pass exactly the candidates the caller reports: the titles count the candidates drawn. ``correct`` (one
+    flag per candidate, e.g. from ground truth) colours them green/red with a legend instead of by similarity
+    (colour bar). ``truth_band``: the true matches as a light band on the timeline, either a predicate
+    ``is_match(query_stamp_ns, place_stamp_ns)`` evaluated on the keyframe stamps or a sequence of
+    ``(query_stamp_ns, match_start_ns, match_end_ns)`` spans (see :mod:`tscm_ros.pipelines.plots`).
     """
-    import matplotlib
+    from tscm_ros.pipelines.plots import timeline_figure, trajectory_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    out_dir = Path(out_dir)
     plots = []
-    start_ns = min((k.stamp_ns for k in keyframes), default=0)
-    colour_kwargs: dict[str, Any]
-    if correct is not None:
-        colours = ["tab:green" if ok else "tab:red" for ok in correct]
-        colour_kwargs = {"c": colours}
-    else:
-        colour_kwargs = {"c": [c.similarity for c in candidates], "cmap": "viridis"}
-
-    figure, axis = plt.subplots(figsize=(6, 5.5), dpi=110)
-    query_s = [(c.query_stamp_ns - start_ns) / NS_PER_S for c in candidates]
-    match_s = [(c.match_stamp_ns - start_ns) / NS_PER_S for c in candidates]
-    end_s = max(((k.stamp_ns - start_ns) / NS_PER_S for k in keyframes), default=1.0)
-    axis.plot([0, end_s], [0, end_s], color="0.8", linewidth=1, label="query = match")
-    if candidates:
-        points = axis.scatter(query_s, match_s, s=14, **colour_kwargs)
-        if correct is None:
-            figure.colorbar(points, ax=axis, label="cosine similarity")
-    axis.set_xlabel("query time (s)")
-    axis.set_ylabel("matched place time (s)")
-    axis.set_xlim(0, end_s * 1.02 or 1)
-    axis.set_ylim(0, end_s * 1.02 or 1)
-    axis.set_title(f"{len(candidates)} loop-closure candidates\n{title}", fontsize=9)
-    axis.legend(loc="upper left", fontsize=8)
-    figure.tight_layout()
+    figure = timeline_figure(
+        [k.stamp_ns for k in keyframes], candidates, title=title, correct=correct, truth_band=truth_band
+    )
     figure.savefig(out_dir / TIMELINE_PNG)
-    plt.close(figure)
     plots.append(out_dir / TIMELINE_PNG)
-
-    posed = [k for k in keyframes if k.pose is not None]
-    if posed:
-        figure, axis = plt.subplots(figsize=(7, 6), dpi=110)
-        xy = np.array([k.pose.position[:2] for k in posed])
-        axis.plot(xy[:, 0], xy[:, 1], "-", color="0.35", linewidth=1, label="keyframes")
-        axis.plot(xy[0, 0], xy[0, 1], "o", color="black", label="start")
-        for index, c in enumerate(candidates):
-            if c.query_pose is None or c.match_pose is None:
-                continue
-            colour = (
-                ("tab:green" if correct[index] else "tab:red")
-                if correct is not None
-                else plt.cm.viridis(np.clip((c.similarity - 0.5) * 2, 0, 1))
-            )
-            axis.plot(
-                [c.query_pose.position[0], c.match_pose.position[0]],
-                [c.query_pose.position[1], c.match_pose.position[1]],
-                "-", color=colour, linewidth=0.8, alpha=0.8,
-            )  # fmt: skip
-        axis.set_aspect("equal", adjustable="datalim")
-        axis.set_xlabel("x (m)")
-        axis.set_ylabel("y (m)")
-        axis.set_title(f"trajectory with {len(candidates)} loop edges\n{title}", fontsize=9)
-        axis.legend(loc="best", fontsize=8)
-        figure.tight_layout()
+    figure = trajectory_figure(keyframes, candidates, title=title, correct=correct)
+    if figure is not None:
         figure.savefig(out_dir / TRAJECTORY_PNG)
-        plt.close(figure)
         plots.append(out_dir / TRAJECTORY_PNG)
     return plots
 

@@ -6,9 +6,11 @@ messages are decoded with rosbags and copied field by field into the ROS 2 messa
 (fields ROS 2 dropped, such as ``Header.seq``, are skipped).
 
     bag_player BAG [--topics /camera/image_raw /odom] [--rate 2.0] [--clock] [--loop] [--start-delay 1.0]
-               [--ros-args -r /camera/image_raw:=/image]
+               [--no-progress] [--ros-args -r /camera/image_raw:=/image]
 
 Publishers are reliable (they match best-effort and reliable subscribers) with depth ``--qos-depth``.
+A progress bar goes to stderr when it is a terminal (``--progress`` forces it, ``--no-progress`` hides it);
+the last line says how many messages were published. Ctrl+C / SIGTERM stop it cleanly with exit code 0.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import array
 import importlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,8 @@ import rclpy
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.utilities import remove_ros_args
+
+from tscm_ros.ros.shutdown import run_until_shutdown
 
 NODE_NAME = "bag_player"
 
@@ -121,6 +125,11 @@ class BagPlayer(Node):
             self._clock_type = Clock
             self._clock_publisher = self.create_publisher(Clock, "/clock", 10)
 
+    @property
+    def message_count(self) -> int:
+        """Messages one pass publishes (the bag index's counts of the selected connections)."""
+        return sum(int(getattr(c, "msgcount", 0)) for c in self.connections)
+
     def wait_for_subscribers(self, count: int, timeout_s: float) -> bool:
         """Wait until every publisher has ``count`` subscribers (False on timeout)."""
         deadline = time.monotonic() + timeout_s
@@ -145,8 +154,10 @@ class BagPlayer(Node):
             value = self._reader.deserialize(rawdata, connection.msgtype)
             publisher.publish(to_ros2_message(value, self._topic_types[connection.topic]))
 
-    def play_once(self, rate: float, clock_hz: float) -> int:
-        """Publish every selected message once, paced by log time / ``rate`` (0 = as fast as possible)."""
+    def play_once(self, rate: float, clock_hz: float, on_published: Callable[[], None] | None = None) -> int:
+        """Publish every selected message once, paced by log time / ``rate`` (0 = as fast as possible).
+
+        ``on_published`` is called after each message (progress). Stops early when rclpy shuts down."""
         start_wall = time.monotonic()
         first_stamp: int | None = None
         clock_period = 1.0 / clock_hz if clock_hz > 0 else None
@@ -167,6 +178,8 @@ class BagPlayer(Node):
             self.publish_clock(stamp_ns)
             self.publish_raw(connection, rawdata)
             count += 1
+            if on_published is not None:
+                on_published()
         return count
 
 
@@ -204,6 +217,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="before playing, wait (up to 10 s) until every topic has N subscribers",
     )
     parser.add_argument("--qos-depth", type=int, default=10, help="publisher history depth (reliable)")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: only when stderr is a terminal)",
+    )
     args = parser.parse_args(argv)
     if args.rate < 0:
         parser.error("--rate must be >= 0")
@@ -211,6 +230,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Console script. Exit codes: 0 played (or stopped by Ctrl+C / SIGTERM), 1 unusable bag, 2 bad usage."""
+    from tqdm import tqdm
+
     argv = list(sys.argv if argv is None else argv)
     args = parse_args(remove_ros_args(argv)[1:])
     rclpy.init(args=argv)
@@ -221,22 +243,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         rclpy.logging.get_logger(NODE_NAME).error(str(error))
         rclpy.try_shutdown()
         return 1
-    try:
+    show_progress = sys.stderr.isatty() if args.progress is None else args.progress
+    totals = {"messages": 0, "passes": 0}
+    started = time.monotonic()
+
+    def play() -> None:
         if args.wait_for_subscribers > 0 and not player.wait_for_subscribers(args.wait_for_subscribers, 10.0):
             player.get_logger().warning("not every topic has the requested subscribers; playing anyway")
         time.sleep(args.start_delay)
-        while True:
-            count = player.play_once(args.rate, args.clock_hz if args.clock else 0.0)
-            player.get_logger().info(f"published {count} messages")
-            if not args.loop or not rclpy.ok():
-                break
+        with tqdm(
+            total=player.message_count or None, unit="msg", desc=NODE_NAME, file=sys.stderr,
+            disable=not show_progress, leave=False, dynamic_ncols=True,
+        ) as bar:  # fmt: skip
+
+            def published() -> None:
+                totals["messages"] += 1
+                bar.update(1)
+
+            while True:
+                bar.reset(total=player.message_count or None)
+                bar.set_postfix_str(f"pass {totals['passes'] + 1}" if args.loop else "", refresh=False)
+                player.play_once(args.rate, args.clock_hz if args.clock else 0.0, published)
+                if not rclpy.ok():
+                    return
+                totals["passes"] += 1
+                if not args.loop:
+                    break
         time.sleep(0.2)  # let reliable writers hand over the last samples
-    except KeyboardInterrupt:
-        pass
+
+    try:
+        outcome = run_until_shutdown(play, nodes=[player])
     finally:
         reader.close()
-        player.destroy_node()
-        rclpy.try_shutdown()
+    seconds = time.monotonic() - started
+    topics = len({c.topic for c in player.connections})
+    passes = f" ({totals['passes']} full passes)" if args.loop else ""
+    print(
+        f"{NODE_NAME}: {'stopped' if outcome.interrupted else 'finished'}: published {totals['messages']} "
+        f"messages on {topics} topics{passes} in {seconds:.1f} s",
+        flush=True,
+    )
     return 0
 
 

@@ -97,7 +97,7 @@ def _covariance(value: Any) -> str | None:
 
 
 def _index_spec(value: str) -> str | None:
-    """a faiss index spec of tscm_ros.placemap.IndexSpec (e.g. flat, hnsw32, ivf1024,flat)"""
+    """a faiss index spec of tscm_ros.placemap.IndexSpec (e.g. flat | hnsw:M=32 | ivf:nlist=1024,nprobe=16)"""
     try:
         IndexSpec.parse(value)
     except (IndexSpecError, ValueError) as error:

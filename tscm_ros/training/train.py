@@ -132,6 +132,9 @@ def limit_queries(dataset: RetrievalDataset, count: int) -> RetrievalDataset:
         database_utm=dataset.database_utm,
         query_utm=None if dataset.query_utm is None else dataset.query_utm[:count],
         extra=dataset.extra,
+        query_database_index=(
+            None if dataset.query_database_index is None else dataset.query_database_index[:count]
+        ),
     )
 
 
