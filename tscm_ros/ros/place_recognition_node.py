@@ -50,6 +50,7 @@ from tscm_ros.recognition import RecognitionConfig, RecognitionError, Recognitio
 from tscm_ros.ros import messages
 from tscm_ros.ros.latest_slot import LatestSlot
 from tscm_ros.ros.parameters import PARAMETERS, validate
+from tscm_ros.ros.shutdown import log, run_until_shutdown
 from tscm_ros.ros.stats import DurationStats, RateMeter, ReasonCounter
 from tscm_ros.verification import draw_matches
 
@@ -120,6 +121,8 @@ class PlaceRecognitionNode(Node):
             self._apply_after_validation = True
 
         self._constructed = True
+        self._finished = False
+        self._shutdown_save_ok = True
         self.get_logger().info(
             f"ready: model {self._describer.label} ({self._describer.backend} on {self._describer.device}), "
             f"map {len(self._places)} places, mode {self._config['mode']}, "
@@ -574,18 +577,39 @@ class PlaceRecognitionNode(Node):
         self._diagnostics_publisher.publish(array)
 
     # ------------------------------------------------------------------ shutdown
+    def finish(self) -> bool:
+        """Stop the inference loop and save the map if configured; False when that save failed.
+
+        Reports through :func:`~tscm_ros.ros.shutdown.log`, which prints to stderr once the context is gone,
+        so the outcome of a shutdown save is always visible (and never a rosout error).
+        """
+        if not getattr(self, "_constructed", False):
+            return True
+        if self._finished:
+            return self._shutdown_save_ok
+        self._finished = True
+        self._slot.close()
+        ok = True
+        if self._config["save_on_shutdown"] and self._config["map_path"] and self._places.dirty:
+            path = self._config["map_path"]
+            try:
+                count = self._places.save(path)
+                log(self, f"{NODE_NAME}: saved {count} places to {path} (shutdown)")
+            except Exception as error:
+                ok = False
+                log(self, f"{NODE_NAME}: saving the map to {path} failed (shutdown): {error}", "error")
+        self._places.close()
+        self._shutdown_save_ok = ok
+        return ok
+
     def destroy_node(self) -> None:
-        """Stop the inference loop, save the map if configured (clean shutdown only), destroy the node."""
-        if getattr(self, "_constructed", False):
-            self._slot.close()
-            if self._config["save_on_shutdown"] and self._config["map_path"] and self._places.dirty:
-                self._save("shutdown")
-            self._places.close()
+        self.finish()
         super().destroy_node()
 
 
 def main(args: Sequence[str] | None = None) -> int:
-    """Console script: init, build the node, spin; start-up errors print one line and exit 1."""
+    """Console script: init, build the node, spin; start-up errors print one line and exit 1, and so does a
+    failed shutdown save."""
     rclpy.init(args=args)
     try:
         node = PlaceRecognitionNode()
@@ -597,16 +621,18 @@ def main(args: Sequence[str] | None = None) -> int:
     executor.add_node(node)
     spinner = threading.Thread(target=_spin, args=(executor,), name="ros_executor", daemon=True)
     spinner.start()
-    try:
-        node.run_inference_loop()  # inference on the main thread (see run_inference_loop)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        executor.shutdown()
-        spinner.join(timeout=5.0)
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+
+    def work() -> bool:
+        try:
+            node.run_inference_loop()  # inference on the main thread (see run_inference_loop)
+        finally:
+            executor.shutdown()
+            spinner.join(timeout=5.0)
+        return node.finish()
+
+    outcome = run_until_shutdown(work, nodes=[node])
+    saved = outcome.result if outcome.result is not None else node.finish()
+    return 0 if saved else 1
 
 
 def _spin(executor: MultiThreadedExecutor) -> None:
