@@ -20,6 +20,7 @@ also loads. One writer per map directory at a time.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -27,7 +28,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import MapError, MapNotFoundError
+from .errors import MapCorruptError, MapError, MapNotFoundError, one_line
 
 CURRENT_LINK = "current"
 MAP_JSON = "map.json"
@@ -54,18 +55,34 @@ def fsync_path(path: Path) -> None:
 
 
 def resolve_version_dir(path: Path) -> Path:
-    """The folder that holds map.json: ``path/current`` (resolved) or ``path`` itself."""
+    """The folder that holds map.json: ``path/current`` (resolved) or ``path`` itself.
+
+    Dangling links and missing folders raise :class:`MapNotFoundError`, link loops
+    :class:`MapCorruptError`; both with one line naming the path.
+    """
     path = Path(path)
     link = path / CURRENT_LINK
-    if link.is_symlink() or link.exists():
-        target = link.resolve()
-        if not (target / MAP_JSON).is_file():
-            raise MapNotFoundError(f"{link} points to {target}, which holds no {MAP_JSON}")
-        return target
-    if (path / MAP_JSON).is_file():
-        return path
-    if not path.exists():
-        raise MapNotFoundError(f"place map {path} does not exist")
+    try:
+        if link.is_symlink() or link.exists():
+            try:
+                target = link.resolve(strict=True)
+            except FileNotFoundError:
+                raise MapNotFoundError(
+                    f"{link} is a dangling link (points to {os.readlink(link)!r}, which does not exist)"
+                ) from None
+            except RuntimeError:  # pathlib reports loops as RuntimeError
+                raise MapCorruptError(f"{link} is a symlink loop") from None
+            if not (target / MAP_JSON).is_file():
+                raise MapNotFoundError(f"{link} points to {target}, which holds no {MAP_JSON}")
+            return target
+        if (path / MAP_JSON).is_file():
+            return path
+        if not path.exists():
+            raise MapNotFoundError(f"place map {path} does not exist")
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise MapCorruptError(f"{link}: symlink loop ({one_line(exc)})") from None
+        raise MapNotFoundError(f"{path}: cannot open the place map ({one_line(exc)})") from None
     raise MapNotFoundError(f"{path} is not a place map (no '{CURRENT_LINK}' link and no {MAP_JSON})")
 
 

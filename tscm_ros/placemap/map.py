@@ -12,9 +12,9 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import shutil
 import sqlite3
-import tempfile
 import threading
 import time
 import weakref
@@ -25,22 +25,14 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from . import layout
-from .errors import (
-    MapConsistencyError,
-    MapCorruptError,
-    MapDimensionError,
-    MapError,
-    MapFingerprintError,
-    MapFormatError,
-    MapNotFoundError,
-)
-from .records import Match, PlaceMeta
-from .spec import IndexSpec, IndexSpecError, search_parameters
-from .store import MetadataStore
+from . import layout, validate
+from .errors import MapCorruptError, MapDimensionError, MapError, MapFingerprintError, MapFullError, one_line
+from .records import FeatureStats, Match, PlaceMeta
+from .spec import IndexSpec, search_parameters
+from .store import SCHEMA_VERSION, MetadataStore, as_blob
+from .validate import FORMAT, FORMAT_VERSION
+from .workdir import WorkDir
 
-FORMAT = "tscm_ros.placemap"
-FORMAT_VERSION = 1
 _NS_PER_S = 1_000_000_000
 _FLAT = IndexSpec()
 _LOG = logging.getLogger(__name__)
@@ -79,10 +71,12 @@ def _utc_now() -> str:
 
 
 class PlaceMap:
-    """Places (keyframes) with a descriptor each. Thread-safe: every public method takes one lock.
+    """Places (keyframes) with a descriptor each, optional local features and a thumbnail.
 
-    Build with :meth:`create` or :meth:`load`; persist with :meth:`save`. Place ids are int64, assigned
-    in increasing order and never reused, also across save/load.
+    Thread-safe: every public method takes one lock. Build with :meth:`create` or :meth:`load`; persist
+    with :meth:`save`. Place ids are int64, assigned in increasing order and never reused, also across
+    save/load. ``max_places`` (optional) is a growth budget: an :meth:`add` that would exceed it raises
+    :class:`MapFullError` and adds nothing.
     """
 
     def __init__(
@@ -93,9 +87,10 @@ class PlaceMap:
         index: faiss.Index,
         trained: bool,
         store: MetadataStore,
-        workdir: Path,
+        workdir: WorkDir,
         info: dict,
         autosave_period_s: float | None = None,
+        max_places: int | None = None,
     ) -> None:
         self._lock = threading.RLock()
         self._dim = dim
@@ -109,6 +104,9 @@ class PlaceMap:
         ids, stamps, keyframes = store.arrays()
         self._ids, self._stamps, self._keyframes = _Column(ids), _Column(stamps), _Column(keyframes)
         self._tombstones = store.tombstones()
+        self._damaged: dict[str, set[int]] = {"features": set(), "thumbnails": set()}
+        self._damage_counts = {"features": 0, "thumbnails": 0}
+        self._max_places = _check_max_places(max_places)
         self.path: Path | None = None
         self.autosave_period_s = autosave_period_s
         self._last_save = time.monotonic()
@@ -122,14 +120,16 @@ class PlaceMap:
         model_fingerprint: str | None = None,
         *,
         autosave_period_s: float | None = None,
+        max_places: int | None = None,
     ) -> PlaceMap:
         """An empty map for ``dim``-d descriptors. ``index_spec``: see :class:`IndexSpec`."""
         dim = int(dim)
         spec = IndexSpec.parse(index_spec)
         spec.validate_for(dim)
+        _check_max_places(max_places)
         trained = not spec.needs_training
         index = spec.build(dim) if trained else _FLAT.build(dim)
-        workdir = Path(tempfile.mkdtemp(prefix="tscm_placemap_"))
+        workdir = WorkDir()
         now = _utc_now()
         info = {
             "model_fingerprint": model_fingerprint,
@@ -138,9 +138,14 @@ class PlaceMap:
             "next_place_id": 0,
             "next_keyframe_index": 0,
         }
+        try:
+            store = MetadataStore(workdir.path / layout.DB_FILE)
+        except BaseException:
+            workdir.release()
+            raise
         return cls(
-            dim=dim, spec=spec, index=index, trained=trained, store=MetadataStore(workdir / layout.DB_FILE),
-            workdir=workdir, info=info, autosave_period_s=autosave_period_s,
+            dim=dim, spec=spec, index=index, trained=trained, store=store, workdir=workdir, info=info,
+            autosave_period_s=autosave_period_s, max_places=max_places,
         )  # fmt: skip
 
     @classmethod
@@ -152,21 +157,51 @@ class PlaceMap:
         model_fingerprint: str | None = None,
         allow_fingerprint_mismatch: bool = False,
         autosave_period_s: float | None = None,
+        max_places: int | None = None,
     ) -> PlaceMap:
         """Load and validate a saved map; later :meth:`save` calls without a path write back to it.
 
         ``dim`` / ``model_fingerprint``: what the caller's describer produces; a mismatch raises
         :class:`MapDimensionError` / :class:`MapFingerprintError` (the latter only logs a warning with
-        ``allow_fingerprint_mismatch=True``). Damaged maps raise :class:`MapCorruptError`,
-        :class:`MapFormatError` or :class:`MapConsistencyError` naming the file and the problem.
+        ``allow_fingerprint_mismatch=True``). Every other problem (missing or damaged files, invalid
+        map.json fields, a non-inner-product index, ids that disagree) raises a :class:`MapError`
+        subclass with a one-line message naming the file and the field; see :mod:`.validate`.
+        A map of an older metadata schema is migrated (in the working copy; saved at the next save).
+        ``max_places`` may be below the loaded size: the map loads, further adds raise.
         """
+        _check_max_places(max_places)
         root = Path(path)
+        try:
+            return cls._load(
+                root, dim=dim, model_fingerprint=model_fingerprint,
+                allow_fingerprint_mismatch=allow_fingerprint_mismatch,
+                autosave_period_s=autosave_period_s, max_places=max_places,
+            )  # fmt: skip
+        except MapError:
+            raise
+        except (OSError, RuntimeError, TypeError, KeyError, ValueError, IndexError, OverflowError,
+                MemoryError, sqlite3.Error) as exc:  # fmt: skip
+            raise MapCorruptError(
+                f"{root}: cannot load the place map ({type(exc).__name__}: {one_line(exc)})"
+            ) from exc
+
+    @classmethod
+    def _load(
+        cls,
+        root: Path,
+        *,
+        dim: int | None,
+        model_fingerprint: str | None,
+        allow_fingerprint_mismatch: bool,
+        autosave_period_s: float | None,
+        max_places: int | None,
+    ) -> PlaceMap:
         version_dir = layout.resolve_version_dir(root)
-        meta = _read_map_json(version_dir)
-        map_dim = int(meta["dim"])
+        meta, spec = validate.read_map_json(version_dir)
+        map_dim = meta["dim"]
         if dim is not None and int(dim) != map_dim:
             raise MapDimensionError(f"{root}: map holds {map_dim}-d descriptors, the model produces {dim}-d")
-        stored_fp = meta.get("model_fingerprint")
+        stored_fp = meta["model_fingerprint"]
         if model_fingerprint and stored_fp and model_fingerprint != stored_fp:
             message = (
                 f"{root}: map was built with model fingerprint {stored_fp[:16]}..., the current model is "
@@ -175,56 +210,47 @@ class PlaceMap:
             if not allow_fingerprint_mismatch:
                 raise MapFingerprintError(message + " (pass allow_fingerprint_mismatch=True to load anyway)")
             _LOG.warning("%s (loading anyway: allow_fingerprint_mismatch=True)", message)
-        try:
-            spec = IndexSpec.parse(meta["index_spec"])
-        except IndexSpecError as exc:
-            raise MapFormatError(f"{version_dir / layout.MAP_JSON}: bad index_spec ({exc})") from exc
         for name in (layout.INDEX_FILE, layout.DB_FILE):
-            _verify_file(version_dir / name, meta["files"][name])
-        try:
-            index = faiss.read_index(str(version_dir / layout.INDEX_FILE))
-        except RuntimeError as exc:
-            raise MapCorruptError(f"{version_dir / layout.INDEX_FILE}: faiss cannot read it ({exc})") from exc
-        if index.d != map_dim:
-            raise MapDimensionError(
-                f"{version_dir}: index.faiss is {index.d}-d but map.json says {map_dim}-d"
-            )
-        trained = bool(meta["index_trained"])
+            validate.verify_file(version_dir / name, meta["files"][name])
+        index_path = version_dir / layout.INDEX_FILE
+        index = validate.read_index(index_path)
+        trained = meta["index_trained"]
+        validate.check_index(index, spec=spec, trained=trained, dim=map_dim, path=index_path)
         (spec if trained else _FLAT).apply_search_settings(index)
-        workdir = Path(tempfile.mkdtemp(prefix="tscm_placemap_"))
+        workdir = WorkDir()
+        store = None
         try:
-            shutil.copyfile(version_dir / layout.DB_FILE, workdir / layout.DB_FILE)
-            store = MetadataStore(workdir / layout.DB_FILE)
+            shutil.copyfile(version_dir / layout.DB_FILE, workdir.path / layout.DB_FILE)
+            store = MetadataStore(workdir.path / layout.DB_FILE, create=False)
+            ids, _, keyframes = store.arrays()
+            validate.check_ids(
+                index=index, place_ids=ids, tombstones=store.tombstones(), keyframes=keyframes, meta=meta,
+                where=version_dir,
+            )  # fmt: skip
             place_map = cls(
                 dim=map_dim, spec=spec, index=index, trained=trained, store=store, workdir=workdir,
                 info={k: meta[k] for k in ("model_fingerprint", "created_utc", "updated_utc",
                                            "next_place_id", "next_keyframe_index")},
-                autosave_period_s=autosave_period_s,
+                autosave_period_s=autosave_period_s, max_places=max_places,
             )  # fmt: skip
-        except (sqlite3.DatabaseError, MapError) as exc:
-            shutil.rmtree(workdir, ignore_errors=True)
-            if isinstance(exc, MapError):
-                raise
-            raise MapCorruptError(f"{version_dir / layout.DB_FILE}: unreadable metadata ({exc})") from exc
-        place_map._check_counts(meta["counts"], version_dir)
+        except BaseException as exc:
+            if store is not None:
+                store.close()
+            workdir.release()
+            if isinstance(exc, (sqlite3.Error, ValueError, TypeError, OverflowError)) and not isinstance(
+                exc, MapError
+            ):
+                raise MapCorruptError(
+                    f"{version_dir / layout.DB_FILE}: unreadable metadata ({one_line(exc)})"
+                ) from exc
+            raise
+        if store.migrated_from is not None:
+            _LOG.info(
+                "%s: metadata schema %d migrated to %d in the working copy (written at the next save)",
+                root, store.migrated_from, SCHEMA_VERSION,
+            )  # fmt: skip
         place_map.path = root
         return place_map
-
-    def _check_counts(self, counts: dict, where: Path) -> None:
-        n_places, n_index, n_tomb = len(self._ids.values), self._index.ntotal, len(self._tombstones)
-        problems = []
-        if n_index != n_places + n_tomb:
-            problems.append(f"index.faiss holds {n_index} vectors but places.sqlite {n_places} places"
-                            + (f" + {n_tomb} removed" if n_tomb else ""))  # fmt: skip
-        if counts.get("places") != n_places:
-            problems.append(f"map.json counts {counts.get('places')} places, places.sqlite {n_places}")
-        if counts.get("index_ntotal") != n_index:
-            problems.append(
-                f"map.json counts {counts.get('index_ntotal')} index vectors, index.faiss {n_index}"
-            )
-        if problems:
-            self.close()
-            raise MapConsistencyError(f"{where}: " + "; ".join(problems))
 
     # ------------------------------------------------------------------ properties
     @property
@@ -248,6 +274,32 @@ class PlaceMap:
     def next_keyframe_index(self) -> int:
         """The keyframe index the next place added without one gets."""
         return int(self._info["next_keyframe_index"])
+
+    @property
+    def max_places(self) -> int | None:
+        """Growth budget (live places; None = unlimited). May be set below ``len(self)``: adds then raise."""
+        return self._max_places
+
+    @max_places.setter
+    def max_places(self, value: int | None) -> None:
+        with self._lock:
+            self._max_places = _check_max_places(value)
+
+    @property
+    def utilisation(self) -> float | None:
+        """``len(self) / max_places`` (can exceed 1.0 after lowering the budget); None when unlimited."""
+        with self._lock:
+            return None if self._max_places is None else len(self) / self._max_places
+
+    @property
+    def damaged_feature_rows(self) -> int:
+        """Feature rows found damaged (CRC mismatch) by :meth:`get_features`, each place counted once."""
+        return self._damage_counts["features"]
+
+    @property
+    def damaged_thumbnail_rows(self) -> int:
+        """Thumbnail rows found damaged by :meth:`get_thumbnail`, each place counted once."""
+        return self._damage_counts["thumbnails"]
 
     @property
     def place_ids(self) -> np.ndarray:
@@ -276,15 +328,37 @@ class PlaceMap:
                 self._spec.apply_search_settings(self._index)
 
     # ------------------------------------------------------------------ updates
-    def add(self, descriptors: np.ndarray, metas: Sequence[PlaceMeta] | PlaceMeta) -> np.ndarray:
-        """Add places; returns their new int64 ids. Descriptors are (re-)normalised to unit length."""
+    def add(
+        self,
+        descriptors: np.ndarray,
+        metas: Sequence[PlaceMeta] | PlaceMeta,
+        *,
+        features: Sequence[bytes | None] | None = None,
+        thumbnails: Sequence[bytes | None] | None = None,
+    ) -> np.ndarray:
+        """Add places; returns their new int64 ids. Descriptors are (re-)normalised to unit length.
+
+        ``features`` / ``thumbnails``: one opaque blob (or None) per place, stored with the metadata in
+        one transaction. Raises :class:`MapFullError` (nothing added) past ``max_places``.
+        """
         vectors = self._prepare(descriptors)
         metas = [metas] if isinstance(metas, PlaceMeta) else list(metas)
         if len(metas) != len(vectors):
             raise ValueError(f"got {len(vectors)} descriptors but {len(metas)} PlaceMeta records")
         if not all(isinstance(m, PlaceMeta) for m in metas):
             raise TypeError("metas must be PlaceMeta records")
+        blobs = {
+            name: _blob_list(values, name, len(vectors))
+            for name, values in (("features", features), ("thumbnails", thumbnails))
+            if values is not None
+        }
         with self._lock:
+            if self._max_places is not None and len(self) + len(vectors) > self._max_places:
+                raise MapFullError(
+                    f"place map is full: {len(self)} places, max_places={self._max_places}; "
+                    f"adding {len(vectors)} would exceed it",
+                    max_places=self._max_places, places=len(self),
+                )  # fmt: skip
             first = int(self._info["next_place_id"])
             ids = np.arange(first, first + len(vectors), dtype=np.int64)
             keyframes = []
@@ -293,7 +367,7 @@ class PlaceMap:
                 kf = next_kf if meta.keyframe_index is None else meta.keyframe_index
                 keyframes.append(kf)
                 next_kf = max(next_kf, kf + 1)
-            self._store.insert(metas, ids, keyframes)  # first: a bad record leaves the index untouched
+            self._store.insert(metas, ids, keyframes, blobs)  # first: a bad record leaves the index untouched
             self._index.add_with_ids(vectors, ids)
             self._ids.extend(ids)
             self._stamps.extend(np.array([m.stamp_ns for m in metas], np.int64))
@@ -306,7 +380,10 @@ class PlaceMap:
         return ids
 
     def remove(self, place_ids: Iterable[int]) -> int:
-        """Remove places by id (unknown ids are ignored); returns how many were removed."""
+        """Remove places (and their features and thumbnails) by id; unknown ids are ignored.
+
+        Returns how many were removed.
+        """
         with self._lock:
             wanted = np.unique(np.asarray(list(place_ids), np.int64))
             present = wanted[np.isin(wanted, self._ids.values)]
@@ -334,6 +411,59 @@ class PlaceMap:
         index.add_with_ids(vectors, ids)
         self._index, self._trained = index, True
         _LOG.info("trained %s on %d places in %.1f s", self._spec, len(ids), time.monotonic() - started)
+
+    # ------------------------------------------------------------------ features and thumbnails
+    def get_features(self, place_ids: Iterable[int] | int) -> dict[int, bytes | None]:
+        """Feature blobs by place id. Absent: no features stored (or unknown place); ``None``: stored but
+        damaged (CRC mismatch; logged once per place and counted in :attr:`damaged_feature_rows`)."""
+        ids = [place_ids] if isinstance(place_ids, (int, np.integer)) else place_ids
+        with self._lock:
+            found, damaged = self._store.get_blobs("features", ids)
+            self._report_damage("features", damaged)
+            return found
+
+    def get_thumbnail(self, place_id: int) -> bytes | None:
+        """The thumbnail of a place; None if it has none or it is damaged (:attr:`damaged_thumbnail_rows`)."""
+        with self._lock:
+            found, damaged = self._store.get_blobs("thumbnails", [int(place_id)])
+            self._report_damage("thumbnails", damaged)
+            return found.get(int(place_id))
+
+    def set_features(self, place_id: int, features: bytes | None, thumbnail: bytes | None = None) -> None:
+        """Store (replace) the features of an existing place, e.g. to add features to an older map.
+
+        ``features=None`` deletes its features; ``thumbnail=None`` leaves its thumbnail as it is.
+        Raises KeyError for an unknown place.
+        """
+        blob = None if features is None else as_blob(features, "features")
+        values: dict[str, bytes | None] = {"features": blob}
+        if thumbnail is not None:
+            values["thumbnails"] = as_blob(thumbnail, "thumbnail")
+        place_id = int(place_id)
+        with self._lock:
+            if not np.isin(place_id, self._ids.values):
+                raise KeyError(f"no place with id {place_id}")
+            self._store.set_blobs(place_id, values)
+            for table in values:
+                self._damaged[table].discard(place_id)
+            self._maybe_autosave()
+
+    def feature_stats(self) -> FeatureStats:
+        """How many places have features / thumbnails and their total payload bytes."""
+        with self._lock:
+            return self._store.blob_stats()
+
+    def _report_damage(self, table: str, damaged: list[int]) -> None:
+        for place_id in damaged:
+            if place_id not in self._damaged[table]:
+                self._damaged[table].add(place_id)
+                self._damage_counts[table] += 1
+                _LOG.warning(
+                    "place map %s: %s of place %d fail their CRC check (damaged row); treated as missing",
+                    self.path or "(unsaved)",
+                    table,
+                    place_id,
+                )
 
     # ------------------------------------------------------------------ queries
     def search(
@@ -513,51 +643,27 @@ class PlaceMap:
             self.save()
 
 
-def _cleanup(store: MetadataStore, workdir: Path) -> None:
+def _cleanup(store: MetadataStore, workdir: WorkDir) -> None:
+    if workdir.owner_pid != os.getpid():  # a forked child must not close or delete its parent's copy
+        return
     try:
         store.close()
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        workdir.release()
 
 
-def _read_map_json(version_dir: Path) -> dict:
-    path = version_dir / layout.MAP_JSON
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise MapNotFoundError(f"{path} is missing") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MapCorruptError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise MapFormatError(f"{path}: not a tscm_ros place map (format {meta.get('format')!r})"
-                             if isinstance(meta, dict) else f"{path}: not a tscm_ros place map")  # fmt: skip
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise MapFormatError(
-            f"{path}: unknown place-map format_version {version!r}; "
-            f"this tscm_ros reads version {FORMAT_VERSION}"
-        )
-    required = ("dim", "metric", "index_spec", "index_trained", "counts", "files", "next_place_id",
-                "next_keyframe_index", "created_utc", "updated_utc")  # fmt: skip
-    missing = [key for key in required if key not in meta]
-    if missing:
-        raise MapCorruptError(f"{path}: missing fields {missing}")
-    if meta["metric"] != "ip":
-        raise MapFormatError(f"{path}: unsupported metric {meta['metric']!r} (only 'ip')")
-    if any(name not in meta["files"] for name in (layout.INDEX_FILE, layout.DB_FILE)):
-        raise MapCorruptError(f"{path}: 'files' must list {layout.INDEX_FILE} and {layout.DB_FILE}")
-    meta.setdefault("model_fingerprint", None)
-    return meta
+def _check_max_places(value: int | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"max_places must be a positive integer or None, got {value!r}")
+    return int(value)
 
 
-def _verify_file(path: Path, expected: dict) -> None:
-    if not path.is_file():
-        raise MapNotFoundError(f"{path} is missing")
-    size = path.stat().st_size
-    if size != expected.get("bytes"):
-        raise MapCorruptError(
-            f"{path}: {size} bytes, expected {expected.get('bytes')} (truncated or replaced)"
-        )
-    digest = layout.sha256_file(path)
-    if digest != expected.get("sha256"):
-        raise MapCorruptError(f"{path}: sha256 {digest[:12]}... does not match map.json (file is corrupt)")
+def _blob_list(values: Sequence[bytes | None], name: str, count: int) -> list[bytes | None]:
+    if isinstance(values, (bytes, bytearray, memoryview, str)):
+        raise TypeError(f"{name} must be a sequence with one bytes (or None) per place, not a single value")
+    blobs = [None if v is None else as_blob(v, f"{name}[{i}]") for i, v in enumerate(values)]
+    if len(blobs) != count:
+        raise ValueError(f"got {count} descriptors but {len(blobs)} {name}")
+    return blobs
