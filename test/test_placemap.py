@@ -28,6 +28,7 @@ from tscm_ros.placemap import (
     Utm,
 )
 from tscm_ros.placemap.layout import sha256_file
+from tscm_ros.placemap.validate import CHECKSUM_FIELD, meta_checksum
 
 DIM = 32
 
@@ -79,19 +80,24 @@ def version_dir(root: Path) -> Path:
     return (root / "current").resolve()
 
 
+def write_json(root: Path, meta: dict) -> None:
+    """Write map.json with a matching self-checksum (what a careful adversary or a buggy tool does)."""
+    meta = {k: v for k, v in meta.items() if k != CHECKSUM_FIELD}
+    meta[CHECKSUM_FIELD] = meta_checksum(meta)
+    (version_dir(root) / "map.json").write_text(json.dumps(meta))
+
+
 def rewrite_json(root: Path, **changes) -> None:
-    path = version_dir(root) / "map.json"
-    meta = json.loads(path.read_text())
+    meta = json.loads((version_dir(root) / "map.json").read_text())
     meta.update(changes)
-    path.write_text(json.dumps(meta))
+    write_json(root, meta)
 
 
 def refresh_checksum(root: Path, name: str) -> None:
-    path = version_dir(root) / "map.json"
-    meta = json.loads(path.read_text())
+    meta = json.loads((version_dir(root) / "map.json").read_text())
     target = version_dir(root) / name
     meta["files"][name] = {"sha256": sha256_file(target), "bytes": target.stat().st_size}
-    path.write_text(json.dumps(meta))
+    write_json(root, meta)
 
 
 # ---------------------------------------------------------------------------- search

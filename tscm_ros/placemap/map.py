@@ -624,6 +624,7 @@ class PlaceMap:
                     "files": files,
                     "faiss_version": faiss.__version__,
                 }
+                meta[validate.CHECKSUM_FIELD] = validate.meta_checksum(meta)
                 with open(staging / layout.MAP_JSON, "w", encoding="utf-8") as stream:
                     json.dump(meta, stream, indent=2)
                     stream.flush()

@@ -5,6 +5,7 @@ Every check raises a :class:`MapError` subclass whose message is one line naming
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -79,6 +80,14 @@ _OPTIONAL_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
 }
 COUNT_KEYS = ("places", "index_ntotal", "tombstones")
 FILE_NAMES = (layout.INDEX_FILE, layout.DB_FILE)
+CHECKSUM_FIELD = "meta_sha256"
+
+
+def meta_checksum(meta: dict) -> str:
+    """sha256 of the canonical JSON of every map.json field except the checksum itself."""
+    fields = {k: v for k, v in meta.items() if k != CHECKSUM_FIELD}
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
 def read_map_json(version_dir: Path) -> tuple[dict, IndexSpec]:
@@ -106,6 +115,9 @@ def read_map_json(version_dir: Path) -> tuple[dict, IndexSpec]:
             f"{path}: unknown place-map format_version {_show(version)} (field 'format_version'); "
             f"this tscm_ros reads version {FORMAT_VERSION}"
         )
+    # absent in maps saved before it was introduced
+    if CHECKSUM_FIELD in meta and meta[CHECKSUM_FIELD] != meta_checksum(meta):
+        raise MapCorruptError(f"{path}: content fails its field '{CHECKSUM_FIELD}' (edited or damaged)")
     for name, (check, expected) in _FIELDS.items():
         if name not in meta:
             raise MapCorruptError(f"{path}: field '{name}' is missing")
