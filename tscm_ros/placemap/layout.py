@@ -79,6 +79,8 @@ def resolve_version_dir(path: Path) -> Path:
             return path
         if not path.exists():
             raise MapNotFoundError(f"place map {path} does not exist")
+    except MapError:
+        raise
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise MapCorruptError(f"{link}: symlink loop ({one_line(exc)})") from None

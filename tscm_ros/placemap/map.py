@@ -221,7 +221,9 @@ class PlaceMap:
         store = None
         try:
             shutil.copyfile(version_dir / layout.DB_FILE, workdir.path / layout.DB_FILE)
-            store = MetadataStore(workdir.path / layout.DB_FILE, create=False)
+            store = MetadataStore(
+                workdir.path / layout.DB_FILE, create=False, label=version_dir / layout.DB_FILE
+            )
             ids, _, keyframes = store.arrays()
             validate.check_ids(
                 index=index, place_ids=ids, tombstones=store.tombstones(), keyframes=keyframes, meta=meta,

@@ -82,18 +82,19 @@ class MetadataStore:
     instead of silently creating one; ``migrated_from`` is the schema version found when it was older.
     """
 
-    def __init__(self, path: Path, *, create: bool = True) -> None:
+    def __init__(self, path: Path, *, create: bool = True, label: str | Path | None = None) -> None:
         self.path = Path(path)
+        self.label = str(label) if label is not None else str(self.path)  # the file named in errors
         self.migrated_from: int | None = None
         try:
             self.conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         except sqlite3.Error as exc:
-            raise MapCorruptError(f"{self.path}: cannot open the database ({one_line(exc)})") from exc
+            raise MapCorruptError(f"{self.label}: cannot open the database ({one_line(exc)})") from exc
         try:
             self._open(create)
         except sqlite3.Error as exc:
             self.conn.close()
-            raise MapCorruptError(f"{self.path}: not a valid place database ({one_line(exc)})") from exc
+            raise MapCorruptError(f"{self.label}: not a valid place database ({one_line(exc)})") from exc
         except BaseException:
             self.conn.close()
             raise
@@ -102,7 +103,7 @@ class MetadataStore:
         tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if not create and not {"places", "tombstones", "info"} <= tables:
             missing = sorted({"places", "tombstones", "info"} - tables)
-            raise MapCorruptError(f"{self.path}: not a place database (no table {', '.join(missing)})")
+            raise MapCorruptError(f"{self.label}: not a place database (no table {', '.join(missing)})")
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         if create and not tables:
@@ -114,13 +115,14 @@ class MetadataStore:
         except (TypeError, ValueError):
             version = None
         if version is None:
-            raise MapCorruptError(f"{self.path}: info.schema_version is missing or not an integer")
+            raise MapCorruptError(f"{self.label}: info.schema_version is missing or not an integer")
         if version > SCHEMA_VERSION:
             raise MapFormatError(
-                f"{self.path}: metadata schema {version} is newer than this tscm_ros reads ({SCHEMA_VERSION})"
+                f"{self.label}: metadata schema {version} is newer than this tscm_ros reads "
+                f"({SCHEMA_VERSION})"
             )
         if version < 1:
-            raise MapCorruptError(f"{self.path}: info.schema_version {version} is invalid")
+            raise MapCorruptError(f"{self.label}: info.schema_version {version} is invalid")
         if version < SCHEMA_VERSION:
             with self.conn:
                 self.conn.execute("BEGIN")

@@ -78,6 +78,7 @@ _OPTIONAL_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
     "train_threshold": (_int_in(0), "a non-negative integer"),
     "faiss_version": (lambda v: isinstance(v, str), "a string"),
 }
+KNOWN_FIELDS = {"format", "format_version", "meta_sha256", *_FIELDS, *_OPTIONAL_FIELDS}
 COUNT_KEYS = ("places", "index_ntotal", "tombstones")
 FILE_NAMES = (layout.INDEX_FILE, layout.DB_FILE)
 CHECKSUM_FIELD = "meta_sha256"
@@ -118,6 +119,11 @@ def read_map_json(version_dir: Path) -> tuple[dict, IndexSpec]:
     # absent in maps saved before it was introduced
     if CHECKSUM_FIELD in meta and meta[CHECKSUM_FIELD] != meta_checksum(meta):
         raise MapCorruptError(f"{path}: content fails its field '{CHECKSUM_FIELD}' (edited or damaged)")
+    unknown = sorted(set(meta) - KNOWN_FIELDS)
+    if unknown:
+        raise MapFormatError(
+            f"{path}: unknown field {_show(unknown[0])} (written by a newer tscm_ros, or edited)"
+        )
     for name, (check, expected) in _FIELDS.items():
         if name not in meta:
             raise MapCorruptError(f"{path}: field '{name}' is missing")
@@ -157,8 +163,12 @@ def read_map_json(version_dir: Path) -> tuple[dict, IndexSpec]:
 def verify_file(path: Path, expected: dict) -> None:
     """Size and sha256 of ``path`` against its ``files`` entry in map.json."""
     try:
-        if not path.is_file():
-            raise MapNotFoundError(f"{path} is missing")
+        exists = path.is_file()
+    except OSError as exc:
+        raise MapCorruptError(f"{path}: cannot read it ({one_line(exc)})") from None
+    if not exists:
+        raise MapNotFoundError(f"{path} is missing")
+    try:
         size = path.stat().st_size
         if size != expected["bytes"]:
             expected_size = expected["bytes"]
@@ -221,7 +231,8 @@ def check_index(index: faiss.Index, *, spec: IndexSpec, trained: bool, dim: int,
         shape_ok = base.nlist == use_spec.nlist and (not use_spec.pq_m or use_spec.pq_m == base.pq.M)
     if not shape_ok:
         raise MapConsistencyError(
-            f"{path}: index is {'/'.join(names)}, which is not a {state} '{use_spec}' index as map.json says"
+            f"{path}: the index is {'/'.join(names)}, not the {state} '{use_spec}' index that map.json "
+            f"fields 'index_spec' and 'index_trained' describe"
         )
     if not index.is_trained:
         raise MapConsistencyError(f"{path}: index is not trained but map.json field 'index_trained' is true")
