@@ -366,6 +366,7 @@ def _writer(root: Path, dim: int, batch: int, out_fd: int) -> None:
         place_map = PlaceMap.load(root)
     except MapError:
         place_map = PlaceMap.create(dim)
+    place_map.compact_after_deltas = 4  # background compactions race with the saves and the kill
     while True:
         step = len(place_map) // batch
         x = np.random.default_rng(step).standard_normal((batch, dim)).astype(np.float32)
@@ -385,6 +386,7 @@ def test_sigkill_during_saves_leaves_old_or_new_map(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     last_saved = 0
     killed_inside_save = 0
+    max_deltas = 0
     for _ in range(20):
         read_fd, write_fd = os.pipe()
         pid = os.fork()  # fork, not spawn: no re-import per run (flat add/save use no OpenMP threads)
@@ -405,6 +407,7 @@ def test_sigkill_during_saves_leaves_old_or_new_map(tmp_path: Path) -> None:
         last_reported = max(int(line.split()[1]) for line in out.splitlines() if line.startswith("saved"))
         killed_inside_save += any(p.name.startswith(".tmp-") for p in root.iterdir())  # staging dir left
         loaded = PlaceMap.load(root)
+        max_deltas = max(max_deltas, loaded.delta_count)
         steps = len(loaded) // batch
         # the save in flight when killed either completed (new state) or not (old state)
         assert steps in (last_reported, last_reported + 1), (steps, last_reported)
@@ -417,9 +420,11 @@ def test_sigkill_during_saves_leaves_old_or_new_map(tmp_path: Path) -> None:
         assert steps > last_saved  # every run completed at least one save
         last_saved = steps
     assert killed_inside_save >= 5  # most kills hit a save half-way (saving dominates the writer loop)
+    assert max_deltas >= 1  # saves were incremental (see test_placemap_incremental for compactions)
     # the next completed save removes what the killed saves left behind
     final = PlaceMap.load(root)
     final.save()
+    final.close()  # waits for a background compaction the save may have started
     assert sorted(p.name.startswith("v") for p in root.iterdir() if p.name != "current") == [True, True]
 
 

@@ -245,7 +245,7 @@ def field_cases() -> list[Case]:
         (("format",), [(MISSING, fmt), (None, fmt), (1, fmt), ("tscm_ros.other", fmt), (["x"], fmt)]),
         (
             ("format_version",),
-            [(v, fmt) for v in (MISSING, None, "1", 0, -1, 2, 10**30, True, 1.0)],
+            [(v, fmt) for v in (MISSING, None, "1", 0, -1, 1, 3, 10**30, True, 2.0)],
         ),
         (
             ("dim",),

@@ -15,17 +15,19 @@ import math
 import os
 import shutil
 import sqlite3
+import tempfile
 import threading
 import time
 import weakref
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from . import layout, validate
+from . import delta, layout, persist, validate
 from .errors import MapCorruptError, MapDimensionError, MapError, MapFingerprintError, MapFullError, one_line
 from .records import FeatureStats, Match, PlaceMeta
 from .spec import IndexSpec, search_parameters
@@ -64,6 +66,37 @@ class _Column:
         kept = self.values[mask]
         self._data[: len(kept)] = kept
         self._size = len(kept)
+
+
+@dataclass
+class _Pending:
+    """Changes since the last save, for the next incremental save (see :mod:`.delta`)."""
+
+    add_ids: list[np.ndarray] = field(default_factory=list)
+    add_vectors: list[np.ndarray] = field(default_factory=list)
+    removed: list[np.ndarray] = field(default_factory=list)  # ids removed from the faiss index
+    touched: set[int] = field(default_factory=set)  # ids whose SQLite rows changed
+    n_vectors: int = 0
+
+    def clear(self) -> None:
+        self.add_ids, self.add_vectors, self.removed, self.touched, self.n_vectors = [], [], [], set(), 0
+
+
+@dataclass(frozen=True)
+class _Chain:
+    """The saved version that the next incremental save builds on (``meta``: its map.json)."""
+
+    root: Path  # resolved map directory
+    version: str  # version folder name
+    meta: dict
+    generation: int  # bumped by every full save / compaction: a running compaction of another is stale
+
+
+# Auto-compaction: after a save whose chain has this many deltas, or whose deltas are this large a
+# fraction of the base, compact in the background. Past MAX_CHAIN deltas a save is a full save.
+COMPACT_AFTER_DELTAS = 32
+COMPACT_BYTES_RATIO = 0.25
+MAX_CHAIN = 1000
 
 
 def _utc_now() -> str:
@@ -110,6 +143,13 @@ class PlaceMap:
         self.path: Path | None = None
         self.autosave_period_s = autosave_period_s
         self._last_save = time.monotonic()
+        self._chain: _Chain | None = None
+        self._generation = 0
+        self._pending = _Pending()
+        self._needs_full = False
+        self.compact_after_deltas: int | None = COMPACT_AFTER_DELTAS  # None: never compact automatically
+        self._compactor: threading.Thread | None = None
+        self._compact_dir: str | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -210,7 +250,7 @@ class PlaceMap:
             if not allow_fingerprint_mismatch:
                 raise MapFingerprintError(message + " (pass allow_fingerprint_mismatch=True to load anyway)")
             _LOG.warning("%s (loading anyway: allow_fingerprint_mismatch=True)", message)
-        for name in (layout.INDEX_FILE, layout.DB_FILE):
+        for name in persist.all_files(meta):
             validate.verify_file(version_dir / name, meta["files"][name])
         index_path = version_dir / layout.INDEX_FILE
         index = validate.read_index(index_path)
@@ -224,6 +264,7 @@ class PlaceMap:
             store = MetadataStore(
                 workdir.path / layout.DB_FILE, create=False, label=version_dir / layout.DB_FILE
             )
+            persist.apply_deltas(version_dir, meta, index, store.conn)
             ids, _, keyframes = store.arrays()
             validate.check_ids(
                 index=index, place_ids=ids, tombstones=store.tombstones(), keyframes=keyframes, meta=meta,
@@ -252,6 +293,9 @@ class PlaceMap:
                 root, store.migrated_from, SCHEMA_VERSION,
             )  # fmt: skip
         place_map.path = root
+        if store.migrated_from is None and version_dir != root.resolve():  # loaded through 'current'
+            place_map._generation += 1
+            place_map._chain = _Chain(root.resolve(), version_dir.name, meta, place_map._generation)
         return place_map
 
     # ------------------------------------------------------------------ properties
@@ -318,7 +362,13 @@ class PlaceMap:
         self.close()
 
     def close(self) -> None:
-        """Release the working metadata copy (the saved map on disk is untouched)."""
+        """Release the working metadata copy (the saved map on disk is untouched).
+
+        Waits for a background compaction to finish first.
+        """
+        thread = self._compactor
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
         self._finalizer()
 
     def set_search_params(self, *, ef_search: int | None = None, nprobe: int | None = None) -> None:
@@ -376,6 +426,7 @@ class PlaceMap:
             self._keyframes.extend(np.array(keyframes, np.int64))
             self._info["next_place_id"] = first + len(vectors)
             self._info["next_keyframe_index"] = next_kf
+            self._track(ids, added=vectors)
             if not self._trained and len(self) >= self._spec.train_threshold:
                 self._train_from_buffer()
             self._maybe_autosave()
@@ -397,6 +448,7 @@ class PlaceMap:
                 self._tombstones = np.union1d(self._tombstones, present)
             else:
                 self._index.remove_ids(faiss.IDSelectorBatch(present))
+            self._track(present, removed=not tombstone)
             keep = ~np.isin(self._ids.values, present)
             for column in (self._ids, self._stamps, self._keyframes):
                 column.keep(keep)
@@ -412,6 +464,8 @@ class PlaceMap:
         index.train(vectors)
         index.add_with_ids(vectors, ids)
         self._index, self._trained = index, True
+        self._needs_full = True  # the saved base is a flat buffer: deltas cannot describe this
+        self._pending.clear()
         _LOG.info("trained %s on %d places in %.1f s", self._spec, len(ids), time.monotonic() - started)
 
     # ------------------------------------------------------------------ features and thumbnails
@@ -446,6 +500,7 @@ class PlaceMap:
             if not np.isin(place_id, self._ids.values):
                 raise KeyError(f"no place with id {place_id}")
             self._store.set_blobs(place_id, values)
+            self._track(np.array([place_id], np.int64))
             for table in values:
                 self._damaged[table].discard(place_id)
             self._maybe_autosave()
@@ -589,55 +644,237 @@ class PlaceMap:
         return np.ascontiguousarray(array / norms, dtype=np.float32)
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | Path | None = None) -> Path:
+    def save(self, path: str | Path | None = None, *, full: bool = False) -> Path:
         """Atomically write the map to ``path`` (default: where it was loaded from / last saved).
 
-        See :mod:`tscm_ros.placemap.layout` for the layout and the crash guarantee. Returns the
-        version folder written.
+        Incremental by default: when ``path`` holds the version this map last saved or loaded, only the
+        changes since then are written (a delta, cost proportional to them) next to hard links of the
+        previous files. ``full=True``, another ``path``, a training step, a migrated schema or a very
+        long chain write everything. Long chains are compacted into a full version in a background
+        thread (:meth:`compact`). See :mod:`tscm_ros.placemap.layout` for the layout and the crash
+        guarantee. Returns the version folder written.
         """
         with self._lock:
             root = Path(path) if path is not None else self.path
             if root is None:
                 raise MapError("save() needs a path: this map was never saved or loaded")
-            staging = layout.new_staging_dir(root)
-            try:
-                faiss.write_index(self._index, str(staging / layout.INDEX_FILE))
-                self._store.snapshot(staging / layout.DB_FILE)
-                self._info["updated_utc"] = _utc_now()
-                files = {}
-                for name in (layout.INDEX_FILE, layout.DB_FILE):
-                    layout.fsync_path(staging / name)
-                    stat = (staging / name).stat()
-                    files[name] = {"sha256": layout.sha256_file(staging / name), "bytes": stat.st_size}
-                meta = {
-                    "format": FORMAT,
-                    "format_version": FORMAT_VERSION,
-                    "dim": self._dim,
-                    "metric": "ip",
-                    "index_spec": str(self._spec),
-                    "index_trained": self._trained,
-                    "train_threshold": self._spec.train_threshold,
-                    **self._info,
-                    "counts": {
-                        "places": len(self),
-                        "index_ntotal": int(self._index.ntotal),
-                        "tombstones": len(self._tombstones),
-                    },
-                    "files": files,
-                    "faiss_version": faiss.__version__,
-                }
-                meta[validate.CHECKSUM_FIELD] = validate.meta_checksum(meta)
-                with open(staging / layout.MAP_JSON, "w", encoding="utf-8") as stream:
-                    json.dump(meta, stream, indent=2)
-                    stream.flush()
-                layout.fsync_path(staging / layout.MAP_JSON)
-                version = layout.commit_staging_dir(root, staging)
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
+            version = None
+            if not full and self._delta_possible(root):
+                version = self._save_delta(root)
+            if version is None:
+                version = self._save_full(root)
             self.path = root
             self._last_save = time.monotonic()
+            self._maybe_compact()
             return version
+
+    @property
+    def delta_count(self) -> int:
+        """Deltas on top of the base in the version last saved or loaded (0 after a full save)."""
+        with self._lock:
+            return len(self._chain.meta["deltas"]) if self._chain else 0
+
+    def _delta_possible(self, root: Path) -> bool:
+        chain = self._chain
+        if chain is None or self._needs_full or len(chain.meta["deltas"]) >= MAX_CHAIN:
+            return False
+        try:  # still our version: no other writer replaced it
+            return (
+                root.resolve() == chain.root
+                and (root / layout.CURRENT_LINK).resolve() == root.resolve() / chain.version
+            )
+        except OSError:
+            return False
+
+    def _meta(self, files: dict, deltas: list[dict], base_seq: int) -> dict:
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "dim": self._dim,
+            "metric": "ip",
+            "index_spec": str(self._spec),
+            "index_trained": self._trained,
+            "train_threshold": self._spec.train_threshold,
+            **self._info,
+            "counts": {
+                "places": len(self),
+                "index_ntotal": int(self._index.ntotal),
+                "tombstones": len(self._tombstones),
+            },
+            "files": files,
+            "base_seq": base_seq,
+            "deltas": deltas,
+            "faiss_version": faiss.__version__,
+        }
+        return meta
+
+    def _commit(self, root: Path, staging: Path, meta: dict, generation: int) -> Path:
+        _write_map_json(staging, meta)
+        keep = {self._compact_dir} if self._compact_dir else set()
+        version = layout.commit_staging_dir(root, staging, keep=keep)
+        self._chain = _Chain(root.resolve(), version.name, meta, generation)
+        return version
+
+    def _save_full(self, root: Path) -> Path:
+        staging = layout.new_staging_dir(root)
+        try:
+            faiss.write_index(self._index, str(staging / layout.INDEX_FILE))
+            self._store.snapshot(staging / layout.DB_FILE)
+            self._info["updated_utc"] = _utc_now()
+            files = persist.file_entries(staging, [layout.INDEX_FILE, layout.DB_FILE])
+            base_seq = _last_seq(self._chain.meta) if self._chain else 0
+            self._generation += 1
+            version = self._commit(root, staging, self._meta(files, [], base_seq), self._generation)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self._pending.clear()
+        self._needs_full = False
+        return version
+
+    def _save_delta(self, root: Path) -> Path | None:
+        """Write the pending changes as one delta; None when hard links are not possible here."""
+        chain = self._chain
+        staging = layout.new_staging_dir(root)
+        try:
+            try:
+                layout.link_files(root / chain.version, staging, persist.all_files(chain.meta))
+            except OSError as exc:
+                _LOG.info("incremental save not possible in %s (%s): saving in full", root, one_line(exc))
+                shutil.rmtree(staging, ignore_errors=True)
+                return None
+            files, deltas = dict(chain.meta["files"]), list(chain.meta["deltas"])
+            pending = self._pending
+            if pending.touched:
+                seq = _last_seq(chain.meta) + 1
+                vec_name, db_name = layout.delta_names(seq)
+                cat = np.concatenate
+                add_ids = cat(pending.add_ids) if pending.add_ids else np.zeros(0, np.int64)
+                add_vectors = (
+                    cat(pending.add_vectors) if pending.add_vectors else np.zeros((0, self._dim), np.float32)
+                )
+                removed = cat(pending.removed) if pending.removed else np.zeros(0, np.int64)
+                delta.write_vectors(staging / vec_name, add_ids, add_vectors, removed)
+                delta.write_rows(
+                    self._store.conn, staging / db_name, np.array(sorted(pending.touched), np.int64)
+                )
+                files.update(persist.file_entries(staging, [vec_name, db_name]))
+                deltas.append({"seq": seq, "added": len(add_ids), "removed": len(removed)})
+            self._info["updated_utc"] = _utc_now()
+            version = self._commit(
+                root, staging, self._meta(files, deltas, chain.meta["base_seq"]), chain.generation
+            )
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self._pending.clear()
+        return version
+
+    def _track(self, ids: np.ndarray, *, added: np.ndarray | None = None, removed: bool = False) -> None:
+        """Record a change for the next incremental save (only while there is a saved version to extend)."""
+        if self._chain is None or self._needs_full:
+            return
+        pending = self._pending
+        pending.touched.update(int(i) for i in ids)
+        if added is not None:
+            pending.add_ids.append(ids)
+            pending.add_vectors.append(added)
+            pending.n_vectors += len(ids)
+        if removed:
+            pending.removed.append(ids)
+        if pending.n_vectors > max(1000, len(self) // 4):  # a delta this large: save in full instead
+            self._needs_full = True
+            pending.clear()
+
+    # ------------------------------------------------------------------ compaction
+    def compact(self, *, wait: bool = True) -> bool:
+        """Fold the saved deltas into a new full version, in a background thread (from the saved files,
+        without blocking adds or saves for the heavy part). ``wait``: return once it is done.
+        Returns False when there is nothing to compact or a compaction is already running."""
+        with self._lock:
+            started = self._start_compaction()
+            thread = self._compactor
+        if wait and thread is not None and thread is not threading.current_thread():
+            thread.join()
+        return started
+
+    def _maybe_compact(self) -> None:
+        chain = self._chain
+        if chain is None or not chain.meta["deltas"] or self.compact_after_deltas is None:
+            return
+        files = chain.meta["files"]
+        base = files[layout.INDEX_FILE]["bytes"] + files[layout.DB_FILE]["bytes"]
+        delta_bytes = sum(e["bytes"] for n, e in files.items() if n.startswith("delta-"))
+        if (
+            len(chain.meta["deltas"]) >= self.compact_after_deltas
+            or delta_bytes >= COMPACT_BYTES_RATIO * base
+        ):
+            self._start_compaction()
+
+    def _start_compaction(self) -> bool:
+        chain = self._chain
+        if chain is None or not chain.meta["deltas"] or (self._compactor and self._compactor.is_alive()):
+            return False
+        work = Path(tempfile.mkdtemp(prefix=".tmp-compact-", dir=chain.root))
+        try:
+            (work / "src").mkdir()
+            (work / "out").mkdir()
+            layout.link_files(chain.root / chain.version, work / "src", persist.all_files(chain.meta))
+        except OSError as exc:
+            shutil.rmtree(work, ignore_errors=True)
+            _LOG.warning("cannot compact %s (%s)", chain.root, one_line(exc))
+            return False
+        self._compact_dir = work.name
+        self._compactor = threading.Thread(
+            target=self._compact, args=(chain, work), name="placemap-compact", daemon=True
+        )
+        self._compactor.start()
+        return True
+
+    def _compact(self, snapshot: _Chain, work: Path) -> None:
+        """Background thread: build a base from ``snapshot``'s files, then commit it under the lock."""
+        try:
+            started = time.monotonic()
+            entries = persist.build_base(work / "src", snapshot.meta, work / "out")
+            with self._lock:
+                self._commit_compaction(snapshot, work, entries)
+            _LOG.info("compacted %s in %.2f s", snapshot.root, time.monotonic() - started)
+        except Exception as exc:  # noqa: BLE001 - a failed compaction must never take the map down
+            _LOG.warning(
+                "compaction of %s failed (%s); the next save will be a full save",
+                snapshot.root,
+                one_line(exc),
+            )
+            with self._lock:
+                self._needs_full = True
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            with self._lock:
+                if self._compact_dir == work.name:
+                    self._compact_dir = None
+
+    def _commit_compaction(self, snapshot: _Chain, work: Path, entries: dict) -> None:
+        current = self._chain
+        if current is None or current.generation != snapshot.generation or current.root != snapshot.root:
+            _LOG.info("compaction of %s discarded: the map was saved in full meanwhile", snapshot.root)
+            return
+        folded = _last_seq(snapshot.meta)
+        remaining = [d for d in current.meta["deltas"] if d["seq"] > folded]
+        names = [n for d in remaining for n in layout.delta_names(d["seq"])]
+        root = current.root
+        staging = layout.new_staging_dir(root)
+        try:
+            for name in (layout.INDEX_FILE, layout.DB_FILE):
+                os.rename(work / "out" / name, staging / name)
+            layout.link_files(root / current.version, staging, names)
+            files = {**entries, **{n: current.meta["files"][n] for n in names}}
+            meta = {**current.meta, "format_version": FORMAT_VERSION, "files": files, "deltas": remaining,
+                    "base_seq": folded}  # fmt: skip
+            self._generation += 1
+            self._commit(root, staging, meta, self._generation)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
 
     def _maybe_autosave(self) -> None:
         if self.autosave_period_s is None or self.path is None:
@@ -653,6 +890,19 @@ def _cleanup(store: MetadataStore, workdir: WorkDir) -> None:
         store.close()
     finally:
         workdir.release()
+
+
+def _last_seq(meta: dict) -> int:
+    return meta["deltas"][-1]["seq"] if meta["deltas"] else meta["base_seq"]
+
+
+def _write_map_json(folder: Path, meta: dict) -> None:
+    meta.pop(validate.CHECKSUM_FIELD, None)
+    meta[validate.CHECKSUM_FIELD] = validate.meta_checksum(meta)
+    with open(folder / layout.MAP_JSON, "w", encoding="utf-8") as stream:
+        json.dump(meta, stream, indent=2)
+        stream.flush()
+    layout.fsync_path(folder / layout.MAP_JSON)
 
 
 def _check_max_places(value: int | None) -> int | None:

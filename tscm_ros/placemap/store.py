@@ -18,11 +18,11 @@ from .errors import MapCorruptError, MapFormatError, one_line
 from .records import FeatureStats, PlaceMeta, Pose, Utm
 
 SCHEMA_VERSION = 2
-_COLUMNS = (
+COLUMNS = (
     "place_id, stamp_ns, frame_id, source, keyframe_index, px, py, pz, qx, qy, qz, qw, pose_frame, "
     "utm_easting, utm_northing, utm_zone"
 )
-_SCHEMA_V1 = """
+SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS places (
     place_id INTEGER PRIMARY KEY,
     stamp_ns INTEGER NOT NULL,
@@ -36,7 +36,7 @@ CREATE INDEX IF NOT EXISTS places_stamp ON places (stamp_ns);
 CREATE TABLE IF NOT EXISTS tombstones (place_id INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-_SCHEMA_V2 = """
+SCHEMA_V2 = """
 CREATE TABLE IF NOT EXISTS features (
     place_id INTEGER PRIMARY KEY, data BLOB NOT NULL, crc32 INTEGER NOT NULL
 );
@@ -107,7 +107,7 @@ class MetadataStore:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         if create and not tables:
-            self.conn.executescript(_SCHEMA_V1 + _SCHEMA_V2)
+            self.conn.executescript(SCHEMA_V1 + SCHEMA_V2)
             self.conn.execute("INSERT INTO info VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         stored = self.conn.execute("SELECT value FROM info WHERE key='schema_version'").fetchone()
         try:
@@ -126,13 +126,13 @@ class MetadataStore:
         if version < SCHEMA_VERSION:
             with self.conn:
                 self.conn.execute("BEGIN")
-                for statement in filter(None, (s.strip() for s in _SCHEMA_V2.split(";"))):
+                for statement in filter(None, (s.strip() for s in SCHEMA_V2.split(";"))):
                     self.conn.execute(statement)
                 version_row = (str(SCHEMA_VERSION),)
                 self.conn.execute("UPDATE info SET value=? WHERE key='schema_version'", version_row)
             self.migrated_from = version
         # every table and column we read must exist (a foreign SQLite file fails here, not on first use)
-        self.conn.execute(f"SELECT {_COLUMNS} FROM places LIMIT 0")
+        self.conn.execute(f"SELECT {COLUMNS} FROM places LIMIT 0")
         self.conn.execute("SELECT place_id FROM tombstones LIMIT 0")
         for table in BLOB_TABLES:
             self.conn.execute(f"SELECT place_id, data, crc32 FROM {table} LIMIT 0")
@@ -156,7 +156,7 @@ class MetadataStore:
         }
         with self.conn:  # one transaction
             self.conn.execute("BEGIN")
-            self.conn.executemany(f"INSERT INTO places ({_COLUMNS}) VALUES ({','.join('?' * 16)})", rows)
+            self.conn.executemany(f"INSERT INTO places ({COLUMNS}) VALUES ({','.join('?' * 16)})", rows)
             for table, table_rows in blob_rows.items():
                 self.conn.executemany(f"INSERT INTO {_table(table)} VALUES (?, ?, ?)", table_rows)
 
@@ -175,7 +175,7 @@ class MetadataStore:
         out: dict[int, PlaceMeta] = {}
         for start in range(0, len(ids), _CHUNK):
             chunk = ids[start : start + _CHUNK]
-            query = f"SELECT {_COLUMNS} FROM places WHERE place_id IN ({','.join('?' * len(chunk))})"
+            query = f"SELECT {COLUMNS} FROM places WHERE place_id IN ({','.join('?' * len(chunk))})"
             out.update((row[0], _meta(row)) for row in self.conn.execute(query, chunk))
         return out
 

@@ -28,7 +28,9 @@ from .errors import (
 from .spec import IndexSpec, IndexSpecError
 
 FORMAT = "tscm_ros.placemap"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # written; 1 (no deltas) is read too
+READABLE_VERSIONS = (1, 2)
+MAX_DELTAS = 100_000
 MAX_DIM = 1 << 16
 INT64_MAX = 2**63 - 1
 _MAX_JSON_BYTES = 16 << 20
@@ -78,7 +80,8 @@ _OPTIONAL_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
     "train_threshold": (_int_in(0), "a non-negative integer"),
     "faiss_version": (lambda v: isinstance(v, str), "a string"),
 }
-KNOWN_FIELDS = {"format", "format_version", "meta_sha256", *_FIELDS, *_OPTIONAL_FIELDS}
+DELTA_FIELDS = ("base_seq", "deltas")  # format_version 2 only
+KNOWN_FIELDS = {"format", "format_version", "meta_sha256", *_FIELDS, *_OPTIONAL_FIELDS, *DELTA_FIELDS}
 COUNT_KEYS = ("places", "index_ntotal", "tombstones")
 FILE_NAMES = (layout.INDEX_FILE, layout.DB_FILE)
 CHECKSUM_FIELD = "meta_sha256"
@@ -111,10 +114,10 @@ def read_map_json(version_dir: Path) -> tuple[dict, IndexSpec]:
         found = _show(meta.get("format"))
         raise MapFormatError(f"{path}: not a tscm_ros place map (field 'format' is {found})")
     version = meta.get("format_version")
-    if not _is_int(version) or version != FORMAT_VERSION:
+    if not _is_int(version) or version not in READABLE_VERSIONS:
         raise MapFormatError(
             f"{path}: unknown place-map format_version {_show(version)} (field 'format_version'); "
-            f"this tscm_ros reads version {FORMAT_VERSION}"
+            f"this tscm_ros reads versions {', '.join(map(str, READABLE_VERSIONS))}"
         )
     # absent in maps saved before it was introduced
     if CHECKSUM_FIELD in meta and meta[CHECKSUM_FIELD] != meta_checksum(meta):
@@ -137,7 +140,11 @@ def read_map_json(version_dir: Path) -> tuple[dict, IndexSpec]:
         value = meta["counts"].get(key)
         if not _int_in(0)(value):
             raise MapCorruptError(f"{path}: field 'counts.{key}' must be an integer >= 0, got {_show(value)}")
-    for name in FILE_NAMES:
+    file_names = [*FILE_NAMES, *_check_deltas(meta, path)]
+    extra = sorted(set(meta["files"]) - set(file_names), key=str)
+    if extra:
+        raise MapCorruptError(f"{path}: field 'files' lists {_show(extra[0])}, which is not part of this map")
+    for name in file_names:
         entry = meta["files"].get(name)
         if not isinstance(entry, dict):
             raise MapCorruptError(f"{path}: field 'files.{name}' must be an object, got {_show(entry)}")
@@ -158,6 +165,45 @@ def read_map_json(version_dir: Path) -> tuple[dict, IndexSpec]:
     if not spec.needs_training and not meta["index_trained"]:
         raise MapCorruptError(f"{path}: field 'index_trained' is false but {spec} needs no training")
     return meta, spec
+
+
+def _check_deltas(meta: dict, path: Path) -> list[str]:
+    """Validate ``base_seq`` / ``deltas`` (format 2; absent in format 1); return the delta file names."""
+    if meta["format_version"] == 1:
+        for name in DELTA_FIELDS:
+            if name in meta:
+                raise MapFormatError(f"{path}: field '{name}' is not valid in format_version 1")
+        meta["base_seq"], meta["deltas"] = 0, []
+        return []
+    for name in DELTA_FIELDS:
+        if name not in meta:
+            raise MapCorruptError(f"{path}: field '{name}' is missing")
+    if not _int_in(0)(meta["base_seq"]):
+        raise MapCorruptError(
+            f"{path}: field 'base_seq' must be an integer >= 0, got {_show(meta['base_seq'])}"
+        )
+    deltas = meta["deltas"]
+    if not isinstance(deltas, list) or len(deltas) > MAX_DELTAS:
+        raise MapCorruptError(
+            f"{path}: field 'deltas' must be a list of at most {MAX_DELTAS}, got {_show(deltas)}"
+        )
+    names: list[str] = []
+    previous = meta["base_seq"]
+    for k, entry in enumerate(deltas):
+        keys_ok = isinstance(entry, dict) and set(entry) == {"seq", "added", "removed"}
+        if not keys_ok or not all(_int_in(0)(entry[key]) for key in ("seq", "added", "removed")):
+            raise MapCorruptError(
+                f"{path}: field 'deltas[{k}]' must be {{seq, added, removed}} integers >= 0, "
+                f"got {_show(entry)}"
+            )
+        if entry["seq"] <= previous:
+            raise MapCorruptError(
+                f"{path}: field 'deltas[{k}].seq' {entry['seq']} must exceed {previous} "
+                "(base_seq and earlier deltas)"
+            )
+        previous = entry["seq"]
+        names.extend(layout.delta_names(entry["seq"]))
+    return names
 
 
 def verify_file(path: Path, expected: dict) -> None:
