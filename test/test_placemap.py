@@ -28,6 +28,7 @@ from tscm_ros.placemap import (
     Utm,
 )
 from tscm_ros.placemap.layout import sha256_file
+from tscm_ros.placemap.validate import CHECKSUM_FIELD, meta_checksum
 
 DIM = 32
 
@@ -79,19 +80,24 @@ def version_dir(root: Path) -> Path:
     return (root / "current").resolve()
 
 
+def write_json(root: Path, meta: dict) -> None:
+    """Write map.json with a matching self-checksum (what a careful adversary or a buggy tool does)."""
+    meta = {k: v for k, v in meta.items() if k != CHECKSUM_FIELD}
+    meta[CHECKSUM_FIELD] = meta_checksum(meta)
+    (version_dir(root) / "map.json").write_text(json.dumps(meta))
+
+
 def rewrite_json(root: Path, **changes) -> None:
-    path = version_dir(root) / "map.json"
-    meta = json.loads(path.read_text())
+    meta = json.loads((version_dir(root) / "map.json").read_text())
     meta.update(changes)
-    path.write_text(json.dumps(meta))
+    write_json(root, meta)
 
 
 def refresh_checksum(root: Path, name: str) -> None:
-    path = version_dir(root) / "map.json"
-    meta = json.loads(path.read_text())
+    meta = json.loads((version_dir(root) / "map.json").read_text())
     target = version_dir(root) / name
     meta["files"][name] = {"sha256": sha256_file(target), "bytes": target.stat().st_size}
-    path.write_text(json.dumps(meta))
+    write_json(root, meta)
 
 
 # ---------------------------------------------------------------------------- search
@@ -360,6 +366,7 @@ def _writer(root: Path, dim: int, batch: int, out_fd: int) -> None:
         place_map = PlaceMap.load(root)
     except MapError:
         place_map = PlaceMap.create(dim)
+    place_map.compact_after_deltas = 4  # background compactions race with the saves and the kill
     while True:
         step = len(place_map) // batch
         x = np.random.default_rng(step).standard_normal((batch, dim)).astype(np.float32)
@@ -379,6 +386,7 @@ def test_sigkill_during_saves_leaves_old_or_new_map(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     last_saved = 0
     killed_inside_save = 0
+    max_deltas = 0
     for _ in range(20):
         read_fd, write_fd = os.pipe()
         pid = os.fork()  # fork, not spawn: no re-import per run (flat add/save use no OpenMP threads)
@@ -399,6 +407,7 @@ def test_sigkill_during_saves_leaves_old_or_new_map(tmp_path: Path) -> None:
         last_reported = max(int(line.split()[1]) for line in out.splitlines() if line.startswith("saved"))
         killed_inside_save += any(p.name.startswith(".tmp-") for p in root.iterdir())  # staging dir left
         loaded = PlaceMap.load(root)
+        max_deltas = max(max_deltas, loaded.delta_count)
         steps = len(loaded) // batch
         # the save in flight when killed either completed (new state) or not (old state)
         assert steps in (last_reported, last_reported + 1), (steps, last_reported)
@@ -411,9 +420,11 @@ def test_sigkill_during_saves_leaves_old_or_new_map(tmp_path: Path) -> None:
         assert steps > last_saved  # every run completed at least one save
         last_saved = steps
     assert killed_inside_save >= 5  # most kills hit a save half-way (saving dominates the writer loop)
+    assert max_deltas >= 1  # saves were incremental (see test_placemap_incremental for compactions)
     # the next completed save removes what the killed saves left behind
     final = PlaceMap.load(root)
     final.save()
+    final.close()  # waits for a background compaction the save may have started
     assert sorted(p.name.startswith("v") for p in root.iterdir() if p.name != "current") == [True, True]
 
 

@@ -8,15 +8,17 @@ from .errors import (
     MapError,
     MapFingerprintError,
     MapFormatError,
+    MapFullError,
     MapNotFoundError,
 )
 from .map import FORMAT, FORMAT_VERSION, PlaceMap
-from .records import Match, PlaceMeta, Pose, Utm
+from .records import FeatureStats, Match, PlaceMeta, Pose, Utm
 from .spec import IndexSpec
 
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "FeatureStats",
     "IndexSpec",
     "IndexSpecError",
     "MapConsistencyError",
@@ -25,6 +27,7 @@ __all__ = [
     "MapError",
     "MapFingerprintError",
     "MapFormatError",
+    "MapFullError",
     "MapNotFoundError",
     "Match",
     "PlaceMap",

@@ -33,3 +33,18 @@ class MapDimensionError(MapError, ValueError):
 
 class MapFingerprintError(MapError):
     """The map was built with another model (descriptor fingerprint mismatch)."""
+
+
+class MapFullError(MapError):
+    """An add() would take the map past its ``max_places`` budget; nothing was added."""
+
+    def __init__(self, message: str, *, max_places: int, places: int) -> None:
+        super().__init__(message)
+        self.max_places = max_places
+        self.places = places
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """``exc`` as one short line (faiss and SQLite messages can span several lines)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -5,21 +5,26 @@ A map is a directory::
     my_map/
       current -> v00000007          # symlink: the version load() reads
       v00000007/
-        map.json                    # format, dim, spec, fingerprint, counts, sha256 of the two files below
-        index.faiss                 # faiss.write_index of the whole index (id layer included)
-        places.sqlite               # metadata (self-contained, rollback journal)
+        map.json                    # format, dim, spec, fingerprint, counts, sha256 of every file below
+        index.faiss                 # base: faiss.write_index of the whole index (id layer included)
+        places.sqlite               # base: metadata (self-contained, rollback journal)
+        delta-000012.vec            # incremental saves since the base (see delta.py), applied in order
+        delta-000012.sqlite
       v00000006/                    # the previous version, kept until the next save
 
-Saving writes a complete new version into ``.tmp-<random>``, fsyncs every file and the folder, renames it
-to ``vNNNNNNNN`` (fsync parent), then points ``current`` at it by renaming a fresh symlink over the old one
-(``rename(2)`` is atomic; fsync parent). A ``kill -9`` at any instant therefore leaves ``current`` on
-either the old or the new complete version. Leftover ``.tmp-*`` folders and versions older than the
-previous one are deleted by the next save. A folder holding ``map.json`` directly (e.g. a copied version)
-also loads. One writer per map directory at a time.
+A full save writes a complete new version into ``.tmp-<random>``; an incremental save hard-links the
+previous version's files into it and writes only a new delta pair. Either way every new file and the
+folder are fsynced, the folder is renamed to ``vNNNNNNNN`` (fsync parent), then ``current`` is pointed at
+it by renaming a fresh symlink over the old one (``rename(2)`` is atomic; fsync parent). A ``kill -9`` at
+any instant therefore leaves ``current`` on either the old or the new complete version. Saved files are
+never modified in place (hard links are shared between versions). Leftover ``.tmp-*`` folders and
+versions older than the previous one are deleted by the next save. A folder holding ``map.json``
+directly (e.g. a copied version) also loads. One writer per map directory at a time.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -27,7 +32,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import MapError, MapNotFoundError
+from .errors import MapCorruptError, MapError, MapNotFoundError, one_line
 
 CURRENT_LINK = "current"
 MAP_JSON = "map.json"
@@ -54,18 +59,36 @@ def fsync_path(path: Path) -> None:
 
 
 def resolve_version_dir(path: Path) -> Path:
-    """The folder that holds map.json: ``path/current`` (resolved) or ``path`` itself."""
+    """The folder that holds map.json: ``path/current`` (resolved) or ``path`` itself.
+
+    Dangling links and missing folders raise :class:`MapNotFoundError`, link loops
+    :class:`MapCorruptError`; both with one line naming the path.
+    """
     path = Path(path)
     link = path / CURRENT_LINK
-    if link.is_symlink() or link.exists():
-        target = link.resolve()
-        if not (target / MAP_JSON).is_file():
-            raise MapNotFoundError(f"{link} points to {target}, which holds no {MAP_JSON}")
-        return target
-    if (path / MAP_JSON).is_file():
-        return path
-    if not path.exists():
-        raise MapNotFoundError(f"place map {path} does not exist")
+    try:
+        if link.is_symlink() or link.exists():
+            try:
+                target = link.resolve(strict=True)
+            except FileNotFoundError:
+                raise MapNotFoundError(
+                    f"{link} is a dangling link (points to {os.readlink(link)!r}, which does not exist)"
+                ) from None
+            except RuntimeError:  # pathlib reports loops as RuntimeError
+                raise MapCorruptError(f"{link} is a symlink loop") from None
+            if not (target / MAP_JSON).is_file():
+                raise MapNotFoundError(f"{link} points to {target}, which holds no {MAP_JSON}")
+            return target
+        if (path / MAP_JSON).is_file():
+            return path
+        if not path.exists():
+            raise MapNotFoundError(f"place map {path} does not exist")
+    except MapError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise MapCorruptError(f"{link}: symlink loop ({one_line(exc)})") from None
+        raise MapNotFoundError(f"{path}: cannot open the place map ({one_line(exc)})") from None
     raise MapNotFoundError(f"{path} is not a place map (no '{CURRENT_LINK}' link and no {MAP_JSON})")
 
 
@@ -91,8 +114,22 @@ def new_staging_dir(root: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
 
 
-def commit_staging_dir(root: Path, staging: Path) -> Path:
-    """Make ``staging`` (complete, with fsynced files) the current version; return the version folder."""
+def delta_names(seq: int) -> tuple[str, str]:
+    """File names (vectors, rows) of delta number ``seq`` (see :mod:`.delta`)."""
+    return f"delta-{seq:06d}.vec", f"delta-{seq:06d}.sqlite"
+
+
+def link_files(source: Path, destination: Path, names: list[str]) -> None:
+    """Hard-link ``names`` from ``source`` into ``destination`` (saved files are never modified in place)."""
+    for name in names:
+        os.link(source / name, destination / name)
+
+
+def commit_staging_dir(root: Path, staging: Path, keep: set[str] | frozenset[str] = frozenset()) -> Path:
+    """Make ``staging`` (complete, with fsynced files) the current version; return the version folder.
+
+    ``keep``: other entries of ``root`` (e.g. a compaction in progress) that pruning must leave alone.
+    """
     fsync_path(staging)
     numbers = [int(m.group(1)) for e in root.iterdir() if (m := _VERSION_RE.match(e.name))]
     version = root / f"v{max(numbers, default=0) + 1:08d}"
@@ -106,7 +143,7 @@ def commit_staging_dir(root: Path, staging: Path) -> Path:
     os.symlink(version.name, temp_link)
     os.replace(temp_link, root / CURRENT_LINK)
     fsync_path(root)
-    _prune(root, keep={version.name, previous})  # readers that resolved the old link keep their files
+    _prune(root, keep={version.name, previous, *keep})  # readers that resolved the old link keep their files
     return version
 
 

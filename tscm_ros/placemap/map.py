@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import shutil
 import sqlite3
 import tempfile
@@ -19,28 +20,21 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from . import layout
-from .errors import (
-    MapConsistencyError,
-    MapCorruptError,
-    MapDimensionError,
-    MapError,
-    MapFingerprintError,
-    MapFormatError,
-    MapNotFoundError,
-)
-from .records import Match, PlaceMeta
-from .spec import IndexSpec, IndexSpecError, search_parameters
-from .store import MetadataStore
+from . import delta, layout, persist, validate
+from .errors import MapCorruptError, MapDimensionError, MapError, MapFingerprintError, MapFullError, one_line
+from .records import FeatureStats, Match, PlaceMeta
+from .spec import IndexSpec, search_parameters
+from .store import SCHEMA_VERSION, MetadataStore, as_blob
+from .validate import FORMAT, FORMAT_VERSION
+from .workdir import WorkDir
 
-FORMAT = "tscm_ros.placemap"
-FORMAT_VERSION = 1
 _NS_PER_S = 1_000_000_000
 _FLAT = IndexSpec()
 _LOG = logging.getLogger(__name__)
@@ -74,15 +68,48 @@ class _Column:
         self._size = len(kept)
 
 
+@dataclass
+class _Pending:
+    """Changes since the last save, for the next incremental save (see :mod:`.delta`)."""
+
+    add_ids: list[np.ndarray] = field(default_factory=list)
+    add_vectors: list[np.ndarray] = field(default_factory=list)
+    removed: list[np.ndarray] = field(default_factory=list)  # ids removed from the faiss index
+    touched: set[int] = field(default_factory=set)  # ids whose SQLite rows changed
+    n_vectors: int = 0
+
+    def clear(self) -> None:
+        self.add_ids, self.add_vectors, self.removed, self.touched, self.n_vectors = [], [], [], set(), 0
+
+
+@dataclass(frozen=True)
+class _Chain:
+    """The saved version that the next incremental save builds on (``meta``: its map.json)."""
+
+    root: Path  # resolved map directory
+    version: str  # version folder name
+    meta: dict
+    generation: int  # bumped by every full save / compaction: a running compaction of another is stale
+
+
+# Auto-compaction: after a save whose chain has this many deltas, or whose deltas are this large a
+# fraction of the base, compact in the background. Past MAX_CHAIN deltas a save is a full save.
+COMPACT_AFTER_DELTAS = 32
+COMPACT_BYTES_RATIO = 0.25
+MAX_CHAIN = 1000
+
+
 def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 class PlaceMap:
-    """Places (keyframes) with a descriptor each. Thread-safe: every public method takes one lock.
+    """Places (keyframes) with a descriptor each, optional local features and a thumbnail.
 
-    Build with :meth:`create` or :meth:`load`; persist with :meth:`save`. Place ids are int64, assigned
-    in increasing order and never reused, also across save/load.
+    Thread-safe: every public method takes one lock. Build with :meth:`create` or :meth:`load`; persist
+    with :meth:`save`. Place ids are int64, assigned in increasing order and never reused, also across
+    save/load. ``max_places`` (optional) is a growth budget: an :meth:`add` that would exceed it raises
+    :class:`MapFullError` and adds nothing.
     """
 
     def __init__(
@@ -93,9 +120,10 @@ class PlaceMap:
         index: faiss.Index,
         trained: bool,
         store: MetadataStore,
-        workdir: Path,
+        workdir: WorkDir,
         info: dict,
         autosave_period_s: float | None = None,
+        max_places: int | None = None,
     ) -> None:
         self._lock = threading.RLock()
         self._dim = dim
@@ -109,9 +137,19 @@ class PlaceMap:
         ids, stamps, keyframes = store.arrays()
         self._ids, self._stamps, self._keyframes = _Column(ids), _Column(stamps), _Column(keyframes)
         self._tombstones = store.tombstones()
+        self._damaged: dict[str, set[int]] = {"features": set(), "thumbnails": set()}
+        self._damage_counts = {"features": 0, "thumbnails": 0}
+        self._max_places = _check_max_places(max_places)
         self.path: Path | None = None
         self.autosave_period_s = autosave_period_s
         self._last_save = time.monotonic()
+        self._chain: _Chain | None = None
+        self._generation = 0
+        self._pending = _Pending()
+        self._needs_full = False
+        self.compact_after_deltas: int | None = COMPACT_AFTER_DELTAS  # None: never compact automatically
+        self._compactor: threading.Thread | None = None
+        self._compact_dir: str | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -122,14 +160,16 @@ class PlaceMap:
         model_fingerprint: str | None = None,
         *,
         autosave_period_s: float | None = None,
+        max_places: int | None = None,
     ) -> PlaceMap:
         """An empty map for ``dim``-d descriptors. ``index_spec``: see :class:`IndexSpec`."""
         dim = int(dim)
         spec = IndexSpec.parse(index_spec)
         spec.validate_for(dim)
+        _check_max_places(max_places)
         trained = not spec.needs_training
         index = spec.build(dim) if trained else _FLAT.build(dim)
-        workdir = Path(tempfile.mkdtemp(prefix="tscm_placemap_"))
+        workdir = WorkDir()
         now = _utc_now()
         info = {
             "model_fingerprint": model_fingerprint,
@@ -138,9 +178,14 @@ class PlaceMap:
             "next_place_id": 0,
             "next_keyframe_index": 0,
         }
+        try:
+            store = MetadataStore(workdir.path / layout.DB_FILE)
+        except BaseException:
+            workdir.release()
+            raise
         return cls(
-            dim=dim, spec=spec, index=index, trained=trained, store=MetadataStore(workdir / layout.DB_FILE),
-            workdir=workdir, info=info, autosave_period_s=autosave_period_s,
+            dim=dim, spec=spec, index=index, trained=trained, store=store, workdir=workdir, info=info,
+            autosave_period_s=autosave_period_s, max_places=max_places,
         )  # fmt: skip
 
     @classmethod
@@ -152,21 +197,51 @@ class PlaceMap:
         model_fingerprint: str | None = None,
         allow_fingerprint_mismatch: bool = False,
         autosave_period_s: float | None = None,
+        max_places: int | None = None,
     ) -> PlaceMap:
         """Load and validate a saved map; later :meth:`save` calls without a path write back to it.
 
         ``dim`` / ``model_fingerprint``: what the caller's describer produces; a mismatch raises
         :class:`MapDimensionError` / :class:`MapFingerprintError` (the latter only logs a warning with
-        ``allow_fingerprint_mismatch=True``). Damaged maps raise :class:`MapCorruptError`,
-        :class:`MapFormatError` or :class:`MapConsistencyError` naming the file and the problem.
+        ``allow_fingerprint_mismatch=True``). Every other problem (missing or damaged files, invalid
+        map.json fields, a non-inner-product index, ids that disagree) raises a :class:`MapError`
+        subclass with a one-line message naming the file and the field; see :mod:`.validate`.
+        A map of an older metadata schema is migrated (in the working copy; saved at the next save).
+        ``max_places`` may be below the loaded size: the map loads, further adds raise.
         """
+        _check_max_places(max_places)
         root = Path(path)
+        try:
+            return cls._load(
+                root, dim=dim, model_fingerprint=model_fingerprint,
+                allow_fingerprint_mismatch=allow_fingerprint_mismatch,
+                autosave_period_s=autosave_period_s, max_places=max_places,
+            )  # fmt: skip
+        except MapError:
+            raise
+        except (OSError, RuntimeError, TypeError, KeyError, ValueError, IndexError, OverflowError,
+                MemoryError, sqlite3.Error) as exc:  # fmt: skip
+            raise MapCorruptError(
+                f"{root}: cannot load the place map ({type(exc).__name__}: {one_line(exc)})"
+            ) from exc
+
+    @classmethod
+    def _load(
+        cls,
+        root: Path,
+        *,
+        dim: int | None,
+        model_fingerprint: str | None,
+        allow_fingerprint_mismatch: bool,
+        autosave_period_s: float | None,
+        max_places: int | None,
+    ) -> PlaceMap:
         version_dir = layout.resolve_version_dir(root)
-        meta = _read_map_json(version_dir)
-        map_dim = int(meta["dim"])
+        meta, spec = validate.read_map_json(version_dir)
+        map_dim = meta["dim"]
         if dim is not None and int(dim) != map_dim:
             raise MapDimensionError(f"{root}: map holds {map_dim}-d descriptors, the model produces {dim}-d")
-        stored_fp = meta.get("model_fingerprint")
+        stored_fp = meta["model_fingerprint"]
         if model_fingerprint and stored_fp and model_fingerprint != stored_fp:
             message = (
                 f"{root}: map was built with model fingerprint {stored_fp[:16]}..., the current model is "
@@ -175,56 +250,53 @@ class PlaceMap:
             if not allow_fingerprint_mismatch:
                 raise MapFingerprintError(message + " (pass allow_fingerprint_mismatch=True to load anyway)")
             _LOG.warning("%s (loading anyway: allow_fingerprint_mismatch=True)", message)
-        try:
-            spec = IndexSpec.parse(meta["index_spec"])
-        except IndexSpecError as exc:
-            raise MapFormatError(f"{version_dir / layout.MAP_JSON}: bad index_spec ({exc})") from exc
-        for name in (layout.INDEX_FILE, layout.DB_FILE):
-            _verify_file(version_dir / name, meta["files"][name])
-        try:
-            index = faiss.read_index(str(version_dir / layout.INDEX_FILE))
-        except RuntimeError as exc:
-            raise MapCorruptError(f"{version_dir / layout.INDEX_FILE}: faiss cannot read it ({exc})") from exc
-        if index.d != map_dim:
-            raise MapDimensionError(
-                f"{version_dir}: index.faiss is {index.d}-d but map.json says {map_dim}-d"
-            )
-        trained = bool(meta["index_trained"])
+        for name in persist.all_files(meta):
+            validate.verify_file(version_dir / name, meta["files"][name])
+        index_path = version_dir / layout.INDEX_FILE
+        index = validate.read_index(index_path)
+        trained = meta["index_trained"]
+        validate.check_index(index, spec=spec, trained=trained, dim=map_dim, path=index_path)
         (spec if trained else _FLAT).apply_search_settings(index)
-        workdir = Path(tempfile.mkdtemp(prefix="tscm_placemap_"))
+        workdir = WorkDir()
+        store = None
         try:
-            shutil.copyfile(version_dir / layout.DB_FILE, workdir / layout.DB_FILE)
-            store = MetadataStore(workdir / layout.DB_FILE)
+            shutil.copyfile(version_dir / layout.DB_FILE, workdir.path / layout.DB_FILE)
+            store = MetadataStore(
+                workdir.path / layout.DB_FILE, create=False, label=version_dir / layout.DB_FILE
+            )
+            persist.apply_deltas(version_dir, meta, index, store.conn)
+            ids, _, keyframes = store.arrays()
+            validate.check_ids(
+                index=index, place_ids=ids, tombstones=store.tombstones(), keyframes=keyframes, meta=meta,
+                where=version_dir,
+            )  # fmt: skip
             place_map = cls(
                 dim=map_dim, spec=spec, index=index, trained=trained, store=store, workdir=workdir,
                 info={k: meta[k] for k in ("model_fingerprint", "created_utc", "updated_utc",
                                            "next_place_id", "next_keyframe_index")},
-                autosave_period_s=autosave_period_s,
+                autosave_period_s=autosave_period_s, max_places=max_places,
             )  # fmt: skip
-        except (sqlite3.DatabaseError, MapError) as exc:
-            shutil.rmtree(workdir, ignore_errors=True)
-            if isinstance(exc, MapError):
-                raise
-            raise MapCorruptError(f"{version_dir / layout.DB_FILE}: unreadable metadata ({exc})") from exc
-        place_map._check_counts(meta["counts"], version_dir)
+        except BaseException as exc:
+            if store is not None:
+                store.close()
+            workdir.release()
+            if isinstance(exc, (sqlite3.Error, ValueError, TypeError, OverflowError)) and not isinstance(
+                exc, MapError
+            ):
+                raise MapCorruptError(
+                    f"{version_dir / layout.DB_FILE}: unreadable metadata ({one_line(exc)})"
+                ) from exc
+            raise
+        if store.migrated_from is not None:
+            _LOG.info(
+                "%s: metadata schema %d migrated to %d in the working copy (written at the next save)",
+                root, store.migrated_from, SCHEMA_VERSION,
+            )  # fmt: skip
         place_map.path = root
+        if store.migrated_from is None and version_dir != root.resolve():  # loaded through 'current'
+            place_map._generation += 1
+            place_map._chain = _Chain(root.resolve(), version_dir.name, meta, place_map._generation)
         return place_map
-
-    def _check_counts(self, counts: dict, where: Path) -> None:
-        n_places, n_index, n_tomb = len(self._ids.values), self._index.ntotal, len(self._tombstones)
-        problems = []
-        if n_index != n_places + n_tomb:
-            problems.append(f"index.faiss holds {n_index} vectors but places.sqlite {n_places} places"
-                            + (f" + {n_tomb} removed" if n_tomb else ""))  # fmt: skip
-        if counts.get("places") != n_places:
-            problems.append(f"map.json counts {counts.get('places')} places, places.sqlite {n_places}")
-        if counts.get("index_ntotal") != n_index:
-            problems.append(
-                f"map.json counts {counts.get('index_ntotal')} index vectors, index.faiss {n_index}"
-            )
-        if problems:
-            self.close()
-            raise MapConsistencyError(f"{where}: " + "; ".join(problems))
 
     # ------------------------------------------------------------------ properties
     @property
@@ -255,6 +327,32 @@ class PlaceMap:
         return int(self._info["next_place_id"])
 
     @property
+    def max_places(self) -> int | None:
+        """Growth budget (live places; None = unlimited). May be set below ``len(self)``: adds then raise."""
+        return self._max_places
+
+    @max_places.setter
+    def max_places(self, value: int | None) -> None:
+        with self._lock:
+            self._max_places = _check_max_places(value)
+
+    @property
+    def utilisation(self) -> float | None:
+        """``len(self) / max_places`` (can exceed 1.0 after lowering the budget); None when unlimited."""
+        with self._lock:
+            return None if self._max_places is None else len(self) / self._max_places
+
+    @property
+    def damaged_feature_rows(self) -> int:
+        """Feature rows found damaged (CRC mismatch) by :meth:`get_features`, each place counted once."""
+        return self._damage_counts["features"]
+
+    @property
+    def damaged_thumbnail_rows(self) -> int:
+        """Thumbnail rows found damaged by :meth:`get_thumbnail`, each place counted once."""
+        return self._damage_counts["thumbnails"]
+
+    @property
     def place_ids(self) -> np.ndarray:
         with self._lock:
             return self._ids.values.copy()
@@ -269,7 +367,13 @@ class PlaceMap:
         self.close()
 
     def close(self) -> None:
-        """Release the working metadata copy (the saved map on disk is untouched)."""
+        """Release the working metadata copy (the saved map on disk is untouched).
+
+        Waits for a background compaction to finish first.
+        """
+        thread = self._compactor
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
         self._finalizer()
 
     def set_search_params(self, *, ef_search: int | None = None, nprobe: int | None = None) -> None:
@@ -281,15 +385,37 @@ class PlaceMap:
                 self._spec.apply_search_settings(self._index)
 
     # ------------------------------------------------------------------ updates
-    def add(self, descriptors: np.ndarray, metas: Sequence[PlaceMeta] | PlaceMeta) -> np.ndarray:
-        """Add places; returns their new int64 ids. Descriptors are (re-)normalised to unit length."""
+    def add(
+        self,
+        descriptors: np.ndarray,
+        metas: Sequence[PlaceMeta] | PlaceMeta,
+        *,
+        features: Sequence[bytes | None] | None = None,
+        thumbnails: Sequence[bytes | None] | None = None,
+    ) -> np.ndarray:
+        """Add places; returns their new int64 ids. Descriptors are (re-)normalised to unit length.
+
+        ``features`` / ``thumbnails``: one opaque blob (or None) per place, stored with the metadata in
+        one transaction. Raises :class:`MapFullError` (nothing added) past ``max_places``.
+        """
         vectors = self._prepare(descriptors)
         metas = [metas] if isinstance(metas, PlaceMeta) else list(metas)
         if len(metas) != len(vectors):
             raise ValueError(f"got {len(vectors)} descriptors but {len(metas)} PlaceMeta records")
         if not all(isinstance(m, PlaceMeta) for m in metas):
             raise TypeError("metas must be PlaceMeta records")
+        blobs = {
+            name: _blob_list(values, name, len(vectors))
+            for name, values in (("features", features), ("thumbnails", thumbnails))
+            if values is not None
+        }
         with self._lock:
+            if self._max_places is not None and len(self) + len(vectors) > self._max_places:
+                raise MapFullError(
+                    f"place map is full: {len(self)} places, max_places={self._max_places}; "
+                    f"adding {len(vectors)} would exceed it",
+                    max_places=self._max_places, places=len(self),
+                )  # fmt: skip
             first = int(self._info["next_place_id"])
             ids = np.arange(first, first + len(vectors), dtype=np.int64)
             keyframes = []
@@ -298,20 +424,24 @@ class PlaceMap:
                 kf = next_kf if meta.keyframe_index is None else meta.keyframe_index
                 keyframes.append(kf)
                 next_kf = max(next_kf, kf + 1)
-            self._store.insert(metas, ids, keyframes)  # first: a bad record leaves the index untouched
+            self._store.insert(metas, ids, keyframes, blobs)  # first: a bad record leaves the index untouched
             self._index.add_with_ids(vectors, ids)
             self._ids.extend(ids)
             self._stamps.extend(np.array([m.stamp_ns for m in metas], np.int64))
             self._keyframes.extend(np.array(keyframes, np.int64))
             self._info["next_place_id"] = first + len(vectors)
             self._info["next_keyframe_index"] = next_kf
+            self._track(ids, added=vectors)
             if not self._trained and len(self) >= self._spec.train_threshold:
                 self._train_from_buffer()
             self._maybe_autosave()
         return ids
 
     def remove(self, place_ids: Iterable[int]) -> int:
-        """Remove places by id (unknown ids are ignored); returns how many were removed."""
+        """Remove places (and their features and thumbnails) by id; unknown ids are ignored.
+
+        Returns how many were removed.
+        """
         with self._lock:
             wanted = np.unique(np.asarray(list(place_ids), np.int64))
             present = wanted[np.isin(wanted, self._ids.values)]
@@ -323,6 +453,7 @@ class PlaceMap:
                 self._tombstones = np.union1d(self._tombstones, present)
             else:
                 self._index.remove_ids(faiss.IDSelectorBatch(present))
+            self._track(present, removed=not tombstone)
             keep = ~np.isin(self._ids.values, present)
             for column in (self._ids, self._stamps, self._keyframes):
                 column.keep(keep)
@@ -338,7 +469,63 @@ class PlaceMap:
         index.train(vectors)
         index.add_with_ids(vectors, ids)
         self._index, self._trained = index, True
+        self._needs_full = True  # the saved base is a flat buffer: deltas cannot describe this
+        self._pending.clear()
         _LOG.info("trained %s on %d places in %.1f s", self._spec, len(ids), time.monotonic() - started)
+
+    # ------------------------------------------------------------------ features and thumbnails
+    def get_features(self, place_ids: Iterable[int] | int) -> dict[int, bytes | None]:
+        """Feature blobs by place id. Absent: no features stored (or unknown place); ``None``: stored but
+        damaged (CRC mismatch; logged once per place and counted in :attr:`damaged_feature_rows`)."""
+        ids = [place_ids] if isinstance(place_ids, (int, np.integer)) else place_ids
+        with self._lock:
+            found, damaged = self._store.get_blobs("features", ids)
+            self._report_damage("features", damaged)
+            return found
+
+    def get_thumbnail(self, place_id: int) -> bytes | None:
+        """The thumbnail of a place; None if it has none or it is damaged (:attr:`damaged_thumbnail_rows`)."""
+        with self._lock:
+            found, damaged = self._store.get_blobs("thumbnails", [int(place_id)])
+            self._report_damage("thumbnails", damaged)
+            return found.get(int(place_id))
+
+    def set_features(self, place_id: int, features: bytes | None, thumbnail: bytes | None = None) -> None:
+        """Store (replace) the features of an existing place, e.g. to add features to an older map.
+
+        ``features=None`` deletes its features; ``thumbnail=None`` leaves its thumbnail as it is.
+        Raises KeyError for an unknown place.
+        """
+        blob = None if features is None else as_blob(features, "features")
+        values: dict[str, bytes | None] = {"features": blob}
+        if thumbnail is not None:
+            values["thumbnails"] = as_blob(thumbnail, "thumbnail")
+        place_id = int(place_id)
+        with self._lock:
+            if not np.isin(place_id, self._ids.values):
+                raise KeyError(f"no place with id {place_id}")
+            self._store.set_blobs(place_id, values)
+            self._track(np.array([place_id], np.int64))
+            for table in values:
+                self._damaged[table].discard(place_id)
+            self._maybe_autosave()
+
+    def feature_stats(self) -> FeatureStats:
+        """How many places have features / thumbnails and their total payload bytes."""
+        with self._lock:
+            return self._store.blob_stats()
+
+    def _report_damage(self, table: str, damaged: list[int]) -> None:
+        for place_id in damaged:
+            if place_id not in self._damaged[table]:
+                self._damaged[table].add(place_id)
+                self._damage_counts[table] += 1
+                _LOG.warning(
+                    "place map %s: %s of place %d fail their CRC check (damaged row); treated as missing",
+                    self.path or "(unsaved)",
+                    table,
+                    place_id,
+                )
 
     # ------------------------------------------------------------------ queries
     def search(
@@ -466,54 +653,237 @@ class PlaceMap:
         return np.ascontiguousarray(array / norms, dtype=np.float32)
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | Path | None = None) -> Path:
+    def save(self, path: str | Path | None = None, *, full: bool = False) -> Path:
         """Atomically write the map to ``path`` (default: where it was loaded from / last saved).
 
-        See :mod:`tscm_ros.placemap.layout` for the layout and the crash guarantee. Returns the
-        version folder written.
+        Incremental by default: when ``path`` holds the version this map last saved or loaded, only the
+        changes since then are written (a delta, cost proportional to them) next to hard links of the
+        previous files. ``full=True``, another ``path``, a training step, a migrated schema or a very
+        long chain write everything. Long chains are compacted into a full version in a background
+        thread (:meth:`compact`). See :mod:`tscm_ros.placemap.layout` for the layout and the crash
+        guarantee. Returns the version folder written.
         """
         with self._lock:
             root = Path(path) if path is not None else self.path
             if root is None:
                 raise MapError("save() needs a path: this map was never saved or loaded")
-            staging = layout.new_staging_dir(root)
-            try:
-                faiss.write_index(self._index, str(staging / layout.INDEX_FILE))
-                self._store.snapshot(staging / layout.DB_FILE)
-                self._info["updated_utc"] = _utc_now()
-                files = {}
-                for name in (layout.INDEX_FILE, layout.DB_FILE):
-                    layout.fsync_path(staging / name)
-                    stat = (staging / name).stat()
-                    files[name] = {"sha256": layout.sha256_file(staging / name), "bytes": stat.st_size}
-                meta = {
-                    "format": FORMAT,
-                    "format_version": FORMAT_VERSION,
-                    "dim": self._dim,
-                    "metric": "ip",
-                    "index_spec": str(self._spec),
-                    "index_trained": self._trained,
-                    "train_threshold": self._spec.train_threshold,
-                    **self._info,
-                    "counts": {
-                        "places": len(self),
-                        "index_ntotal": int(self._index.ntotal),
-                        "tombstones": len(self._tombstones),
-                    },
-                    "files": files,
-                    "faiss_version": faiss.__version__,
-                }
-                with open(staging / layout.MAP_JSON, "w", encoding="utf-8") as stream:
-                    json.dump(meta, stream, indent=2)
-                    stream.flush()
-                layout.fsync_path(staging / layout.MAP_JSON)
-                version = layout.commit_staging_dir(root, staging)
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
+            version = None
+            if not full and self._delta_possible(root):
+                version = self._save_delta(root)
+            if version is None:
+                version = self._save_full(root)
             self.path = root
             self._last_save = time.monotonic()
+            self._maybe_compact()
             return version
+
+    @property
+    def delta_count(self) -> int:
+        """Deltas on top of the base in the version last saved or loaded (0 after a full save)."""
+        with self._lock:
+            return len(self._chain.meta["deltas"]) if self._chain else 0
+
+    def _delta_possible(self, root: Path) -> bool:
+        chain = self._chain
+        if chain is None or self._needs_full or len(chain.meta["deltas"]) >= MAX_CHAIN:
+            return False
+        try:  # still our version: no other writer replaced it
+            return (
+                root.resolve() == chain.root
+                and (root / layout.CURRENT_LINK).resolve() == root.resolve() / chain.version
+            )
+        except OSError:
+            return False
+
+    def _meta(self, files: dict, deltas: list[dict], base_seq: int) -> dict:
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "dim": self._dim,
+            "metric": "ip",
+            "index_spec": str(self._spec),
+            "index_trained": self._trained,
+            "train_threshold": self._spec.train_threshold,
+            **self._info,
+            "counts": {
+                "places": len(self),
+                "index_ntotal": int(self._index.ntotal),
+                "tombstones": len(self._tombstones),
+            },
+            "files": files,
+            "base_seq": base_seq,
+            "deltas": deltas,
+            "faiss_version": faiss.__version__,
+        }
+        return meta
+
+    def _commit(self, root: Path, staging: Path, meta: dict, generation: int) -> Path:
+        _write_map_json(staging, meta)
+        keep = {self._compact_dir} if self._compact_dir else set()
+        version = layout.commit_staging_dir(root, staging, keep=keep)
+        self._chain = _Chain(root.resolve(), version.name, meta, generation)
+        return version
+
+    def _save_full(self, root: Path) -> Path:
+        staging = layout.new_staging_dir(root)
+        try:
+            faiss.write_index(self._index, str(staging / layout.INDEX_FILE))
+            self._store.snapshot(staging / layout.DB_FILE)
+            self._info["updated_utc"] = _utc_now()
+            files = persist.file_entries(staging, [layout.INDEX_FILE, layout.DB_FILE])
+            base_seq = _last_seq(self._chain.meta) if self._chain else 0
+            self._generation += 1
+            version = self._commit(root, staging, self._meta(files, [], base_seq), self._generation)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self._pending.clear()
+        self._needs_full = False
+        return version
+
+    def _save_delta(self, root: Path) -> Path | None:
+        """Write the pending changes as one delta; None when hard links are not possible here."""
+        chain = self._chain
+        staging = layout.new_staging_dir(root)
+        try:
+            try:
+                layout.link_files(root / chain.version, staging, persist.all_files(chain.meta))
+            except OSError as exc:
+                _LOG.info("incremental save not possible in %s (%s): saving in full", root, one_line(exc))
+                shutil.rmtree(staging, ignore_errors=True)
+                return None
+            files, deltas = dict(chain.meta["files"]), list(chain.meta["deltas"])
+            pending = self._pending
+            if pending.touched:
+                seq = _last_seq(chain.meta) + 1
+                vec_name, db_name = layout.delta_names(seq)
+                cat = np.concatenate
+                add_ids = cat(pending.add_ids) if pending.add_ids else np.zeros(0, np.int64)
+                add_vectors = (
+                    cat(pending.add_vectors) if pending.add_vectors else np.zeros((0, self._dim), np.float32)
+                )
+                removed = cat(pending.removed) if pending.removed else np.zeros(0, np.int64)
+                delta.write_vectors(staging / vec_name, add_ids, add_vectors, removed)
+                delta.write_rows(
+                    self._store.conn, staging / db_name, np.array(sorted(pending.touched), np.int64)
+                )
+                files.update(persist.file_entries(staging, [vec_name, db_name]))
+                deltas.append({"seq": seq, "added": len(add_ids), "removed": len(removed)})
+            self._info["updated_utc"] = _utc_now()
+            version = self._commit(
+                root, staging, self._meta(files, deltas, chain.meta["base_seq"]), chain.generation
+            )
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self._pending.clear()
+        return version
+
+    def _track(self, ids: np.ndarray, *, added: np.ndarray | None = None, removed: bool = False) -> None:
+        """Record a change for the next incremental save (only while there is a saved version to extend)."""
+        if self._chain is None or self._needs_full:
+            return
+        pending = self._pending
+        pending.touched.update(int(i) for i in ids)
+        if added is not None:
+            pending.add_ids.append(ids)
+            pending.add_vectors.append(added)
+            pending.n_vectors += len(ids)
+        if removed:
+            pending.removed.append(ids)
+        if pending.n_vectors > max(1000, len(self) // 4):  # a delta this large: save in full instead
+            self._needs_full = True
+            pending.clear()
+
+    # ------------------------------------------------------------------ compaction
+    def compact(self, *, wait: bool = True) -> bool:
+        """Fold the saved deltas into a new full version, in a background thread (from the saved files,
+        without blocking adds or saves for the heavy part). ``wait``: return once it is done.
+        Returns False when there is nothing to compact or a compaction is already running."""
+        with self._lock:
+            started = self._start_compaction()
+            thread = self._compactor
+        if wait and thread is not None and thread is not threading.current_thread():
+            thread.join()
+        return started
+
+    def _maybe_compact(self) -> None:
+        chain = self._chain
+        if chain is None or not chain.meta["deltas"] or self.compact_after_deltas is None:
+            return
+        files = chain.meta["files"]
+        base = files[layout.INDEX_FILE]["bytes"] + files[layout.DB_FILE]["bytes"]
+        delta_bytes = sum(e["bytes"] for n, e in files.items() if n.startswith("delta-"))
+        if (
+            len(chain.meta["deltas"]) >= self.compact_after_deltas
+            or delta_bytes >= COMPACT_BYTES_RATIO * base
+        ):
+            self._start_compaction()
+
+    def _start_compaction(self) -> bool:
+        chain = self._chain
+        if chain is None or not chain.meta["deltas"] or (self._compactor and self._compactor.is_alive()):
+            return False
+        work = Path(tempfile.mkdtemp(prefix=".tmp-compact-", dir=chain.root))
+        try:
+            (work / "src").mkdir()
+            (work / "out").mkdir()
+            layout.link_files(chain.root / chain.version, work / "src", persist.all_files(chain.meta))
+        except OSError as exc:
+            shutil.rmtree(work, ignore_errors=True)
+            _LOG.warning("cannot compact %s (%s)", chain.root, one_line(exc))
+            return False
+        self._compact_dir = work.name
+        self._compactor = threading.Thread(
+            target=self._compact, args=(chain, work), name="placemap-compact", daemon=True
+        )
+        self._compactor.start()
+        return True
+
+    def _compact(self, snapshot: _Chain, work: Path) -> None:
+        """Background thread: build a base from ``snapshot``'s files, then commit it under the lock."""
+        try:
+            started = time.monotonic()
+            entries = persist.build_base(work / "src", snapshot.meta, work / "out")
+            with self._lock:
+                self._commit_compaction(snapshot, work, entries)
+            _LOG.info("compacted %s in %.2f s", snapshot.root, time.monotonic() - started)
+        except Exception as exc:  # noqa: BLE001 - a failed compaction must never take the map down
+            _LOG.warning(
+                "compaction of %s failed (%s); the next save will be a full save",
+                snapshot.root,
+                one_line(exc),
+            )
+            with self._lock:
+                self._needs_full = True
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            with self._lock:
+                if self._compact_dir == work.name:
+                    self._compact_dir = None
+
+    def _commit_compaction(self, snapshot: _Chain, work: Path, entries: dict) -> None:
+        current = self._chain
+        if current is None or current.generation != snapshot.generation or current.root != snapshot.root:
+            _LOG.info("compaction of %s discarded: the map was saved in full meanwhile", snapshot.root)
+            return
+        folded = _last_seq(snapshot.meta)
+        remaining = [d for d in current.meta["deltas"] if d["seq"] > folded]
+        names = [n for d in remaining for n in layout.delta_names(d["seq"])]
+        root = current.root
+        staging = layout.new_staging_dir(root)
+        try:
+            for name in (layout.INDEX_FILE, layout.DB_FILE):
+                os.rename(work / "out" / name, staging / name)
+            layout.link_files(root / current.version, staging, names)
+            files = {**entries, **{n: current.meta["files"][n] for n in names}}
+            meta = {**current.meta, "format_version": FORMAT_VERSION, "files": files, "deltas": remaining,
+                    "base_seq": folded}  # fmt: skip
+            self._generation += 1
+            self._commit(root, staging, meta, self._generation)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
 
     def _maybe_autosave(self) -> None:
         if self.autosave_period_s is None or self.path is None:
@@ -522,51 +892,40 @@ class PlaceMap:
             self.save()
 
 
-def _cleanup(store: MetadataStore, workdir: Path) -> None:
+def _cleanup(store: MetadataStore, workdir: WorkDir) -> None:
+    if workdir.owner_pid != os.getpid():  # a forked child must not close or delete its parent's copy
+        return
     try:
         store.close()
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        workdir.release()
 
 
-def _read_map_json(version_dir: Path) -> dict:
-    path = version_dir / layout.MAP_JSON
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise MapNotFoundError(f"{path} is missing") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MapCorruptError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise MapFormatError(f"{path}: not a tscm_ros place map (format {meta.get('format')!r})"
-                             if isinstance(meta, dict) else f"{path}: not a tscm_ros place map")  # fmt: skip
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise MapFormatError(
-            f"{path}: unknown place-map format_version {version!r}; "
-            f"this tscm_ros reads version {FORMAT_VERSION}"
-        )
-    required = ("dim", "metric", "index_spec", "index_trained", "counts", "files", "next_place_id",
-                "next_keyframe_index", "created_utc", "updated_utc")  # fmt: skip
-    missing = [key for key in required if key not in meta]
-    if missing:
-        raise MapCorruptError(f"{path}: missing fields {missing}")
-    if meta["metric"] != "ip":
-        raise MapFormatError(f"{path}: unsupported metric {meta['metric']!r} (only 'ip')")
-    if any(name not in meta["files"] for name in (layout.INDEX_FILE, layout.DB_FILE)):
-        raise MapCorruptError(f"{path}: 'files' must list {layout.INDEX_FILE} and {layout.DB_FILE}")
-    meta.setdefault("model_fingerprint", None)
-    return meta
+def _last_seq(meta: dict) -> int:
+    return meta["deltas"][-1]["seq"] if meta["deltas"] else meta["base_seq"]
 
 
-def _verify_file(path: Path, expected: dict) -> None:
-    if not path.is_file():
-        raise MapNotFoundError(f"{path} is missing")
-    size = path.stat().st_size
-    if size != expected.get("bytes"):
-        raise MapCorruptError(
-            f"{path}: {size} bytes, expected {expected.get('bytes')} (truncated or replaced)"
-        )
-    digest = layout.sha256_file(path)
-    if digest != expected.get("sha256"):
-        raise MapCorruptError(f"{path}: sha256 {digest[:12]}... does not match map.json (file is corrupt)")
+def _write_map_json(folder: Path, meta: dict) -> None:
+    meta.pop(validate.CHECKSUM_FIELD, None)
+    meta[validate.CHECKSUM_FIELD] = validate.meta_checksum(meta)
+    with open(folder / layout.MAP_JSON, "w", encoding="utf-8") as stream:
+        json.dump(meta, stream, indent=2)
+        stream.flush()
+    layout.fsync_path(folder / layout.MAP_JSON)
+
+
+def _check_max_places(value: int | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"max_places must be a positive integer or None, got {value!r}")
+    return int(value)
+
+
+def _blob_list(values: Sequence[bytes | None], name: str, count: int) -> list[bytes | None]:
+    if isinstance(values, (bytes, bytearray, memoryview, str)):
+        raise TypeError(f"{name} must be a sequence with one bytes (or None) per place, not a single value")
+    blobs = [None if v is None else as_blob(v, f"{name}[{i}]") for i, v in enumerate(values)]
+    if len(blobs) != count:
+        raise ValueError(f"got {count} descriptors but {len(blobs)} {name}")
+    return blobs

@@ -64,3 +64,18 @@ class Match:
     similarity: float
     rank: int
     meta: PlaceMeta
+
+
+@dataclass(frozen=True)
+class FeatureStats:
+    """What the map stores besides descriptors: local-feature blobs and thumbnails (bytes are payload)."""
+
+    places_with_features: int
+    feature_bytes: int
+    thumbnail_bytes: int
+    places_with_thumbnails: int = 0
+
+    @property
+    def feature_bytes_per_place(self) -> float:
+        """Mean feature blob size over the places that have features (0.0 when none do)."""
+        return self.feature_bytes / self.places_with_features if self.places_with_features else 0.0
