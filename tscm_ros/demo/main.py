@@ -421,7 +421,7 @@ def _detect_and_score(
         else [c for c in build.candidates if c.rank == 0 and c.similarity >= threshold]
     )
     correct = [is_match(c.query_stamp_ns, c.match_stamp_ns) for c in shown]
-    plots = write_plots(out_dir, build.keyframes, shown, title=title, correct=correct)
+    plots = write_plots(out_dir, build.keyframes, shown, title=title, correct=correct, truth_band=is_match)
     plots.append(write_pr_plot(out_dir / PR_PNG, evaluation, title))
     if verify:
         plots.extend(write_match_pictures(build, is_match))
