@@ -294,14 +294,19 @@ class RecognitionSession:
         intrinsics: CameraIntrinsics | None,
         config: RecognitionConfig,
     ) -> tuple[LocalFeatures | None, bytes | None, bytes | None]:
+        if depth is not None and intrinsics is None:
+            self.reasons["depth_without_intrinsics"] += 1  # no back-projection possible: 2-D features only
+            depth = None
         try:
             features = extractor.extract(image, depth=depth, intrinsics=intrinsics)
         except ValueError as error:  # e.g. depth of another size: keep the keyframe, count the reason
-            self.reasons["bad_depth" if depth is not None else "feature_error"] += 1
+            self.reasons["bad_depth" if depth is not None else "bad_image"] += 1
             self.last_feature_error = str(error)
             try:
-                features = extractor.extract(image)
+                features = extractor.extract(image) if depth is not None else None
             except ValueError:
+                features = None
+            if features is None:
                 return None, None, None
         thumbnail = make_thumbnail(image) if config.thumbnails else None
         return features, features.to_bytes(), thumbnail
