@@ -287,7 +287,7 @@ def write_candidates_csv(path: Path, candidates: Sequence[LoopCandidate]) -> Pat
                 distance = f"{math.dist(c.query_pose.position, c.match_pose.position):.3f}"
             verification = c.verification
             pose: tuple = ("",) * 7
-            if verification is not None and verification.translation is not None:
+            if c.verified and verification.translation is not None:  # rejected candidates: no pose
                 pose = tuple(f"{v:.6f}" for v in (*verification.translation, *verification.rotation_xyzw))
             writer.writerow(
                 [c.query_id, c.query_stamp_ns, c.match_id, c.match_stamp_ns, f"{c.similarity:.6f}", c.rank,

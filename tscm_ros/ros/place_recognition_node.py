@@ -451,7 +451,7 @@ class PlaceRecognitionNode(Node):
             "sequence_length": candidate.sequence_length,
         }
         verification = candidate.verification
-        if verification is not None and verification.translation is not None:
+        if candidate.verified and verification.translation is not None:  # rejected: no pose, NaN
             row.update(zip(("tx", "ty", "tz"), verification.translation, strict=True))
             row.update(zip(("qx", "qy", "qz", "qw"), verification.rotation_xyzw, strict=True))
             row["scale_known"] = int(verification.scale_known)
