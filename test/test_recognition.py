@@ -69,7 +69,7 @@ def default_config(**changes) -> RecognitionConfig:
 
 
 def camera_from_body(frame: Frame) -> np.ndarray:
-    """4x4 world-from-optical transform: body x forward, y left, z up -> optical x right, y down, z forward."""
+    """4x4 world-from-optical: body x forward, y left, z up -> optical x right, y down, z forward."""
     body_to_optical = np.array(
         [[0, 0, 1], [-1, 0, 0], [0, -1, 0]], np.float64
     )  # columns: optical axes in body

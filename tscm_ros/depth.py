@@ -1,7 +1,7 @@
 """Depth images from sensor_msgs/Image fields (rclpy or rosbags messages), ROS-free.
 
-``16UC1`` / ``mono16`` hold millimetres (the REP 118 / OpenNI convention), ``32FC1`` metres. The size fields are
-checked against each other and against the data before anything is allocated.
+``16UC1`` / ``mono16`` hold millimetres (the REP 118 / OpenNI convention), ``32FC1`` metres. The size fields
+are checked against each other and against the data before anything is allocated.
 """
 
 from __future__ import annotations

@@ -31,7 +31,6 @@ from tscm_ros.features import FeatureConfig, FeatureExtractor, make_thumbnail
 from tscm_ros.images import DEFAULT_MAX_PIXELS
 from tscm_ros.loop_closure import LoopCandidate, LoopClosureConfig
 from tscm_ros.placemap import MapError, PlaceMap, Pose
-from tscm_ros.poses import NS_PER_S
 from tscm_ros.recognition import RecognitionConfig, RecognitionSession, read_params_file
 
 if TYPE_CHECKING:

@@ -260,7 +260,14 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         "verify candidates geometrically (local features + MAGSAC++); ~/loop_closures and the LIO-SAM "
         "topic then carry verified closures only",
     ),
-    ParameterSpec("verify_top_k", 5, "verify the first N candidates of a keyframe (there are at most top_k)", False, 1, 100),
+    ParameterSpec(
+        "verify_top_k",
+        5,
+        "verify the first N candidates of a keyframe (there are at most top_k)",
+        False,
+        1,
+        100,
+    ),
     ParameterSpec(
         "feature_method", "sift", "local features: sift (RootSIFT) or orb (faster)", choices=("sift", "orb")
     ),
