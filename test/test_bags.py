@@ -207,3 +207,30 @@ def test_clear_errors(tmp_path: Path):
     only_poses = write_image_bag(tmp_path / "poses_only", [], poses=[(SECOND, Pose((0.0, 0.0, 0.0)))])
     with pytest.raises(BagError, match="no sensor_msgs Image"):
         list(iter_frames(only_poses))
+
+
+@pytest.mark.parametrize("storage", ["sqlite3", "mcap", "ros1"])
+def test_depth_and_camera_info_are_paired_with_the_colour_frames(tmp_path: Path, storage: str):
+    from tscm_ros.features import CameraIntrinsics
+
+    rng = np.random.default_rng(0)
+    intrinsics = CameraIntrinsics(fx=50.0, fy=51.0, cx=15.5, cy=11.5, width=32, height=24)
+    depths = [rng.uniform(0.5, 8.0, (24, 32)).astype(np.float32) for _ in range(4)]
+    depths[1][0, 0] = np.nan  # invalid pixels survive as NaN (written as 0 mm)
+    frames = [(1_000 + i * 100_000_000, rng.integers(0, 255, (24, 32, 3), dtype=np.uint8), d)
+              for i, d in enumerate(depths)]  # fmt: skip
+    bag = write_image_bag(tmp_path / "rgbd", frames, storage=storage, camera_info=intrinsics)
+    stats = BagReadStats()
+    read = list(iter_frames(bag, depth_topic=None, camera_info_topic=None, stats=stats))
+    assert stats.image_topic == "/camera/image_raw"  # never the depth topic, although it sorts first
+    assert stats.depth_topic == "/camera/depth/image_raw" and stats.frames_with_depth == 4
+    assert [f.stamp_ns for f in read] == [stamp for stamp, _, _ in frames]
+    for frame, (_, rgb, depth) in zip(read, frames, strict=True):
+        np.testing.assert_array_equal(frame.rgb, rgb)
+        millimetres = np.round(depth.astype(np.float64) * 1000)  # 16UC1 holds whole millimetres
+        np.testing.assert_allclose(frame.depth, millimetres / 1000, atol=1e-6)
+        assert frame.intrinsics == intrinsics
+    assert np.isnan(read[1].depth[0, 0])
+    # without asking for them, frames carry neither (the default of iter_frames)
+    plain = list(iter_frames(bag))
+    assert all(f.depth is None and f.intrinsics is None for f in plain)

@@ -201,6 +201,8 @@ def _choose_topic(reader: AnyReader, requested: str | None, msgtypes: Iterable[s
         return requested
     for msgtype in msgtypes:  # earlier types preferred (raw images before compressed)
         names = sorted(name for name, info in topics.items() if info.msgtype == msgtype and info.msgcount)
+        if role == "image":  # a depth camera's image is never the colour image
+            names = [name for name in names if "depth" not in name.lower()]
         if names:
             if len(names) > 1:
                 LOGGER.info("several %s topics (%s); using %s", role, ", ".join(names), names[0])
@@ -276,9 +278,8 @@ def read_camera_intrinsics(reader: AnyReader, topic: str) -> CameraIntrinsics | 
     for connection, log_time, raw in reader.messages(connections=connections):
         try:
             message = reader.deserialize(raw, connection.msgtype)
-            return CameraIntrinsics.from_camera_info_k(
-                list(message.k), int(message.width), int(message.height)
-            )
+            k = message.k if hasattr(message, "k") else message.K  # ROS 2 / ROS 1 field name
+            return CameraIntrinsics.from_camera_info_k(list(k), int(message.width), int(message.height))
         except Exception as error:  # a corrupt or all-zero CameraInfo: try the next one
             LOGGER.debug("unusable camera_info at %d: %s", log_time, error)
     return None
@@ -484,10 +485,17 @@ class _MessageFactory:
         fields = {"binning_x": 0, "binning_y": 0}
         roi = types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0,
                                                          do_rectify=False)  # fmt: skip
+        matrices = {
+            "d": np.zeros(5, np.float64),
+            "k": k,
+            "r": np.eye(3).reshape(-1),
+            "p": p.astype(np.float64),
+        }
+        if self.ros1:  # ROS 1 spells them D, K, R, P
+            matrices = {name.upper(): value for name, value in matrices.items()}
         return types[CAMERA_INFO_TYPE](
             header=self.header(stamp_ns, frame_id), height=intrinsics.height, width=intrinsics.width,
-            distortion_model="plumb_bob", d=np.zeros(5, np.float64), k=k, r=np.eye(3).reshape(-1),
-            p=p.astype(np.float64), roi=roi, **fields,
+            distortion_model="plumb_bob", roi=roi, **matrices, **fields,
         )  # fmt: skip
 
     def compressed(self, stamp_ns: int, frame_id: str, rgb: np.ndarray, fmt: str) -> Any:

@@ -30,12 +30,13 @@ from pathlib import Path
 import numpy as np
 
 from tscm_ros.bags import write_image_bag
-from tscm_ros.demo.scene import NS_PER_S, SceneConfig, build_world, generate_frames, plan_trajectory
+from tscm_ros.demo.scene import SceneConfig, build_world, generate_frames, plan_trajectory, scene_intrinsics
 from tscm_ros.evaluation import metrics
 from tscm_ros.image_files import list_images
 from tscm_ros.loop_closure import LoopClosureConfig, LoopClosureDetector
 from tscm_ros.pipelines.build_map import BuildResult, build_map_from_bag, write_plots
 from tscm_ros.placemap import PlaceMap, Pose
+from tscm_ros.poses import NS_PER_S
 from tscm_ros.recognition import RecognitionConfig
 from tscm_ros.sequence import SequenceConfig
 
@@ -473,7 +474,7 @@ def run_demo(
     out_dir = Path(out_dir)
     scene = scene or SceneConfig()
     output: list[str] = []
-    identity = {"scene": dataclasses.asdict(scene), "format": 1}
+    identity = {"scene": dataclasses.asdict(scene), "format": 2}  # 2: camera_info + depth topics
     bag, reuse = _prepare_bag_dir(out_dir, identity, overwrite)
     if reuse:
         _emit(output, f"reusing the demo bag {bag} (same scene settings)")
@@ -487,8 +488,17 @@ def run_demo(
             (sample.stamp_ns, Pose(sample.position, sample.orientation, "map"))
             for sample in plan_trajectory(scene, world)
         ]
-        images = ((frame.stamp_ns, frame.rgb) for frame in generate_frames(scene, world))
-        write_image_bag(bag, images, poses=poses, pose_topic="/odom", frame_id="camera")
+        images = (
+            (frame.stamp_ns, frame.rgb, frame.depth) for frame in generate_frames(scene, world, depth=True)
+        )
+        write_image_bag(
+            bag,
+            images,
+            poses=poses,
+            pose_topic="/odom",
+            frame_id="camera",
+            camera_info=scene_intrinsics(scene),
+        )
         (out_dir / SCENE_JSON).write_text(json.dumps(identity, indent=2))
     if describer is None:
         describer, note = make_describer(model, untrained=untrained, device=device)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-NS_PER_S = 1_000_000_000
+from tscm_ros.poses import NS_PER_S
 
 
 @dataclass(frozen=True)
@@ -291,9 +291,10 @@ class TrajectorySample:
 
 @dataclass(frozen=True)
 class SceneFrame(TrajectorySample):
-    """A trajectory sample with its rendered image."""
+    """A trajectory sample with its rendered image (and z-depth in metres when asked for)."""
 
     rgb: np.ndarray = field(repr=False)
+    depth: np.ndarray | None = field(default=None, repr=False)
 
 
 def plan_trajectory(config: SceneConfig, world: World | None = None) -> list[TrajectorySample]:
@@ -327,16 +328,20 @@ def plan_trajectory(config: SceneConfig, world: World | None = None) -> list[Tra
     return samples
 
 
-def generate_frames(config: SceneConfig = SceneConfig(), world: World | None = None) -> Iterator[SceneFrame]:
-    """Yield the rendered frames of all laps in time order (deterministic for a given config)."""
+def generate_frames(
+    config: SceneConfig = SceneConfig(), world: World | None = None, *, depth: bool = False
+) -> Iterator[SceneFrame]:
+    """Yield the rendered frames of all laps in time order (deterministic for a given config); with
+    ``depth`` each frame also carries its aligned depth image (:func:`render_with_depth`)."""
     world = world or build_world(config)
     noise_rng = np.random.default_rng(config.seed + 2)
     for sample in plan_trajectory(config, world):
         changed = sample.lap >= 1
-        rgb = render(
+        rgb, depth_m = render_with_depth(
             world, np.array(sample.position[:2]), sample.yaw, brightness=config.brightness if changed else 1.0
         )
         if changed and config.noise_sigma > 0:
             noise = noise_rng.normal(0.0, config.noise_sigma, size=rgb.shape)
             rgb = np.clip(rgb + noise, 0, 255).astype(np.uint8)
-        yield SceneFrame(**{f.name: getattr(sample, f.name) for f in dataclasses.fields(sample)}, rgb=rgb)
+        fields = {f.name: getattr(sample, f.name) for f in dataclasses.fields(sample)}
+        yield SceneFrame(**fields, rgb=rgb, depth=depth_m if depth else None)
