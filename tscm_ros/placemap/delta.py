@@ -69,15 +69,22 @@ def read_vectors(path: Path, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 def write_rows(conn: sqlite3.Connection, path: Path, touched: np.ndarray) -> None:
     """Write the current rows of the ``touched`` place ids from ``conn`` (the working copy) to ``path``."""
-    target = sqlite3.connect(str(path))
+    # No journal and no syncs while writing: the file is new, in a staging folder that a crash discards,
+    # and the caller fsyncs it once complete.
+    target = sqlite3.connect(str(path), isolation_level=None)
     try:
-        target.executescript(SCHEMA_V1 + SCHEMA_V2 + _TOUCHED)
-        target.execute("INSERT INTO info VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        target.commit()
+        target.execute("PRAGMA journal_mode=OFF")
+        target.execute("PRAGMA synchronous=OFF")
+        target.executescript(
+            "BEGIN;" + SCHEMA_V1 + SCHEMA_V2 + _TOUCHED
+            + f"INSERT INTO info VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;"
+        )  # fmt: skip
     finally:
         target.close()
     conn.execute("ATTACH DATABASE ? AS delta", (str(path),))
     try:
+        conn.execute("PRAGMA delta.journal_mode=OFF")
+        conn.execute("PRAGMA delta.synchronous=OFF")
         with conn:
             conn.execute("BEGIN")
             conn.executemany("INSERT INTO delta.touched VALUES (?)", [(int(i),) for i in touched])
