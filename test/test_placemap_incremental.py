@@ -14,6 +14,7 @@ import pytest
 from test_placemap import DIM, metas, unit_vectors, version_dir
 
 from tscm_ros.placemap import MapError, PlaceMap, PlaceMeta
+from tscm_ros.placemap.layout import sha256_file
 
 
 def meta_of(root: Path) -> dict:
@@ -64,7 +65,9 @@ def test_incremental_saves_round_trip(tmp_path: Path, spec: str) -> None:
     assert sorted(p.name for p in version.iterdir() if p.name.startswith("delta-")) == [
         f"delta-{s:06d}.{ext}" for s in (1, 2, 3) for ext in ("sqlite", "vec")
     ]
+    before = {p.name: (sha256_file(p), p.stat().st_mtime_ns) for p in version.iterdir()}
     loaded = PlaceMap.load(root, model_fingerprint="fp")
+    assert {p.name: (sha256_file(p), p.stat().st_mtime_ns) for p in version.iterdir()} == before  # read-only
     assert loaded.delta_count == 3 and loaded.spec == place_map.spec
     same_state(loaded, place_map, data[:160:7])
     assert loaded.get_features([7, 8]) == {7: b"new features"} and loaded.get_thumbnail(7) == b"thumb"
