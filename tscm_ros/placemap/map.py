@@ -1,5 +1,9 @@
 """PlaceMap: a faiss index of L2-normalised descriptors plus SQLite metadata, saved atomically.
 
+Each place may also carry opaque local-feature bytes and a thumbnail (SQLite tables with a CRC-32 per
+row, saved with the rest). Saves are incremental when possible (see :meth:`PlaceMap.save` and
+:mod:`.delta`); loads validate every file and field (:mod:`.validate`).
+
 Training rule (IVF and PCA specs): until the map holds ``spec.train_threshold`` places, descriptors are
 kept in an exact inner-product buffer (searched exactly, saved as such). The add() that reaches the
 threshold trains the spec's index on every buffered descriptor, moves them into it and drops the buffer;
@@ -88,7 +92,7 @@ class _Chain:
     root: Path  # resolved map directory
     version: str  # version folder name
     meta: dict
-    generation: int  # bumped by every full save / compaction: a running compaction of another is stale
+    generation: int  # changes with every full save / compaction: a compaction started before is stale
 
 
 # Auto-compaction: after a save whose chain has this many deltas, or whose deltas are this large a
