@@ -61,6 +61,21 @@ def bases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         place_map.save(folder / name)
         place_map.close()
         out[name] = folder / name
+    # "delta": a flat map saved incrementally: base of 20 places, then delta 1 (+10, -1 removed, features
+    # changed) and delta 2 (+5)
+    place_map = PlaceMap.create(DIM, "flat", model_fingerprint="fp")
+    place_map.compact_after_deltas = None
+    place_map.add(VECTORS[:20], metas(20), features=[b"f" * 300] * 20)
+    place_map.save(folder / "delta")
+    place_map.add(VECTORS[20:30], metas(10, start=20), features=[b"g" * 300] * 10)
+    place_map.remove([4])
+    place_map.set_features(5, b"changed")
+    place_map.save()
+    place_map.add(VECTORS[30:35], metas(5, start=30))
+    place_map.save()
+    assert place_map.delta_count == 2
+    place_map.close()
+    out["delta"] = folder / "delta"
     return out
 
 
@@ -634,7 +649,179 @@ def layout_cases() -> list[Case]:
     ]
 
 
-CASES = field_cases() + map_json_byte_cases() + file_cases() + index_cases() + sqlite_cases() + layout_cases()
+def write_vec(
+    ids: np.ndarray, vectors: np.ndarray, removed: np.ndarray, tail: bytes = b""
+) -> Callable[[Path], None]:
+    """Replace delta 1's vector file (checksum recomputed)."""
+
+    def mutate(root: Path) -> None:
+        path = vdir(root) / "delta-000001.vec"
+        with open(path, "wb") as stream:
+            for array in (ids, vectors, removed):
+                np.lib.format.write_array(stream, array, allow_pickle=array.dtype == object)
+            stream.write(tail)
+        refresh(root, path.name)
+
+    return mutate
+
+
+def edit_meta(edit: Callable[[dict], None]) -> Callable[[Path], None]:
+    def mutate(root: Path) -> None:
+        meta = read_meta(root)
+        edit(meta)
+        write_meta(root, meta)
+
+    return mutate
+
+
+def drop_last_delta(meta: dict) -> None:
+    entry = meta["deltas"].pop()
+    for suffix in ("vec", "sqlite"):
+        meta["files"].pop(f"delta-{entry['seq']:06d}.{suffix}")
+
+
+def delta_cases() -> list[Case]:
+    c, cons, fmt = MapCorruptError, MapConsistencyError, MapFormatError
+    vec, db = "delta-000001.vec", "delta-000001.sqlite"
+    ids10 = np.arange(20, 30, dtype=np.int64)
+    good = VECTORS[20:30]
+    removed = np.array([4], np.int64)
+    cases = []
+    for name in (vec, db, "delta-000002.vec"):
+        cases += [
+            Case(
+                f"delta:{name}:deleted",
+                "delta",
+                lambda r, n=name: (vdir(r) / n).unlink(),
+                MapNotFoundError,
+                (name,),
+            ),
+            Case(
+                f"delta:{name}:truncated",
+                "delta",
+                edit_bytes(name, lambda d: d[: len(d) // 2], recompute=False),
+                c,
+                (name,),
+            ),
+            Case(f"delta:{name}:flip", "delta", edit_bytes(name, flip(0.6), recompute=False), c, (name,)),
+            Case(
+                f"delta:{name}:garbage+sum", "delta", edit_bytes(name, garbage(), recompute=True), c, (name,)
+            ),
+            Case(
+                f"delta:{name}:truncated+sum",
+                "delta",
+                edit_bytes(name, lambda d: d[: len(d) // 2], recompute=True),
+                c,
+                (name,),
+            ),
+        ]
+    cases += [
+        Case(
+            "delta:vec:wrong-dim", "delta", write_vec(ids10, np.ones((10, 8), np.float32), removed), c, (vec,)
+        ),
+        Case("delta:vec:float64", "delta", write_vec(ids10, good.astype(np.float64), removed), c, (vec,)),
+        Case("delta:vec:negative-ids", "delta", write_vec(-ids10, good, removed), c, (vec,)),
+        Case(
+            "delta:vec:nan",
+            "delta",
+            write_vec(ids10, np.full((10, DIM), np.nan, np.float32), removed),
+            c,
+            (vec,),
+        ),
+        Case("delta:vec:trailing", "delta", write_vec(ids10, good, removed, b"x"), c, (vec,)),
+        Case("delta:vec:pickled", "delta", write_vec(np.array([1], object), good, removed), c, (vec,)),
+        Case("delta:vec:count-mismatch", "delta", write_vec(ids10[:9], good[:9], removed), cons, ("deltas",)),
+        Case("delta:vec:duplicate-ids", "delta", write_vec(ids10 - 10, good, removed), cons, ("ids",)),
+        Case(
+            "delta:vec:remove-unknown",
+            "delta",
+            write_vec(ids10, good, np.array([99], np.int64)),
+            cons,
+            ("index.faiss",),
+        ),
+        Case("delta:db:no-touched", "delta", lambda r: sql_file(r, db, "DROP TABLE touched"), c, (db,)),
+        Case("delta:db:schema", "delta", lambda r: sql_file(r, db, "UPDATE info SET value='1'"), c, (db,)),
+        Case(
+            "delta:db:conflict",
+            "delta",
+            lambda r: sql_file(
+                r, db, "INSERT INTO places (place_id, stamp_ns, keyframe_index) VALUES (0, 0, 0)"
+            ),
+            c,
+            (db,),
+        ),
+        Case("delta:json:format1", "delta", set_field(("format_version",), 1), fmt, ("base_seq", "deltas")),
+    ]
+    for field, values in (
+        ("deltas", [MISSING, None, "x", {}, [{}], [1]]),
+        ("base_seq", [MISSING, None, -1, "0", 1.5, 1]),
+    ):
+        for k, value in enumerate(values):
+            cases.append(
+                Case(
+                    f"delta:json:{field}={'missing' if value is MISSING else repr(value)}#{k}",
+                    "delta",
+                    set_field((field,), value),
+                    c,
+                    (field, "deltas"),
+                )
+            )
+    cases += [
+        Case(
+            "delta:json:seq-repeated", "delta", edit_meta(lambda m: m["deltas"][1].update(seq=1)), c, ("seq",)
+        ),
+        Case("delta:json:seq-reordered", "delta", edit_meta(lambda m: m["deltas"].reverse()), c, ("seq",)),
+        Case(
+            "delta:json:extra-key",
+            "delta",
+            edit_meta(lambda m: m["deltas"][0].update(x=1)),
+            c,
+            ("deltas[0]",),
+        ),
+        Case(
+            "delta:json:added-off",
+            "delta",
+            edit_meta(lambda m: m["deltas"][0].update(added=9)),
+            cons,
+            ("deltas",),
+        ),
+        Case(
+            "delta:json:removed-off",
+            "delta",
+            edit_meta(lambda m: m["deltas"][0].update(removed=0)),
+            cons,
+            ("deltas",),
+        ),
+        Case(
+            "delta:json:unknown-file",
+            "delta",
+            edit_meta(lambda m: m["files"].update({"delta-000099.vec": m["files"][vec]})),
+            c,
+            ("delta-000099.vec",),
+        ),
+        Case("delta:json:file-entry-missing", "delta", edit_meta(lambda m: m["files"].pop(db)), c, (db,)),
+        Case("delta:json:delta-dropped", "delta", edit_meta(drop_last_delta), cons, ("counts",)),
+    ]
+    return cases
+
+
+def sql_file(root: Path, name: str, statement: str) -> None:
+    conn = sqlite3.connect(vdir(root) / name)
+    with conn:
+        conn.execute(statement)
+    conn.close()
+    refresh(root, name)
+
+
+CASES = (
+    field_cases()
+    + map_json_byte_cases()
+    + file_cases()
+    + index_cases()
+    + sqlite_cases()
+    + layout_cases()
+    + delta_cases()
+)
 
 
 def test_case_ids_are_unique() -> None:
@@ -661,10 +848,10 @@ def test_damaged_map_raises_one_line_map_error(
     )
 
 
-@pytest.mark.parametrize("base", list(BASES))
+@pytest.mark.parametrize("base", [*BASES, "delta"])
 def test_undamaged_bases_load(base: str, bases: dict[str, Path], workdir_parent: Path) -> None:
     place_map = PlaceMap.load(bases[base], dim=DIM, model_fingerprint="fp")
-    spec, count, removed = BASES[base]
+    spec, count, removed = BASES.get(base, ("flat", 35, [4]))
     assert len(place_map) == count - len(removed)
     assert place_map.search(VECTORS[count - 1], 1)[0].place_id == count - 1
     place_map.close()

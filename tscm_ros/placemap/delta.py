@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 
@@ -69,15 +70,22 @@ def read_vectors(path: Path, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 def write_rows(conn: sqlite3.Connection, path: Path, touched: np.ndarray) -> None:
     """Write the current rows of the ``touched`` place ids from ``conn`` (the working copy) to ``path``."""
-    target = sqlite3.connect(str(path))
+    # No journal and no syncs while writing: the file is new, in a staging folder that a crash discards,
+    # and the caller fsyncs it once complete.
+    target = sqlite3.connect(str(path), isolation_level=None)
     try:
-        target.executescript(SCHEMA_V1 + SCHEMA_V2 + _TOUCHED)
-        target.execute("INSERT INTO info VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        target.commit()
+        target.execute("PRAGMA journal_mode=OFF")
+        target.execute("PRAGMA synchronous=OFF")
+        target.executescript(
+            "BEGIN;" + SCHEMA_V1 + SCHEMA_V2 + _TOUCHED
+            + f"INSERT INTO info VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;"
+        )  # fmt: skip
     finally:
         target.close()
     conn.execute("ATTACH DATABASE ? AS delta", (str(path),))
     try:
+        conn.execute("PRAGMA delta.journal_mode=OFF")
+        conn.execute("PRAGMA delta.synchronous=OFF")
         with conn:
             conn.execute("BEGIN")
             conn.executemany("INSERT INTO delta.touched VALUES (?)", [(int(i),) for i in touched])
@@ -90,10 +98,22 @@ def write_rows(conn: sqlite3.Connection, path: Path, touched: np.ndarray) -> Non
         conn.execute("DETACH DATABASE delta")
 
 
+def read_only_uri(path: Path) -> str:
+    """SQLite URI that opens ``path`` read-only and immutable (saved files are shared by hard links and
+    must never be written, not even by a journal recovery). Needs a connection opened with ``uri=True``."""
+    return f"file:{quote(str(Path(path).absolute()))}?mode=ro&immutable=1"
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection to ``path`` that honours the URIs of :func:`read_only_uri` in ATTACH."""
+    return sqlite3.connect(f"file:{quote(str(Path(path).absolute()))}", uri=True, isolation_level=None,
+                           check_same_thread=False)  # fmt: skip
+
+
 def apply_rows(conn: sqlite3.Connection, path: Path, label: str | Path) -> None:
     """Apply the delta database ``path`` to ``conn``; errors name ``label`` (the saved delta file)."""
     try:
-        conn.execute("ATTACH DATABASE ? AS delta", (str(path),))
+        conn.execute("ATTACH DATABASE ? AS delta", (read_only_uri(path),))
     except sqlite3.Error as exc:
         raise MapCorruptError(f"{label}: cannot open the delta database ({one_line(exc)})") from None
     try:

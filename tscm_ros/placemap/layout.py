@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 from .errors import MapCorruptError, MapError, MapNotFoundError, one_line
@@ -39,6 +40,9 @@ MAP_JSON = "map.json"
 INDEX_FILE = "index.faiss"
 DB_FILE = "places.sqlite"
 _VERSION_RE = re.compile(r"^v(\d{8})$")
+_STAGING_RE = re.compile(r"^\.tmp-(\d+)-")
+_ACTIVE: set[str] = set()  # staging folders in use by this process (absolute paths)
+_ACTIVE_LOCK = threading.Lock()
 
 
 def sha256_file(path: Path) -> str:
@@ -92,8 +96,12 @@ def resolve_version_dir(path: Path) -> Path:
     raise MapNotFoundError(f"{path} is not a place map (no '{CURRENT_LINK}' link and no {MAP_JSON})")
 
 
-def new_staging_dir(root: Path) -> Path:
-    """Create ``root`` if needed (refusing non-map folders) and a fresh staging folder inside it."""
+def new_staging_dir(root: Path, kind: str = "") -> Path:
+    """Create ``root`` if needed (refusing non-map folders) and a fresh staging folder inside it.
+
+    The folder is ``.tmp-<pid>-<kind><random>`` and registered as in use until :func:`release_staging`
+    (or the commit): pruning never deletes a folder in use by this process or by another live process.
+    """
     root = Path(root)
     if root.exists():
         if not root.is_dir():
@@ -111,7 +119,18 @@ def new_staging_dir(root: Path) -> Path:
     else:
         root.mkdir(parents=True)
         fsync_path(root.parent)
-    return Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-{kind}", dir=root))
+    with _ACTIVE_LOCK:
+        _ACTIVE.add(str(staging.absolute()))
+    return staging
+
+
+def release_staging(staging: Path, *, remove: bool = True) -> None:
+    """Forget (and by default delete) a staging folder of this process."""
+    with _ACTIVE_LOCK:
+        _ACTIVE.discard(str(Path(staging).absolute()))
+    if remove:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def delta_names(seq: int) -> tuple[str, str]:
@@ -134,6 +153,7 @@ def commit_staging_dir(root: Path, staging: Path, keep: set[str] | frozenset[str
     numbers = [int(m.group(1)) for e in root.iterdir() if (m := _VERSION_RE.match(e.name))]
     version = root / f"v{max(numbers, default=0) + 1:08d}"
     os.rename(staging, version)
+    release_staging(staging, remove=False)
     fsync_path(root)
     link = root / CURRENT_LINK
     previous = os.readlink(link) if link.is_symlink() else ""
@@ -147,9 +167,29 @@ def commit_staging_dir(root: Path, staging: Path, keep: set[str] | frozenset[str
     return version
 
 
+def _staging_in_use(entry: Path) -> bool:
+    """A ``.tmp-<pid>-*`` folder of this process still registered, or of another process still alive."""
+    match = _STAGING_RE.match(entry.name)
+    if match is None:
+        return False  # older naming: left by a crashed save
+    pid = int(match.group(1))
+    if pid == os.getpid():
+        with _ACTIVE_LOCK:
+            return str(entry.absolute()) in _ACTIVE
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def _prune(root: Path, keep: set[str]) -> None:
     for entry in root.iterdir():
         if entry.name == CURRENT_LINK or entry.name in keep:
+            continue
+        if entry.name.startswith(".tmp-") and _staging_in_use(entry):
             continue
         if _VERSION_RE.match(entry.name) or entry.name.startswith(".tmp-"):
             if entry.is_symlink() or entry.is_file():

@@ -1,5 +1,9 @@
 """PlaceMap: a faiss index of L2-normalised descriptors plus SQLite metadata, saved atomically.
 
+Each place may also carry opaque local-feature bytes and a thumbnail (SQLite tables with a CRC-32 per
+row, saved with the rest). Saves are incremental when possible (see :meth:`PlaceMap.save` and
+:mod:`.delta`); loads validate every file and field (:mod:`.validate`).
+
 Training rule (IVF and PCA specs): until the map holds ``spec.train_threshold`` places, descriptors are
 kept in an exact inner-product buffer (searched exactly, saved as such). The add() that reaches the
 threshold trains the spec's index on every buffered descriptor, moves them into it and drops the buffer;
@@ -15,7 +19,6 @@ import math
 import os
 import shutil
 import sqlite3
-import tempfile
 import threading
 import time
 import weakref
@@ -89,12 +92,12 @@ class _Chain:
     root: Path  # resolved map directory
     version: str  # version folder name
     meta: dict
-    generation: int  # bumped by every full save / compaction: a running compaction of another is stale
+    generation: int  # changes with every full save / compaction: a compaction started before is stale
 
 
 # Auto-compaction: after a save whose chain has this many deltas, or whose deltas are this large a
 # fraction of the base, compact in the background. Past MAX_CHAIN deltas a save is a full save.
-COMPACT_AFTER_DELTAS = 32
+COMPACT_AFTER_DELTAS = 64
 COMPACT_BYTES_RATIO = 0.25
 MAX_CHAIN = 1000
 
@@ -149,7 +152,6 @@ class PlaceMap:
         self._needs_full = False
         self.compact_after_deltas: int | None = COMPACT_AFTER_DELTAS  # None: never compact automatically
         self._compactor: threading.Thread | None = None
-        self._compact_dir: str | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -687,11 +689,8 @@ class PlaceMap:
         chain = self._chain
         if chain is None or self._needs_full or len(chain.meta["deltas"]) >= MAX_CHAIN:
             return False
-        try:  # still our version: no other writer replaced it
-            return (
-                root.resolve() == chain.root
-                and (root / layout.CURRENT_LINK).resolve() == root.resolve() / chain.version
-            )
+        try:
+            return root.resolve() == chain.root and _is_current(chain)
         except OSError:
             return False
 
@@ -719,8 +718,7 @@ class PlaceMap:
 
     def _commit(self, root: Path, staging: Path, meta: dict, generation: int) -> Path:
         _write_map_json(staging, meta)
-        keep = {self._compact_dir} if self._compact_dir else set()
-        version = layout.commit_staging_dir(root, staging, keep=keep)
+        version = layout.commit_staging_dir(root, staging)
         self._chain = _Chain(root.resolve(), version.name, meta, generation)
         return version
 
@@ -735,7 +733,7 @@ class PlaceMap:
             self._generation += 1
             version = self._commit(root, staging, self._meta(files, [], base_seq), self._generation)
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            layout.release_staging(staging)
             raise
         self._pending.clear()
         self._needs_full = False
@@ -750,7 +748,7 @@ class PlaceMap:
                 layout.link_files(root / chain.version, staging, persist.all_files(chain.meta))
             except OSError as exc:
                 _LOG.info("incremental save not possible in %s (%s): saving in full", root, one_line(exc))
-                shutil.rmtree(staging, ignore_errors=True)
+                layout.release_staging(staging)
                 return None
             files, deltas = dict(chain.meta["files"]), list(chain.meta["deltas"])
             pending = self._pending
@@ -774,7 +772,7 @@ class PlaceMap:
                 root, staging, self._meta(files, deltas, chain.meta["base_seq"]), chain.generation
             )
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            layout.release_staging(staging)
             raise
         self._pending.clear()
         return version
@@ -824,16 +822,19 @@ class PlaceMap:
         chain = self._chain
         if chain is None or not chain.meta["deltas"] or (self._compactor and self._compactor.is_alive()):
             return False
-        work = Path(tempfile.mkdtemp(prefix=".tmp-compact-", dir=chain.root))
+        try:
+            work = layout.new_staging_dir(chain.root, kind="compact-")
+        except (OSError, MapError) as exc:
+            _LOG.warning("cannot compact %s (%s)", chain.root, one_line(exc))
+            return False
         try:
             (work / "src").mkdir()
             (work / "out").mkdir()
             layout.link_files(chain.root / chain.version, work / "src", persist.all_files(chain.meta))
         except OSError as exc:
-            shutil.rmtree(work, ignore_errors=True)
+            layout.release_staging(work)
             _LOG.warning("cannot compact %s (%s)", chain.root, one_line(exc))
             return False
-        self._compact_dir = work.name
         self._compactor = threading.Thread(
             target=self._compact, args=(chain, work), name="placemap-compact", daemon=True
         )
@@ -857,14 +858,11 @@ class PlaceMap:
             with self._lock:
                 self._needs_full = True
         finally:
-            shutil.rmtree(work, ignore_errors=True)
-            with self._lock:
-                if self._compact_dir == work.name:
-                    self._compact_dir = None
+            layout.release_staging(work)
 
     def _commit_compaction(self, snapshot: _Chain, work: Path, entries: dict) -> None:
         current = self._chain
-        if current is None or current.generation != snapshot.generation or current.root != snapshot.root:
+        if current is None or current.generation != snapshot.generation or not _is_current(current):
             _LOG.info("compaction of %s discarded: the map was saved in full meanwhile", snapshot.root)
             return
         folded = _last_seq(snapshot.meta)
@@ -882,7 +880,7 @@ class PlaceMap:
             self._generation += 1
             self._commit(root, staging, meta, self._generation)
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            layout.release_staging(staging)
             raise
 
     def _maybe_autosave(self) -> None:
@@ -899,6 +897,14 @@ def _cleanup(store: MetadataStore, workdir: WorkDir) -> None:
         store.close()
     finally:
         workdir.release()
+
+
+def _is_current(chain: _Chain) -> bool:
+    """``current`` still points at the chain's version (no other writer replaced it)."""
+    try:
+        return (chain.root / layout.CURRENT_LINK).resolve() == chain.root / chain.version
+    except OSError:
+        return False
 
 
 def _last_seq(meta: dict) -> int:

@@ -58,11 +58,13 @@ def build_base(source: Path, meta: dict, out: Path) -> dict[str, dict]:
         validate.verify_file(source / name, meta["files"][name])
     index = validate.read_index(source / layout.INDEX_FILE)
     shutil.copyfile(source / layout.DB_FILE, out / layout.DB_FILE)
-    conn = sqlite3.connect(str(out / layout.DB_FILE), isolation_level=None)
+    conn = delta.connect(out / layout.DB_FILE)
     try:
         stored = conn.execute("SELECT value FROM info WHERE key='schema_version'").fetchone()
         if stored is None or stored[0] != str(SCHEMA_VERSION):
             raise MapCorruptError(f"{source / layout.DB_FILE}: base schema {stored} is not {SCHEMA_VERSION}")
+        conn.execute("PRAGMA journal_mode=OFF")  # a fresh copy in a scratch folder; fsynced when complete
+        conn.execute("PRAGMA synchronous=OFF")
         apply_deltas(source, meta, index, conn)
         conn.execute("PRAGMA journal_mode=DELETE")
     finally:

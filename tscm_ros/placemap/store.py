@@ -11,6 +11,7 @@ import sqlite3
 import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 
@@ -87,7 +88,12 @@ class MetadataStore:
         self.label = str(label) if label is not None else str(self.path)  # the file named in errors
         self.migrated_from: int | None = None
         try:
-            self.conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            self.conn = sqlite3.connect(  # uri=True: delta files are attached read-only by URI
+                f"file:{quote(str(self.path.absolute()))}",
+                uri=True,
+                check_same_thread=False,
+                isolation_level=None,
+            )
         except sqlite3.Error as exc:
             raise MapCorruptError(f"{self.label}: cannot open the database ({one_line(exc)})") from exc
         try:
