@@ -21,8 +21,8 @@ Scoring, per query keyframe ``j`` of the window and map keyframe ``k``:
 3. **Lines** -- for a candidate at map keyframe ``m`` and a past query keyframe ``dq = q_t - q_j`` query
    keyframes ago, the line of speed ``v`` expects map keyframe ``m - v * dq``; the query contributes the
    best value of its top-K map keyframes within ``tolerance_keyframes`` of that, else its floor. Speeds
-   are ``speed_steps`` values evenly spaced over ``[min_speed, max_speed]`` (map keyframes per query
-   keyframe; with ``reverse`` also their negatives: the map route traversed backwards).
+   (map keyframes per query keyframe) cover ``[min_speed, max_speed]`` on a grid through 1 (see
+   ``speed_steps``); with ``reverse`` also their negatives: the map route traversed backwards.
 4. **Score** -- ``mean over the window's n query keyframes (the current one included) - speed_penalty *
    |log2 |v||`` for the best ``v``; the penalty is a prior for equal speeds that keeps lines from
    drifting through ambiguous stretches. ``full`` when ``n == length``; ``accepted`` = ``full and
@@ -63,8 +63,8 @@ class SequenceConfig:
     ``length``: query keyframes per sequence (``L``); 0 = off: scores are the single-frame query-contrast
     ``z`` (the similarity ranking), ``full`` is always true.
     ``candidates_per_keyframe``: the top-K the caller retrieves per keyframe (longer inputs are cut).
-    ``speed_steps``: 0 = enough that the far ends of neighbouring lines are at most
-    ``tolerance_keyframes`` apart (at most 64).
+    ``speed_steps``: 0 = a grid through speed 1 whose neighbouring lines' far ends are
+    ``tolerance_keyframes`` apart, plus the range ends (at most 64 speeds); N = N speeds evenly spaced.
     """
 
     length: int = 0
@@ -75,7 +75,7 @@ class SequenceConfig:
     candidates_per_keyframe: int = 50
     tolerance_keyframes: float = 1.0
     missing_penalty: float = 0.5
-    speed_penalty: float = 0.6
+    speed_penalty: float = 0.3
     place_normalisation: bool = True
     place_prior_count: float = 5.0
     min_score: float = 1.0
@@ -121,11 +121,16 @@ class SequenceConfig:
         low, high = self.min_speed, self.max_speed
         if odometry:
             low, high = 1.0 / (1.0 + self.odometry_tolerance), 1.0 + self.odometry_tolerance
-        steps = self.speed_steps
-        if steps == 0:
-            span = (high - low) * max(self.window - 1, 1)
-            steps = min(_MAX_AUTO_SPEED_STEPS, math.ceil(span / max(self.tolerance_keyframes, 0.25)) + 1)
-        speeds = np.linspace(low, high, steps) if steps > 1 else np.array([math.sqrt(low * high)])
+        if self.speed_steps:
+            steps = self.speed_steps
+            speeds = np.linspace(low, high, steps) if steps > 1 else np.array([math.sqrt(low * high)])
+        else:  # a grid through speed 1 (when in range), plus both ends
+            step = max(self.tolerance_keyframes, 0.25) / max(self.window - 1, 1)
+            step = max(step, (high - low) / (_MAX_AUTO_SPEED_STEPS - 2))
+            anchor = 1.0 if low <= 1.0 <= high else low
+            first, last = math.ceil((low - anchor) / step - 1e-9), math.floor((high - anchor) / step + 1e-9)
+            grid = np.clip(anchor + step * np.arange(first, last + 1), low, high)
+            speeds = np.unique(np.round(np.concatenate([[low], grid, [high]]), 12))
         if self.reverse:
             speeds = np.concatenate([-speeds[::-1], speeds])
         return speeds
