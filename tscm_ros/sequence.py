@@ -29,9 +29,15 @@ Scoring, per query keyframe ``j`` of the window and map keyframe ``k``:
    score >= min_score``.
 
 Odometry: with ``map_spacing_m > 0`` (the map's distance between consecutive keyframes) and ``travel_m``
-given for every keyframe of the window, the query axis becomes distance travelled in map keyframes
-(``sum(travel_m) / map_spacing_m``) instead of keyframe count, and speeds only cover the odometry scale
-error ``[1 / (1 + odometry_tolerance), 1 + odometry_tolerance]`` (``reverse`` adds the negatives).
+given for every keyframe of the window but the oldest, the query axis becomes distance travelled in map
+keyframes (``sum(travel_m) / map_spacing_m``) instead of keyframe count, and speeds only cover the
+odometry scale error ``[1 / (1 + odometry_tolerance), 1 + odometry_tolerance]`` (``reverse`` adds the
+negatives). Otherwise (no spacing, or a keyframe without ``travel_m``) the keyframe axis is used.
+
+Exclusions: the caller filters each top-K as for single frames (e.g. :meth:`PlaceMap.search_arrays` with
+the mapping-mode time / keyframe exclusions) before :meth:`SequenceMatcher.update`; excluded places
+count as not retrieved. Places of another session are fine as long as their keyframe indices continue
+along their own route (lines are straight in map keyframe index).
 
 Breaks: the window is cleared (the current keyframe starts a new sequence; place statistics are kept)
 when time goes backwards or the keyframe index does not increase (bag loop / restart), when the keyframe
@@ -142,9 +148,9 @@ class SequenceScore:
 
     ``keyframe_index``: the place's map keyframe index. ``score``: see the module docstring. ``length``:
     query keyframes used. ``speed``: the best line's slope in map keyframes per query keyframe (negative:
-    reverse). ``full``: ``length == config.length``. ``hits``: query keyframes whose top-K had a map
-    keyframe on that line. ``similarity``: the place's single-frame similarity. ``accepted``: ``full`` and
-    ``score >= config.min_score``.
+    reverse; 1.0 for a single keyframe). ``full``: ``length == config.length``. ``hits``: query keyframes
+    whose top-K had a map keyframe on that line. ``similarity``: the place's single-frame similarity.
+    ``accepted``: ``full`` and ``score >= config.min_score``.
     """
 
     place_id: int
