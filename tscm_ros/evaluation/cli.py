@@ -5,9 +5,12 @@ Examples::
     tscm_evaluate --dataset corridor:../shared/data/corridor --model models/student --out eval/corridor
     tscm_evaluate --dataset folders:../shared/data/vpr_triplets --untrained --out eval/triplets
     tscm_evaluate --dataset vprbench:DIR --descriptors db.npy,q.npy --out eval/x
+    tscm_evaluate --dataset corridor:../shared/data/corridor --untrained --sequence 5,10,20 --out eval/seq
 
 Writes ``results.json``, ``pr_curve.png`` and ``recall_at_n.png`` into ``--out`` (plus the computed
 descriptors as ``database.npy`` / ``queries.npy`` when a model ran) and prints a markdown table.
+``--sequence L`` adds sequence-matched Recall@N (:mod:`tscm_ros.evaluation.sequence_eval`; database and
+queries must each be one traversal in order) next to the single-frame values.
 """
 
 from __future__ import annotations
@@ -40,6 +43,16 @@ def _parse_ns(text: str) -> tuple[int, ...]:
     return ns
 
 
+def _parse_lengths(text: str) -> tuple[int, ...]:
+    try:
+        lengths = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--sequence takes comma-separated integers, got {text!r}") from None
+    if not lengths or lengths[0] < 1:
+        raise argparse.ArgumentTypeError(f"--sequence lengths must be >= 1, got {text!r}")
+    return lengths
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tscm_evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -62,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ns", type=_parse_ns, default=metrics.DEFAULT_NS, help="recall@N values, e.g. 1,5,10,20"
     )
+    parser.add_argument(
+        "--sequence", type=_parse_lengths, default=(),
+        help="also sequence-matched recall@N at these sequence lengths L, e.g. 10 or 5,10,20 "
+        "(database and queries in traversal order)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
@@ -147,6 +165,40 @@ def evaluate(
             "pr": pr.to_dict(),
         }
     return results
+
+
+def _evaluate_sequences(
+    database: np.ndarray,
+    queries: np.ndarray,
+    dataset: RetrievalDataset,
+    ns: Sequence[int],
+    lengths: Sequence[int],
+    results: dict,
+) -> None:
+    """Add ``results[protocol]["sequence"][str(L)]``: sequence and single-frame recall@N (same top-K)."""
+    from .sequence_eval import sequence_recall_at_n
+
+    database, queries = _normalise(database), _normalise(queries)
+    for name, r in results.items():
+        r["sequence"] = {}
+        for length in lengths:
+            found = sequence_recall_at_n(database, queries, dataset.positives[name], length, ns)
+            r["sequence"][str(length)] = {
+                "recall": {str(n): v for n, v in found.recall.items()},
+                "single_frame_recall": {str(n): v for n, v in found.single_frame_recall.items()},
+                "partial_queries": found.partial_queries,
+            }
+
+
+def _print_sequences(results: dict, ns: Sequence[int]) -> None:
+    header = ["protocol", "L"] + [f"R@{n} (seq)" for n in ns] + [f"R@{n} (single)" for n in ns]
+    print("\nsequence matching (first L-1 queries use partial sequences)\n")
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for name, r in results.items():
+        for length, s in r["sequence"].items():
+            cells = [name, length] + [f"{v:.4f}" for v in s["recall"].values()]
+            cells += [f"{v:.4f}" for v in s["single_frame_recall"].values()]
+            print("| " + " | ".join(cells) + " |")
 
 
 def _plot(results: dict, out: Path, title: str) -> None:
@@ -240,6 +292,8 @@ def _run(args: argparse.Namespace) -> int:
         np.save(args.out / "database.npy", database)
         np.save(args.out / "queries.npy", queries)
     results = evaluate(database, queries, dataset, args.ns, args.protocol)
+    if args.sequence:
+        _evaluate_sequences(database, queries, dataset, args.ns, args.sequence, results)
     report = {
         "dataset": {"spec": args.dataset, "name": dataset.name, "database": len(dataset.database),
                     "queries": len(dataset.queries)},
@@ -262,6 +316,8 @@ def _run(args: argparse.Namespace) -> int:
             f"{pr['recall_at_100_precision']:.4f}",
         ]
         print("| " + " | ".join(cells) + " |")
+    if args.sequence:
+        _print_sequences(results, args.ns)
     print(f"\nwrote {args.out / 'results.json'}, pr_curve.png, recall_at_n.png")
     return 0
 
