@@ -15,6 +15,7 @@ naming what was lost, unless ``allow_partial`` is set: then the read stops clean
 from __future__ import annotations
 
 import logging
+import traceback
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing
@@ -175,15 +176,18 @@ class BagReadStats:
 
 
 def _read_error_reason(error: BaseException) -> str:
-    """Short reason of an exception a storage reader raised mid-read."""
-    kind = type(error)
-    module = kind.__module__
-    if module.startswith(("apsw", "sqlite3")):
-        return "corrupt_database"
-    if module.startswith("rosbags.rosbag2") or "mcap" in module:
-        return "corrupt_chunk"
-    if module.startswith("rosbags.rosbag1"):
-        return "corrupt_record"
+    """Short reason of an exception a storage reader raised mid-read: corrupt_database (sqlite3),
+    corrupt_chunk (mcap), corrupt_record (ROS 1) or read_error, by the exception type or the reader code
+    that raised it (a bare OverflowError / struct.error from the mcap reader is a corrupt chunk)."""
+    module = type(error).__module__
+    places = [module] + [frame.filename for frame in reversed(traceback.extract_tb(error.__traceback__))]
+    for place in places:
+        if "apsw" in place or "sqlite" in place:
+            return "corrupt_database"
+        if "mcap" in place:
+            return "corrupt_chunk"
+        if "rosbag1" in place:
+            return "corrupt_record"
     return "read_error"
 
 
