@@ -30,7 +30,8 @@ setup(
     description="TSCM visual place recognition for ROS 2: student/teacher networks, faiss place maps, "
     "loop-closure candidates, training and evaluation.",
     license="Apache-2.0",
-    tests_require=["pytest"],
+    # colcon test runs pytest when it is a test dependency (setuptools >= 72 drops tests_require)
+    extras_require={"test": ["pytest"]},
     entry_points={
         "console_scripts": [
             # ROS 2 nodes and tools (need rclpy)

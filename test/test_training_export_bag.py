@@ -72,15 +72,15 @@ def test_export_bag_to_csv_dataset(tmp_path, capsys):
     assert len(train.database) == 3 and len(train.queries) == 2
 
     # nothing is overwritten
-    assert main([str(tmp_path / "revisit"), *common]) == 2
+    assert main([str(tmp_path / "revisit"), *common]) == 1
     assert "exists" in capsys.readouterr().err
 
 
 def test_export_errors(tmp_path, capsys):
     write_image_bag(tmp_path / "no_poses", [(i * SECOND, frame_image(i)) for i in range(3)], topic="/cam")
-    assert main([str(tmp_path / "no_poses"), "--out", str(tmp_path / "d")]) == 2
+    assert main([str(tmp_path / "no_poses"), "--out", str(tmp_path / "d")]) == 1
     assert "no pose topic" in capsys.readouterr().err
-    assert main([str(tmp_path / "missing"), "--out", str(tmp_path / "e")]) == 2
+    assert main([str(tmp_path / "missing"), "--out", str(tmp_path / "e")]) == 1
 
 
 def test_split_and_heading_helpers():

@@ -6,14 +6,19 @@ bare ``.db3`` or ``.mcap`` file, or a ROS 1 ``.bag`` file; message types come fr
 the bag (ROS 2 Kilted definitions are the fallback for bags without them).
 
 Bad messages never stop a read: undecodable messages and unsupported images are counted per reason in
-:class:`BagReadStats` and skipped.
+:class:`BagReadStats` and skipped. A damaged bag does: when the storage cannot be read to the end (corrupt
+sqlite pages, mcap chunks, ROS 1 records) or fewer messages come back than the bag's own counts list
+(rosbag2 ``metadata.yaml``, the mcap summary, the ROS 1 index), reading raises :class:`BagDamagedError`
+naming what was lost, unless ``allow_partial`` is set: then the read stops cleanly and the stats say PARTIAL.
 """
 
 from __future__ import annotations
 
 import logging
+import traceback
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,6 +61,29 @@ class BagError(ValueError):
 
 
 @dataclass(frozen=True)
+class TopicLoss:
+    """A topic of which fewer messages were read than the bag lists."""
+
+    topic: str
+    expected: int  # message count of metadata.yaml / the mcap summary / the ROS 1 index
+    read: int  # messages the reader returned
+
+    def __str__(self) -> str:
+        return f"{self.topic}: {self.read} of {self.expected} messages read"
+
+
+class BagDamagedError(BagError):
+    """A bag whose storage could not be read to the end, or that holds fewer messages than it lists."""
+
+    def __init__(self, path: str | Path, stats: BagReadStats) -> None:
+        self.path = Path(path)
+        self.losses: list[TopicLoss] = stats.losses()
+        self.reasons: dict[str, int] = dict(stats.read_errors)
+        self.detail = stats.read_error_detail
+        super().__init__(f"{path}: damaged bag: {stats.damage()}")
+
+
+@dataclass(frozen=True)
 class TopicSummary:
     name: str
     msgtype: str | None
@@ -93,14 +121,42 @@ class BagReadStats:
     pose_messages: int = 0
     frames_with_pose: int = 0
     frames_without_pose: int = 0
+    # damage accounting (see read_messages): topic -> count the bag lists, for topics read in full
+    expected: dict[str, int] = field(default_factory=dict)
+    read: Counter = field(default_factory=Counter)  # topic -> messages the reader returned
+    # reason -> failed reads (corrupt_database, corrupt_chunk, corrupt_record, read_error); each ends a pass
+    read_errors: Counter = field(default_factory=Counter)
+    read_error_detail: str = ""  # the first failure, "ExceptionType: message"
+    partial: bool = False  # the bag was damaged and allow_partial used what could be read
 
     @property
     def skipped(self) -> int:
         return sum(self.errors.values())
 
+    def losses(self) -> list[TopicLoss]:
+        """Topics read in full that returned fewer messages than the bag lists."""
+        return [
+            TopicLoss(topic, count, int(self.read[topic]))
+            for topic, count in sorted(self.expected.items())
+            if self.read[topic] < count
+        ]
+
+    @property
+    def damaged(self) -> bool:
+        return bool(self.read_errors) or bool(self.losses())
+
+    def damage(self) -> str:
+        """What was lost: per topic read/expected and the read failures ("" when nothing)."""
+        parts = [str(loss) for loss in self.losses()]
+        if self.read_errors:
+            reasons = ", ".join(f"{reason}={count}" for reason, count in sorted(self.read_errors.items()))
+            parts.append(f"read failed ({reasons}: {self.read_error_detail})")
+        return "; ".join(parts)
+
     def summary(self) -> str:
         errors = ", ".join(f"{reason}={count}" for reason, count in sorted(self.errors.items())) or "none"
-        text = (
+        text = f"PARTIAL (damaged bag: {self.damage()}); " if self.partial else ""
+        text += (
             f"image topic {self.image_topic}: {self.image_messages} messages, {self.decoded} decoded, "
             f"{self.skipped} skipped ({errors})"
         )
@@ -117,6 +173,84 @@ class BagReadStats:
 
 
 # ------------------------------------------------------------------------------------------ reading
+
+
+def _read_error_reason(error: BaseException) -> str:
+    """Short reason of an exception a storage reader raised mid-read: corrupt_database (sqlite3),
+    corrupt_chunk (mcap), corrupt_record (ROS 1) or read_error, by the exception type or the reader code
+    that raised it (a bare OverflowError / struct.error from the mcap reader is a corrupt chunk)."""
+    module = type(error).__module__
+    places = [module] + [frame.filename for frame in reversed(traceback.extract_tb(error.__traceback__))]
+    for place in places:
+        if "apsw" in place or "sqlite" in place:
+            return "corrupt_database"
+        if "mcap" in place:
+            return "corrupt_chunk"
+        if "rosbag1" in place:
+            return "corrupt_record"
+    return "read_error"
+
+
+def read_messages(
+    reader: AnyReader,
+    connections: Sequence[Any],
+    stats: BagReadStats,
+    *,
+    allow_partial: bool = False,
+    path: str | Path = "",
+    full: bool = True,
+) -> Iterator[tuple[Any, int, Any]]:
+    """``reader.messages(connections=...)`` with damage accounting in ``stats``.
+
+    Counts the messages returned per topic (``stats.read``). A reader exception (corrupt storage) is
+    recorded in ``stats.read_errors`` and, with ``full``, so are the topics' listed counts
+    (``stats.expected``); at the end of a full pass fewer messages than listed is damage too.
+
+    Raises:
+        BagDamagedError: the bag is damaged and not ``allow_partial`` (with it the pass ends cleanly and
+            ``stats.partial`` is set).
+    """
+    connections = list(connections)
+    topics: Counter = Counter()
+    for connection in connections:
+        topics[connection.topic] += int(getattr(connection, "msgcount", 0) or 0)
+    if full:
+        for topic, count in topics.items():
+            stats.expected[topic] = stats.expected.get(topic, 0) + count
+    iterator = reader.messages(connections=connections)
+    try:
+        while True:
+            try:
+                item = next(iterator)
+            except StopIteration:
+                break
+            except Exception as error:  # apsw/sqlite, mcap, struct, OverflowError ...: storage is damaged
+                stats.read_errors[_read_error_reason(error)] += 1
+                if not stats.read_error_detail:
+                    stats.read_error_detail = f"{type(error).__name__}: {error}"
+                LOGGER.debug("bag read failed", exc_info=True)
+                _damaged(stats, allow_partial, path, from_error=error)
+                return
+            stats.read[item[0].topic] += 1
+            yield item
+    finally:
+        iterator.close()
+    if full:
+        for topic, count in topics.items():
+            if stats.read[topic] > count:
+                LOGGER.warning("%s: %s lists %d messages, %d read", path, topic, count, stats.read[topic])
+        if any(stats.read[topic] < count for topic, count in topics.items()):
+            _damaged(stats, allow_partial, path)
+
+
+def _damaged(
+    stats: BagReadStats, allow_partial: bool, path: str | Path, from_error: BaseException | None = None
+) -> None:
+    if not allow_partial:
+        raise BagDamagedError(path, stats) from from_error
+    if not stats.partial:
+        LOGGER.warning("%s: damaged bag, using what could be read: %s", path, stats.damage())
+    stats.partial = True
 
 
 def _default_typestore():
@@ -227,12 +361,26 @@ def _pose_of_message(message: Any, msgtype: str) -> tuple[np.ndarray, np.ndarray
     return position, orientation
 
 
-def read_pose_track(reader: AnyReader, topic: str, stats: BagReadStats | None = None) -> PoseTrack:
-    """All poses of ``topic`` (Odometry, PoseStamped, PoseWithCovarianceStamped) as a :class:`PoseTrack`."""
+def read_pose_track(
+    reader: AnyReader,
+    topic: str,
+    stats: BagReadStats | None = None,
+    *,
+    allow_partial: bool = False,
+    path: str | Path = "",
+) -> PoseTrack:
+    """All poses of ``topic`` (Odometry, PoseStamped, PoseWithCovarianceStamped) as a :class:`PoseTrack`.
+
+    Raises:
+        BagDamagedError: the pose messages cannot all be read, unless ``allow_partial``.
+    """
     connections = [connection for connection in reader.connections if connection.topic == topic]
     samples: list[tuple[int, np.ndarray, np.ndarray]] = []
     frame_id = ""
-    for connection, log_time, raw in reader.messages(connections=connections):
+    read_stats = stats if stats is not None else BagReadStats()
+    for connection, log_time, raw in read_messages(
+        reader, connections, read_stats, allow_partial=allow_partial, path=path
+    ):
         try:
             message = reader.deserialize(raw, connection.msgtype)
             position, orientation = _pose_of_message(message, connection.msgtype)
@@ -270,18 +418,34 @@ def _optional_topic(
     return _choose_topic(reader, requested, msgtypes, role)
 
 
-def read_camera_intrinsics(reader: AnyReader, topic: str) -> CameraIntrinsics | None:
-    """Intrinsics of the first valid CameraInfo message of ``topic`` (None when none is valid)."""
+def read_camera_intrinsics(
+    reader: AnyReader,
+    topic: str,
+    stats: BagReadStats | None = None,
+    *,
+    allow_partial: bool = False,
+    path: str | Path = "",
+) -> CameraIntrinsics | None:
+    """Intrinsics of the first valid CameraInfo message of ``topic`` (None when none is valid).
+
+    Raises:
+        BagDamagedError: the storage fails before a valid message, unless ``allow_partial``.
+    """
     from tscm_ros.features import CameraIntrinsics
 
     connections = [connection for connection in reader.connections if connection.topic == topic]
-    for connection, log_time, raw in reader.messages(connections=connections):
-        try:
-            message = reader.deserialize(raw, connection.msgtype)
-            k = message.k if hasattr(message, "k") else message.K  # ROS 2 / ROS 1 field name
-            return CameraIntrinsics.from_camera_info_k(list(k), int(message.width), int(message.height))
-        except Exception as error:  # a corrupt or all-zero CameraInfo: try the next one
-            LOGGER.debug("unusable camera_info at %d: %s", log_time, error)
+    read_stats = stats if stats is not None else BagReadStats()
+    messages = read_messages(
+        reader, connections, read_stats, allow_partial=allow_partial, path=path, full=False
+    )
+    with closing(messages):
+        for connection, log_time, raw in messages:
+            try:
+                message = reader.deserialize(raw, connection.msgtype)
+                k = message.k if hasattr(message, "k") else message.K  # ROS 2 / ROS 1 field name
+                return CameraIntrinsics.from_camera_info_k(list(k), int(message.width), int(message.height))
+            except Exception as error:  # a corrupt or all-zero CameraInfo: try the next one
+                LOGGER.debug("unusable camera_info at %d: %s", log_time, error)
     return None
 
 
@@ -303,6 +467,7 @@ def iter_frames(
     camera_info_topic: str | None = "",
     max_pixels: int = DEFAULT_MAX_PIXELS,
     stats: BagReadStats | None = None,
+    allow_partial: bool = False,
 ) -> Iterator[BagFrame]:
     """Decoded RGB frames of one image topic, in bag (log time) order, with interpolated poses.
 
@@ -316,10 +481,15 @@ def iter_frames(
             ``DEPTH_PAIRING_S``; None picks the one Image topic named ``*depth*``, "" reads no depth.
         camera_info_topic: CameraInfo topic for ``BagFrame.intrinsics``; None picks one, "" reads none.
         max_pixels: larger images are skipped (counted as "too_large").
-        stats: filled in while iterating (decoded frames, skipped messages per reason).
+        stats: filled in while iterating (decoded frames, skipped messages per reason, messages read per
+            topic against the bag's counts).
+        allow_partial: a damaged bag ends the iteration cleanly with ``stats.partial`` set (and PARTIAL in
+            ``stats.summary()``) instead of raising.
 
     Raises:
         FileNotFoundError, BagError: missing bag, no image topic, unknown topic (before the first frame).
+        BagDamagedError: the image / depth / pose messages cannot all be read (corrupt storage, fewer
+            messages than the bag lists): when the read fails, or after the last frame.
     """
     from tscm_ros.depth import DepthDecodeError, depth_msg_to_metres
 
@@ -335,11 +505,13 @@ def iter_frames(
         chosen_pose_topic = _optional_topic(reader, pose_topic, POSE_TYPES.values(), "pose")
         if chosen_pose_topic:
             stats.pose_topic = chosen_pose_topic
-            track = read_pose_track(reader, chosen_pose_topic, stats)
+            track = read_pose_track(reader, chosen_pose_topic, stats, allow_partial=allow_partial, path=path)
         intrinsics = None
         info_topic = _optional_topic(reader, camera_info_topic, (CAMERA_INFO_TYPE,), "camera_info")
         if info_topic:
-            intrinsics = read_camera_intrinsics(reader, info_topic)
+            intrinsics = read_camera_intrinsics(
+                reader, info_topic, stats, allow_partial=allow_partial, path=path
+            )
             stats.camera_info_topic = info_topic if intrinsics is not None else None
         depth_name = _depth_topic(reader, depth_topic, topic)
         stats.depth_topic = depth_name
@@ -369,7 +541,8 @@ def iter_frames(
 
         wanted = {topic, depth_name} - {None}
         connections = [connection for connection in reader.connections if connection.topic in wanted]
-        for connection, log_time, raw in reader.messages(connections=connections):
+        messages = read_messages(reader, connections, stats, allow_partial=allow_partial, path=path)
+        for connection, log_time, raw in messages:
             is_depth = connection.topic == depth_name
             if not is_depth:
                 stats.image_messages += 1

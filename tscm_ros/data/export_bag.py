@@ -19,6 +19,11 @@ Frames without a pose (outside the pose topic's time range) are skipped and coun
 exported frames into train / val / test blocks along the recording, by frame count or by travelled distance
 (the last ``--test-fraction`` is test, the ``--val-fraction`` before it val). Blocks along one route keep the
 splits apart in space only when the route does not come back to the same places.
+
+A damaged bag (corrupt storage, fewer messages than it lists) is an error unless ``--allow-partial``: then
+the frames that could be read are exported and the summary says PARTIAL.
+
+Exit status: 0 exported, 1 error (one line on stderr), 2 command-line usage error.
 """
 
 from __future__ import annotations
@@ -91,8 +96,13 @@ def export_bag(
     role: str = "",
     prefix: str | None = None,
     append: bool = False,
+    allow_partial: bool = False,
 ) -> dict:
-    """Export one bag (see module docstring); returns counts and the CSV path."""
+    """Export one bag (see module docstring); returns counts, the CSV path and the read summary.
+
+    Raises:
+        BagDamagedError: damaged bag, unless ``allow_partial`` (then ``result["partial"]`` is True).
+    """
     from tscm_ros.bags import BagReadStats, iter_frames
 
     if every_n < 1 or min_distance_m < 0:
@@ -128,37 +138,44 @@ def export_bag(
     frames: list[ExportedFrame] = []
     last_kept: np.ndarray | None = None
     decoded_with_pose = 0
-    for frame in iter_frames(bag, image_topic, pose_topic, stats=stats):
-        if frame.pose is None:
-            continue
-        decoded_with_pose += 1
-        if (decoded_with_pose - 1) % every_n:
-            continue
-        position = np.array(frame.pose.position[:2], dtype=np.float64)
-        if last_kept is not None and np.linalg.norm(position - last_kept) < min_distance_m:
-            continue
-        last_kept = position
-        name = f"{len(frames):06d}.{image_format}"
-        Image.fromarray(frame.rgb).save(
-            image_dir / name, **({"quality": 95} if image_format == "jpg" else {})
-        )
-        frames.append(
-            ExportedFrame(
-                image=f"images/{prefix}/{name}",
-                x=float(position[0]),
-                y=float(position[1]),
-                heading=yaw_degrees(frame.pose.orientation),
-                stamp_ns=int(frame.stamp_ns),
-                frame_id=frame.pose.frame_id,
+    try:
+        for frame in iter_frames(bag, image_topic, pose_topic, stats=stats, allow_partial=allow_partial):
+            if frame.pose is None:
+                continue
+            decoded_with_pose += 1
+            if (decoded_with_pose - 1) % every_n:
+                continue
+            position = np.array(frame.pose.position[:2], dtype=np.float64)
+            if last_kept is not None and np.linalg.norm(position - last_kept) < min_distance_m:
+                continue
+            last_kept = position
+            name = f"{len(frames):06d}.{image_format}"
+            Image.fromarray(frame.rgb).save(
+                image_dir / name, **({"quality": 95} if image_format == "jpg" else {})
             )
-        )
-    if stats.pose_topic is None:
-        raise ValueError(
-            f"{bag}: no pose topic found; give --pose-topic "
-            "(nav_msgs/Odometry, geometry_msgs/PoseStamped or PoseWithCovarianceStamped)"
-        )
-    if not frames:
-        raise ValueError(f"{bag}: no frame with a pose was exported ({stats.summary()})")
+            frames.append(
+                ExportedFrame(
+                    image=f"images/{prefix}/{name}",
+                    x=float(position[0]),
+                    y=float(position[1]),
+                    heading=yaw_degrees(frame.pose.orientation),
+                    stamp_ns=int(frame.stamp_ns),
+                    frame_id=frame.pose.frame_id,
+                )
+            )
+        if stats.pose_topic is None:
+            raise ValueError(
+                f"{bag}: no pose topic found; give --pose-topic "
+                "(nav_msgs/Odometry, geometry_msgs/PoseStamped or PoseWithCovarianceStamped)"
+            )
+        if not frames:
+            raise ValueError(f"{bag}: no frame with a pose was exported ({stats.summary()})")
+    except BaseException:  # a failed export leaves no images behind (a rerun may use the same prefix)
+        for written in frames:
+            (out / written.image).unlink(missing_ok=True)
+        if not any(image_dir.iterdir()):
+            image_dir.rmdir()
+        raise
     splits = assign_splits(
         np.array([[f.x, f.y] for f in frames]), split_by, val_fraction, test_fraction, split
     )
@@ -188,6 +205,7 @@ def export_bag(
         "frames_with_pose": decoded_with_pose,
         "splits": {name: splits.count(name) for name in ("train", "val", "test")},
         "read": stats.summary(),
+        "partial": stats.partial,
     }
 
 
@@ -221,12 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--prefix", help="image subfolder name (default: the bag name)")
     parser.add_argument("--append", action="store_true", help="add rows to an existing dataset.csv")
+    parser.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="export what can be read of a damaged bag (corrupt storage, fewer messages than it lists)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from tscm_ros.bags import BagError
+    from tscm_ros.bags import BagDamagedError, BagError
 
     try:
         result = export_bag(
@@ -244,10 +267,16 @@ def main(argv: list[str] | None = None) -> int:
             role=args.role or "",
             prefix=args.prefix,
             append=args.append,
+            allow_partial=args.allow_partial,
         )
-    except (BagError, FileNotFoundError, FileExistsError, ValueError) as error:
+    except BagDamagedError as error:
+        print(
+            f"tscm_export_dataset: error: {error} (--allow-partial exports what can be read)", file=sys.stderr
+        )
+        return 1
+    except (BagError, OSError, ValueError) as error:
         print(f"tscm_export_dataset: error: {error}", file=sys.stderr)
-        return 2
+        return 1
     print(
         f"exported {result['exported']} of {result['frames_with_pose']} frames with a pose "
         f"to {result['csv']} "

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tscm_ros.bags import BagError, BagReadStats, iter_frames, list_topics
+from tscm_ros.bags import BagDamagedError, BagError, BagReadStats, iter_frames, list_topics
 from tscm_ros.features import FeatureConfig, FeatureExtractor, make_thumbnail
 from tscm_ros.images import DEFAULT_MAX_PIXELS
 from tscm_ros.loop_closure import LoopCandidate, LoopClosureConfig
@@ -120,6 +120,7 @@ def build_map_from_bag(
     progress: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_frames: int | None = None,
+    allow_partial: bool = False,
 ) -> BuildResult:
     """Describe the frames of ``bag`` in batches and run them, in bag order, through one
     :class:`RecognitionSession` (mapping mode): the same steps as ``place_recognition_node`` on a replay.
@@ -127,10 +128,12 @@ def build_map_from_bag(
     ``config``: the session settings (default :class:`RecognitionConfig`); ``detector_config`` replaces its
     detector part (kept for callers that only set the single-frame rule). ``pose_topic`` / ``depth_topic`` /
     ``camera_info_topic``: None picks one automatically when the bag has one, "" reads none.
-    Unsupported or corrupt images are skipped and counted (``result.stats``).
+    Unsupported or corrupt images are skipped and counted (``result.stats``). ``allow_partial``: a damaged
+    bag gives a map of what could be read (``result.stats.partial``) instead of BagDamagedError.
 
     Raises:
         FileNotFoundError / BagError: missing bag, no or unknown image topic.
+        BagDamagedError: damaged bag (messages lost), unless ``allow_partial``.
         ValueError: no frame of the bag could be decoded.
     """
     started = time.perf_counter()
@@ -146,7 +149,7 @@ def build_map_from_bag(
     stats = BagReadStats()
     frames = iter_frames(
         bag, image_topic, pose_topic, depth_topic=depth_topic, camera_info_topic=camera_info_topic,
-        max_pixels=max_pixels, stats=stats,
+        max_pixels=max_pixels, stats=stats, allow_partial=allow_partial,
     )  # fmt: skip
     session: RecognitionSession | None = None
     records: list[tuple[int, Pose | None]] = []
@@ -345,6 +348,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Build a TSCM place map and loop closures from a rosbag2 (sqlite3/mcap) or ROS 1 bag, "
         "through the same recognition session as place_recognition_node. Settings come from the node's "
         "params file (--params-file) and the options below override them.",
+        epilog="Exit status: 0 map built (with --allow-partial also from a damaged bag: the summary says "
+        "PARTIAL); 1 error (missing or damaged bag, unknown topic, bad setting, unusable --out), reported "
+        "in one line on stderr; 2 command-line usage error.",
     )
     parser.add_argument("bag", type=Path, help="rosbag2 directory, .db3/.mcap file or ROS 1 .bag")
     parser.add_argument("--out", type=Path, help="output directory (map/, csv, plots)")
@@ -380,6 +386,12 @@ def _parser() -> argparse.ArgumentParser:
         "the features of their frames in BAG",
     )
     parser.add_argument("--max-frames", type=int, help="stop after this many decoded frames")
+    parser.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="build from what can be read of a damaged bag (corrupt storage, fewer messages than it lists) "
+        "instead of failing",
+    )
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -412,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prog = "tscm_build_map"
     if not args.bag.exists():
         print(f"{prog}: error: bag not found: {args.bag}", file=sys.stderr)
-        return 2
+        return 1
     try:
         if args.add_features is not None:
             updated, missing = add_features_from_bag(
@@ -423,6 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.out is None:
             raise ValueError("--out is required (or --add-features MAP)")
+        if args.out.exists() and not args.out.is_dir():
+            raise ValueError(f"--out {args.out} is a file, not a directory")
         options = options_from_args(args)
         config = RecognitionConfig.from_options(options)
         index_spec = args.index or options.get("index_spec") or "flat"
@@ -456,10 +470,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch_size,
             progress=not args.no_progress,
             max_frames=args.max_frames,
+            allow_partial=args.allow_partial,
         )
-    except (FileNotFoundError, BagError, ValueError, MapError) as error:
+    except BagDamagedError as error:
+        print(f"{prog}: error: {error} (--allow-partial builds from what can be read)", file=sys.stderr)
+        return 1
+    except (OSError, BagError, ValueError, MapError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
-        return 2
+        return 1
     print(result.summary())
     return 0
 

@@ -11,6 +11,10 @@ messages are decoded with rosbags and copied field by field into the ROS 2 messa
 Publishers are reliable (they match best-effort and reliable subscribers) with depth ``--qos-depth``.
 A progress bar goes to stderr when it is a terminal (``--progress`` forces it, ``--no-progress`` hides it);
 the last line says how many messages were published. Ctrl+C / SIGTERM stop it cleanly with exit code 0.
+
+A damaged bag (the storage cannot be read to the end, or a pass returns fewer messages than the bag lists)
+stops playback with one error line naming what was lost and exit code 1, unless ``--allow-partial``: then
+what can be read is played and the last line says PARTIAL.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.utilities import remove_ros_args
 
+from tscm_ros.bags import BagDamagedError, BagReadStats, read_messages
 from tscm_ros.ros.shutdown import run_until_shutdown
 
 NODE_NAME = "bag_player"
@@ -85,9 +90,21 @@ def _convert_field(source: Any, type_name: str, current: Any) -> Any:
 class BagPlayer(Node):
     """Publishes the selected connections of an open ``rosbags`` AnyReader."""
 
-    def __init__(self, reader: Any, topics: Sequence[str] | None, qos_depth: int, clock: bool) -> None:
+    def __init__(
+        self,
+        reader: Any,
+        topics: Sequence[str] | None,
+        qos_depth: int,
+        clock: bool,
+        *,
+        allow_partial: bool = False,
+        path: str | Path = "",
+    ) -> None:
         super().__init__(NODE_NAME)
         self._reader = reader
+        self.allow_partial = allow_partial
+        self.path = path
+        self.stats = BagReadStats()  # of the last pass: messages read per topic against the bag's counts
         qos = QoSProfile(
             history=HistoryPolicy.KEEP_LAST,
             depth=qos_depth,
@@ -157,13 +174,23 @@ class BagPlayer(Node):
     def play_once(self, rate: float, clock_hz: float, on_published: Callable[[], None] | None = None) -> int:
         """Publish every selected message once, paced by log time / ``rate`` (0 = as fast as possible).
 
-        ``on_published`` is called after each message (progress). Stops early when rclpy shuts down."""
+        ``on_published`` is called after each message (progress). Stops early when rclpy shuts down.
+
+        Raises:
+            BagDamagedError: damaged bag (see :func:`tscm_ros.bags.read_messages`), unless ``allow_partial``:
+                then the pass ends where the bag cannot be read and ``self.stats.partial`` is set.
+        """
         start_wall = time.monotonic()
         first_stamp: int | None = None
         clock_period = 1.0 / clock_hz if clock_hz > 0 else None
         count = 0
-        for connection, stamp_ns, rawdata in self._reader.messages(connections=self.connections):
+        self.stats = BagReadStats()
+        messages = read_messages(
+            self._reader, self.connections, self.stats, allow_partial=self.allow_partial, path=self.path
+        )
+        for connection, stamp_ns, rawdata in messages:
             if not rclpy.ok():
+                messages.close()
                 break
             if first_stamp is None:
                 first_stamp = stamp_ns
@@ -197,6 +224,8 @@ def open_reader(path: Path) -> Any:
         reader.open()
     except (AnyReaderError, OSError) as error:
         raise BagPlayerError(f"cannot read bag {path}: {error}") from error
+    except Exception as error:  # a damaged bag: rosbags' reader errors, apsw, struct, yaml ...
+        raise BagPlayerError(f"cannot read bag {path} (damaged?): {type(error).__name__}: {error}") from error
     return reader
 
 
@@ -223,6 +252,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=None,
         help="progress bar on stderr (default: only when stderr is a terminal)",
     )
+    parser.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="play what can be read of a damaged bag instead of stopping with exit code 1",
+    )
     args = parser.parse_args(argv)
     if args.rate < 0:
         parser.error("--rate must be >= 0")
@@ -230,7 +264,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console script. Exit codes: 0 played (or stopped by Ctrl+C / SIGTERM), 1 unusable bag, 2 bad usage."""
+    """Console script. Exit codes: 0 played (or stopped by Ctrl+C / SIGTERM; also a damaged bag with
+    --allow-partial), 1 unusable or damaged bag, 2 bad usage."""
     from tqdm import tqdm
 
     argv = list(sys.argv if argv is None else argv)
@@ -238,7 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     rclpy.init(args=argv)
     try:
         reader = open_reader(args.bag)
-        player = BagPlayer(reader, args.topics, args.qos_depth, args.clock)
+        player = BagPlayer(
+            reader, args.topics, args.qos_depth, args.clock, allow_partial=args.allow_partial, path=args.bag
+        )
     except BagPlayerError as error:
         rclpy.logging.get_logger(NODE_NAME).error(str(error))
         rclpy.try_shutdown()
@@ -273,14 +310,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         outcome = run_until_shutdown(play, nodes=[player])
+    except BagDamagedError as error:
+        print(
+            f"{NODE_NAME}: error: {error}; stopped after {totals['messages']} messages "
+            "(--allow-partial plays what can be read)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
     finally:
         reader.close()
     seconds = time.monotonic() - started
     topics = len({c.topic for c in player.connections})
     passes = f" ({totals['passes']} full passes)" if args.loop else ""
+    partial = f" (PARTIAL: damaged bag: {player.stats.damage()})" if player.stats.partial else ""
     print(
         f"{NODE_NAME}: {'stopped' if outcome.interrupted else 'finished'}: published {totals['messages']} "
-        f"messages on {topics} topics{passes} in {seconds:.1f} s",
+        f"messages on {topics} topics{passes} in {seconds:.1f} s{partial}",
         flush=True,
     )
     return 0

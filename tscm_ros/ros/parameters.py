@@ -386,3 +386,113 @@ def validate(name: str, value: Any) -> str | None:
     """Clear error message for a bad value of a known parameter, None when fine (unknown names pass)."""
     spec = PARAMETERS_BY_NAME.get(name)
     return spec.validate(value) if spec is not None else None
+
+
+# ------------------------------------------------------------------ unknown names and type errors
+# Appended after the table (not inside it) so that additions to PARAMETERS above merge cleanly.
+STRICT_PARAMETERS = ParameterSpec(
+    "strict_parameters",
+    False,
+    "parameter names given for this node (-p, params file) that it does not declare (typos) stop it at "
+    "start-up instead of a warning",
+    read_only=True,
+)
+PARAMETERS = (*PARAMETERS, STRICT_PARAMETERS)
+PARAMETERS_BY_NAME = {spec.name: spec for spec in PARAMETERS}
+
+_TYPE_WORDS = {
+    "BOOL": "a bool (true/false)",
+    "INTEGER": "an integer",
+    "DOUBLE": "a floating-point number",
+    "STRING": "a string",
+    "BYTE_ARRAY": "a byte array",
+    "BOOL_ARRAY": "a list of bools",
+    "INTEGER_ARRAY": "a list of integers",
+    "DOUBLE_ARRAY": "a list of floating-point numbers",
+    "STRING_ARRAY": "a list of strings",
+    "NOT_SET": "no value",
+}
+
+
+def _type_name(kind: Any) -> str:
+    """'INTEGER' for Parameter.Type.INTEGER, ParameterType.PARAMETER_INTEGER (2), 'INTEGER' / 'integer', or an
+    example value of the type (e.g. the spec's default)."""
+    from rclpy.parameter import Parameter
+
+    if isinstance(kind, Parameter.Type):
+        return kind.name
+    if isinstance(kind, int) and not isinstance(kind, bool):
+        return Parameter.Type(kind).name
+    if isinstance(kind, str) and kind.upper() in _TYPE_WORDS:
+        return kind.upper()
+    return _value_type_name(kind)
+
+
+def _value_type_name(value: Any) -> str:
+    from rclpy.parameter import Parameter
+
+    try:
+        return Parameter.Type.from_parameter_value(value).name
+    except TypeError:
+        return type(value).__name__
+
+
+def type_error_message(name: str, expected_type: Any, value: Any) -> str:
+    """A type error that names the parameter and both types (rclpy says "expected '2' got '4'").
+
+    ``expected_type``: a ``Parameter.Type``, a ``ParameterType`` constant, a type name or an example value
+    (such as the spec's default). ``value``: the rejected value or ``rclpy.parameter.Parameter``.
+    """
+    from rclpy.parameter import Parameter
+
+    if isinstance(value, Parameter):
+        given, value = value.type_.name, value.value
+    else:
+        given = _value_type_name(value)
+    expected = _type_name(expected_type)
+    hint = ""
+    if expected == "DOUBLE" and given == "INTEGER":
+        hint = f" (write {value}.0)"
+    elif expected == "DOUBLE_ARRAY" and given == "INTEGER_ARRAY":
+        hint = " (write every element with a decimal point, e.g. 1.0)"
+    return (
+        f"parameter '{name}' must be {_TYPE_WORDS.get(expected, expected)} ({expected}); "
+        f"got {value!r}, {_TYPE_WORDS.get(given, given)} ({given}){hint}"
+    )
+
+
+def parameter_type_error(node: Any, parameter: Any) -> str | None:
+    """:func:`type_error_message` when ``parameter`` (rclpy Parameter) does not have the type ``node``
+    declared it with; None when it does, or when it is undeclared / dynamically typed / being unset."""
+    from rclpy.parameter import Parameter
+
+    if parameter.type_ == Parameter.Type.NOT_SET or not node.has_parameter(parameter.name):
+        return None
+    descriptor = node.describe_parameter(parameter.name)
+    if descriptor.dynamic_typing or descriptor.type in (0, parameter.type_.value):
+        return None
+    return type_error_message(parameter.name, descriptor.type, parameter)
+
+
+def unknown_overrides(node: Any) -> list[str]:
+    """Parameter names given for ``node`` (``-p``, ``--params-file`` sections for its name or ``/**``,
+    ``parameter_overrides=``) that it has not declared: typos, or parameters of another node.
+
+    Call after every parameter is declared. rclpy keeps the overrides in ``Node._parameter_overrides``
+    (it has no public accessor); rclpy itself only ever applies an override when the name is declared.
+    """
+    overrides = getattr(node, "_parameter_overrides", None) or {}
+    return sorted(name for name in overrides if not node.has_parameter(name))
+
+
+def unknown_parameters_message(names: list[str]) -> str:
+    """One line for :func:`unknown_overrides`'s result, with the nearest declared names as suggestions."""
+    import difflib
+
+    known = parameter_names()
+    parts = []
+    for name in names:
+        close = difflib.get_close_matches(name, known, n=1)
+        parts.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    plural = "s" if len(names) > 1 else ""
+    return f"unknown parameter{plural} (not declared by this node): " + ", ".join(parts)
