@@ -352,6 +352,9 @@ def test_runtime_parameter_changes_are_validated(mapping_node: NodeUnderTest):
         assert name in result.reason, result.reason
     (wrong_type,) = probe.set_parameters(NODE, {"top_k": 2.5})
     assert not wrong_type.successful
+    assert "top_k" in wrong_type.reason and "integer" in wrong_type.reason.lower(), wrong_type.reason
+    (verify_top_k,) = probe.set_parameters(NODE, {"verify_top_k": 0})
+    assert not verify_top_k.successful and "verify_top_k" in verify_top_k.reason
     (accepted,) = probe.set_parameters(NODE, {"top_k": 2})
     assert accepted.successful, accepted.reason
     assert probe.get_parameters(NODE, ["top_k", "mode"]) == {"top_k": 2, "mode": "mapping"}
@@ -477,6 +480,9 @@ def test_startup_errors_are_one_clear_line(tmp_path):
         "bad device": ({"device": "gpu"}, "device must be"),
         "load without path": ({"load_map": True}, "map_path is empty"),
         "incompatible map": ({"map_path": str(small_map), "load_map": True}, "64-d"),
+        "unknown name, strict": ({"top_kk": 3, "strict_parameters": True}, "top_kk"),
+        "bad intrinsics": ({"camera_intrinsics": [-1.0, 1.0, 1.0, 1.0]}, "camera_intrinsics"),
+        "bad feature method": ({"feature_method": "surf"}, "feature_method must be one of"),
     }
     processes = {name: NodeProcess(parameters=parameters) for name, (parameters, _) in cases.items()}
     try:

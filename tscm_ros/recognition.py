@@ -8,9 +8,11 @@ into the node and the same bag mapped offline go through the same steps. Per key
    (restarted bag) resets the keyframe, consistency and sequence history.
 2. **Local features** of the keyframe image (when verification is on and an image is given), outside the lock.
 3. **Retrieval**: top-K places with the mapping-mode exclusions.
-4. **Ranking**: with ``sequence.length > 0`` the sequence matcher ranks and gates the candidates by their
-   score along the trajectory; until it has a full sequence of history (or without it) the single-frame rule
-   applies (similarity threshold, NMS, consistency) and the result says so.
+4. **Ranking**: with ``sequence.length > 0`` the sequence matcher ranks the candidates by their score along
+   the trajectory (:mod:`tscm_ros.sequence`); without verification only sequences it accepts
+   (``min_score``) are candidates, with verification the best-scored ones are verified and verification is
+   the gate. Until it has a full sequence of history the single-frame rule applies (similarity threshold,
+   NMS, consistency) and the result says so (``sequence_partial``).
 5. **Verification** of the first ``verify_top_k`` candidates against the features stored with each place:
    accepted candidates get inliers and a relative pose and are ranked first, by inliers.
 6. **Commit**: in mapping mode the keyframe becomes a place, with its features and thumbnail.
@@ -259,7 +261,9 @@ class RecognitionSession:
             timings["features"] = _ms_since(started)
         with self._lock:
             started = time.perf_counter()
-            retrieve_k = max(config.detector.top_k, config.sequence.candidates_per_keyframe)
+            retrieve_k = config.detector.top_k
+            if config.sequence.length:
+                retrieve_k = max(retrieve_k, config.sequence.candidates_per_keyframe)
             keyframe_index, matches = self._detector.retrieve(vector, stamp_ns, retrieve_k)
             timings["retrieve"] = _ms_since(started)
             started = time.perf_counter()
@@ -333,8 +337,11 @@ class RecognitionSession:
             selected = self._detector.select(matches)
             partial_scores = {s.place_id: s for s in scores}
             return selected, [partial_scores.get(m.place_id) for m in selected], True
-        accepted = [s for s in full if s.accepted][: self._config.detector.top_k]
-        return [by_id[s.place_id] for s in accepted], list(accepted), False
+        # best sequence score first; without verification only accepted sequences are candidates, with it
+        # verification is the gate and the sequence ranking decides which candidates it checks
+        kept = full if self._config.verify else [s for s in full if s.accepted]
+        kept = kept[: self._config.detector.top_k]
+        return [by_id[s.place_id] for s in kept], list(kept), False
 
     def _verify(
         self,

@@ -49,7 +49,13 @@ from tscm_ros.poses import NS_PER_S, PoseBuffer
 from tscm_ros.recognition import RecognitionConfig, RecognitionError, RecognitionResult, RecognitionSession
 from tscm_ros.ros import messages
 from tscm_ros.ros.latest_slot import LatestSlot
-from tscm_ros.ros.parameters import PARAMETERS, validate
+from tscm_ros.ros.parameters import (
+    PARAMETERS,
+    parameter_type_error,
+    unknown_overrides,
+    unknown_parameters_message,
+    validate,
+)
 from tscm_ros.ros.shutdown import log, run_until_shutdown
 from tscm_ros.ros.stats import DurationStats, RateMeter, ReasonCounter
 from tscm_ros.verification import draw_matches
@@ -84,6 +90,11 @@ class PlaceRecognitionNode(Node):
         self.add_on_set_parameters_callback(self._validate_parameters)
         for spec in PARAMETERS:
             self.declare_parameter(spec.name, spec.default, spec.descriptor())
+        if unknown := unknown_overrides(self):
+            message = unknown_parameters_message(unknown)
+            if self.get_parameter("strict_parameters").value:
+                raise StartupError(f"{message} (strict_parameters: true)")
+            self.get_logger().warning(message)
         self._config: dict[str, Any] = {spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS}
         self._check_startup_combination()
 
@@ -239,6 +250,14 @@ class PlaceRecognitionNode(Node):
         self._schedule_autosave(config["autosave_period_s"])
 
     # ------------------------------------------------------------------ parameters
+    def set_parameters_atomically(self, parameter_list: list[Parameter]) -> SetParametersResult:
+        """What ``ros2 param set``/``load`` call: a wrong type is rejected with a message naming the parameter
+        (rclpy checks types before the on-set callbacks, with a message that names neither)."""
+        for parameter in parameter_list:
+            if (error := parameter_type_error(self, parameter)) is not None:
+                return SetParametersResult(successful=False, reason=error)
+        return super().set_parameters_atomically(parameter_list)
+
     def _validate_parameters(self, parameters: Sequence[Parameter]) -> SetParametersResult:
         """Reject bad values (at declaration and at runtime) with a message naming the parameter."""
         pending = dict(getattr(self, "_config", {}))
