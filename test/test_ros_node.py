@@ -228,7 +228,12 @@ def test_corridor_revisits_match_the_offline_describer(mapping_node: NodeUnderTe
         ("x", 0, PointField.FLOAT32), ("y", 4, PointField.FLOAT32), ("z", 8, PointField.FLOAT32),
         ("query_id", 12, PointField.UINT32), ("match_id", 16, PointField.UINT32),
         ("match_stamp", 20, PointField.FLOAT64), ("similarity", 28, PointField.FLOAT32),
-        ("rank", 32, PointField.UINT16),
+        ("rank", 32, PointField.UINT16), ("inliers", 34, PointField.UINT32),
+        ("verified", 38, PointField.UINT8),
+        ("scale_known", 39, PointField.UINT8), ("tx", 40, PointField.FLOAT32), ("ty", 44, PointField.FLOAT32),
+        ("tz", 48, PointField.FLOAT32), ("qx", 52, PointField.FLOAT32), ("qy", 56, PointField.FLOAT32),
+        ("qz", 60, PointField.FLOAT32), ("qw", 64, PointField.FLOAT32),
+        ("sequence_score", 68, PointField.FLOAT32), ("sequence_length", 72, PointField.UINT16),
     ]  # fmt: skip
     assert [(f.name, f.offset, f.datatype, f.count) for f in cloud.fields] == [
         (*f, 1) for f in expected_fields

@@ -239,7 +239,7 @@ def evaluate_verified(
         recall_at_1=metrics.recall_at_n(matches, positives, (1,))[1] if revisits else 0.0,
         average_precision=curve.average_precision if revisits else 0.0,
         best_f1=float(f1[best]) if best >= 0 else 0.0,
-        best_f1_threshold=float(curve.thresholds[best]) if best >= 0 else float("nan"),
+        best_f1_threshold=float(curve.thresholds[best]) if best >= 0 else float(min_inliers),
         pr_curve=tuple(
             (float(t), float(p), float(r))
             for t, p, r in zip(curve.thresholds, curve.precision, curve.recall, strict=True)
@@ -547,8 +547,8 @@ def run_corridor(
 ) -> DemoResult:
     """Real images: ``ref/`` then ``query/`` of a VPR-Bench style folder as one 5 Hz stream, no poses.
 
-    Ground truth: query i matches ref j when ``|i - j| <= tolerance``. ``exclusion_window_s`` None: a third
-    of the reference traversal.
+    Ground truth: query i matches ref j when ``|i - j| <= tolerance``. ``exclusion_window_s`` None: 90 % of
+    the reference traversal, so the query traversal does not match its own past (only the references).
     """
     from tscm_ros.images import decode_image_bytes
 
@@ -591,7 +591,7 @@ def run_corridor(
 
     build, evaluation, plots = _detect_and_score(
         bag, out_dir, describer=describer, note=note, threshold=threshold,
-        exclusion_window_s=exclusion_window_s if exclusion_window_s is not None else len(refs) / 5 / 3,
+        exclusion_window_s=exclusion_window_s if exclusion_window_s is not None else 0.9 * len(refs) / 5,
         make_truth=make_truth,
         truth_text=f"query i matches ref j when |i - j| <= {tolerance} (the dataset's convention)",
         title=f"corridor, {describer.label}, |i-j|<={tolerance}",
