@@ -1,7 +1,8 @@
 """Camera -> keyframe-output latency of place_recognition_node over Fast DDS on one host.
 
-Publishes 640x480 rgb8 sensor_msgs/Image (best-effort sensor-data QoS, as camera drivers do) at 5 Hz and
-30 Hz to a node process started with ``publish_descriptor: true`` and ``min_interval_s: 0`` so every processed
+Publishes 640x480 rgb8 sensor_msgs/Image frames of the demo scene (two laps, so later frames revisit earlier
+places; best-effort sensor-data QoS, as camera drivers do) at 5 Hz and 30 Hz, with geometric verification of
+5 candidates per keyframe unless ``--no-verify``, to a node process started with ``publish_descriptor: true`` and ``min_interval_s: 0`` so every processed
 frame produces a ``~/descriptor`` message. Latency = wall-clock receive time of that message minus the wall
 clock publish time of the image with the same header stamp (both on this host). Also reports dropped frames
 (published minus processed), the node process' CPU % and the Describer's own time on the same image.
@@ -67,7 +68,9 @@ def make_image(rgb: np.ndarray) -> Image:
     return msg
 
 
-def run_rate(probe: RosProbe, node: NodeProcess, rate_hz: float, duration_s: float, msg: Image) -> dict:
+def run_rate(
+    probe: RosProbe, node: NodeProcess, rate_hz: float, duration_s: float, msgs: list[Image]
+) -> dict:
     """Publish at ``rate_hz`` for ``duration_s``; return latency / drop / CPU figures."""
     descriptors = probe.subscribe(PointCloud2, f"{NODE}/descriptor", reliable_qos(100))
     publisher = probe.publisher(Image, "/image", best_effort_qos(1))
@@ -81,6 +84,7 @@ def run_rate(probe: RosProbe, node: NodeProcess, rate_hz: float, duration_s: flo
     index = 0
     while time.monotonic() - wall_start < duration_s:
         stamp_ns = base_stamp_ns + int(index * period * 1e9)
+        msg = msgs[index % len(msgs)]
         msg.header.stamp = ns_to_stamp(stamp_ns)
         published[stamp_ns] = time.time()
         publisher.publish(msg)
@@ -118,13 +122,25 @@ def main() -> int:
         help="RATE_HZ:SECONDS,... (2 Hz: the worker is idle between frames)",
     )
     parser.add_argument("--describer-repeats", type=int, default=15)
+    parser.add_argument(
+        "--verify",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="geometric verification on (the default): demo-scene frames at 640x480 with known intrinsics, "
+        "so every keyframe extracts features and verifies its candidates",
+    )
     args = parser.parse_args()
 
     phases = [
         (float(rate), float(seconds)) for rate, seconds in (p.split(":") for p in args.phases.split(","))
     ]
-    rgb = np.random.default_rng(0).integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+    from tscm_ros.demo.scene import SceneConfig, generate_frames, scene_intrinsics
+
+    scene = SceneConfig(width=WIDTH, height=HEIGHT, frames_per_lap=60)
+    frames = [frame.rgb for frame in generate_frames(scene)]  # two laps: later frames revisit earlier ones
+    rgb = frames[0]
     describer_before = describer_time_ms(args.model_path or None, rgb, args.describer_repeats)
+    intrinsics = scene_intrinsics(scene)
 
     parameters = {
         "model_path": args.model_path,
@@ -132,6 +148,10 @@ def main() -> int:
         "min_interval_s": 0.0,
         "similarity_threshold": -1.0,
         "top_k": 5,
+        "verify": args.verify,
+        "verify_top_k": 5,  # every keyframe verifies 5 candidates: the worst case of the defaults
+        "exclusion_window_s": 5.0,  # candidates exist from the 6th second on
+        "camera_intrinsics": [intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy],
     }
     results = []
     with RosProbe("latency_probe") as probe, NodeProcess(parameters=parameters) as node:
@@ -140,12 +160,17 @@ def main() -> int:
             print(node.output(), file=sys.stderr)
             return 1
         for rate, duration in phases:
-            result = run_rate(probe, node, rate, duration, make_image(rgb))
+            result = run_rate(probe, node, rate, duration, [make_image(frame) for frame in frames])
             # the node's own inference time over (about) the same frames, from /diagnostics
             diagnostics.clear()
             diagnostics.wait_count(1, 5.0)
             values = diagnostic_values(diagnostics.messages[-1].status[0]) if diagnostics.messages else {}
             result["inference_p50"] = float(values.get("inference_ms_p50", "nan"))
+            result["stages"] = {
+                key.removeprefix("stage_").removesuffix("_ms_p50"): float(value)
+                for key, value in values.items()
+                if key.startswith("stage_")
+            }
             results.append(result)
     describer_after = describer_time_ms(args.model_path or None, rgb, args.describer_repeats)
 
@@ -168,6 +193,10 @@ def main() -> int:
         cells.append(f"{r['p50'] - r['inference_p50']:+.1f}")
         cells.append(f"{r['cpu_percent']:.0f}")
         print("| " + " | ".join(str(cell) for cell in cells) + " |")
+    print("\nper-stage p50 (ms, node /diagnostics, whole run so far):")
+    for r in results:
+        stages = ", ".join(f"{name} {ms:.1f}" for name, ms in r["stages"].items())
+        print(f"  {r['rate_hz']:.0f} Hz: {stages}")
     return 0
 
 
