@@ -2,12 +2,13 @@
 
 Publishes 640x480 rgb8 sensor_msgs/Image frames of the demo scene (two laps, so later frames revisit earlier
 places; best-effort sensor-data QoS, as camera drivers do) at 5 Hz and 30 Hz, with geometric verification of
-5 candidates per keyframe unless ``--no-verify``, to a node process started with ``publish_descriptor: true`` and ``min_interval_s: 0`` so every processed
-frame produces a ``~/descriptor`` message. Latency = wall-clock receive time of that message minus the wall
-clock publish time of the image with the same header stamp (both on this host). Also reports dropped frames
-(published minus processed), the node process' CPU % and the Describer's own time on the same image.
+5 candidates per keyframe unless ``--no-verify``, to a node process started with ``publish_descriptor: true``
+and ``min_interval_s: 0`` so every processed frame produces a ``~/descriptor`` message. Latency = wall-clock
+receive time of that message minus the wall-clock publish time of the image with the same header stamp (both
+on this host). Also reports dropped frames (published minus processed), the node process' CPU %, the
+Describer's own time on the same image and the node's per-stage p50 from /diagnostics.
 
-    .venv/bin/python benchmarks/ros_latency.py [--phases 2:20,5:30,30:60] [--model-path DIR]
+    .venv/bin/python benchmarks/ros_latency.py [--phases 2:20,5:30,30:60] [--model-path DIR] [--no-verify]
 
 Uses the loopback Fast DDS profile and a private ROS domain unless they are already set in the environment.
 """
