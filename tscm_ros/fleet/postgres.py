@@ -176,6 +176,9 @@ class PgPlaceStore:
         except psycopg.OperationalError as exc:
             conn.close()
             raise self._unavailable(exc) from None
+        except psycopg.Error as exc:
+            conn.close()
+            raise MapError(f"{self.target_description}: {scrub(str(exc), self._conninfo)}") from None
         except BaseException:
             conn.close()
             raise

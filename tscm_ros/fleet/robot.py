@@ -27,12 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..placemap.errors import MapDimensionError, MapError, MapFingerprintError
 from ..placemap.records import PlaceMeta
 from . import schema as schema_mod
 from .common import prepare_blobs, prepare_descriptors, prepare_metas
 from .conninfo import redact, scrub
-from .errors import ReadOnlyStoreError, SchemaError, StoreUnavailableError
+from .errors import ReadOnlyStoreError, StoreUnavailableError
 from .local import OUTBOX_FILE, LocalPlaceStore
 from .outbox import Outbox
 from .postgres import PgPlaceStore, SearchSettings
@@ -175,7 +174,7 @@ class FleetPlaceStore:
                     self._set_down(exc)
                     delay = min(2 * delay, self._retry[1])
                     continue
-                except (MapFingerprintError, MapDimensionError, SchemaError, MapError) as exc:
+                except Exception as exc:  # dim/fingerprint/schema mismatch, privileges: configuration errors
                     self._set_down(exc, REFUSED)
                     delay = self._retry[1]
                     continue
@@ -189,7 +188,8 @@ class FleetPlaceStore:
                     self._state, self.last_error = REFUSED, str(exc)
                 delay = self._retry[1]
                 continue
-            except MapError as exc:  # e.g. an id collision: keep the entry, report, retry later
+            except Exception as exc:  # e.g. an id collision or a full disk: keep the entries, report, retry
+                _LOG.exception("fleet map %s: flushing the outbox failed", self.target_description)
                 with self._lock:
                     self.last_error = " ".join(scrub(str(exc), self._target).split())
                 self._stop.wait(self._retry[1])

