@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 FORMAT = "tscm_ros.fleet.pca"
+_SMALL_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -56,13 +57,13 @@ class PcaProjection:
                 f"fitting {reduced_dim} components needs more than {reduced_dim} descriptors, got {len(x)}"
             )
         mean = x.mean(axis=0, dtype=np.float64)
-        centred = (x - mean).astype(np.float64)
+        centred = (x - mean).astype(np.float32)
         if len(centred) <= centred.shape[1]:
-            _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+            _, singular, vt = np.linalg.svd(centred.astype(np.float64), full_matrices=False)
             variances = singular**2
             components = vt[:reduced_dim]
         else:
-            variances, vectors = np.linalg.eigh(centred.T @ centred)
+            variances, vectors = np.linalg.eigh((centred.T @ centred).astype(np.float64))
             order = np.argsort(variances)[::-1]
             variances, components = variances[order], vectors[:, order[:reduced_dim]].T
         total = float(np.clip(variances, 0, None).sum())
@@ -79,6 +80,9 @@ class PcaProjection:
         x = np.asarray(descriptors, dtype=np.float32)
         if x.shape[-1] != self.dim:
             raise ValueError(f"PCA projection expects {self.dim}-d descriptors, got {x.shape[-1]}-d")
+        if x.ndim == 1 or len(x) <= _SMALL_BATCH:
+            # single-threaded: a multi-threaded BLAS sgemv waits milliseconds for a second thread on a busy CPU
+            return np.einsum("...d,rd->...r", x, self.components, optimize=False).astype(np.float32)
         return np.ascontiguousarray(x @ self.components.T, dtype=np.float32)
 
     # ------------------------------------------------------------------ serialisation
