@@ -103,7 +103,9 @@ class GroundTruth:
             if not mask.any():
                 continue
             s = np.concatenate([self.sims[name], sims[:, mask]], axis=1)
-            ids = np.concatenate([self.ids[name], np.broadcast_to(fleet_ids[mask], (len(s), mask.sum()))], axis=1)
+            ids = np.concatenate(
+                [self.ids[name], np.broadcast_to(fleet_ids[mask], (len(s), mask.sum()))], axis=1
+            )
             top = np.argsort(-s, axis=1)[:, :5]
             self.sims[name] = np.take_along_axis(s, top, axis=1)
             self.ids[name] = np.take_along_axis(ids, top, axis=1)
@@ -148,7 +150,9 @@ def load_pg(uri: str, schema: str, synth: Synth, gt: GroundTruth, place_map, arg
 
     timings = {}
     with psycopg.connect(uri, autocommit=True) as conn:
-        fleet_schema.init(conn, schema, dim=synth.dim, model_fingerprint=FP, reduced_dim=args.reduced, index="none")
+        fleet_schema.init(
+            conn, schema, dim=synth.dim, model_fingerprint=FP, reduced_dim=args.reduced, index="none"
+        )
     started = time.perf_counter()
     sample = synth.chunk(0, min(synth.n, 20_000))
     pca = PcaProjection.fit(sample, args.reduced)
@@ -199,11 +203,15 @@ def load_pg(uri: str, schema: str, synth: Synth, gt: GroundTruth, place_map, arg
     with psycopg.connect(uri, autocommit=True) as conn:
         t = time.perf_counter()
         conn.execute(sql.SQL("ANALYZE {}.places").format(sql.Identifier(schema)))
-        fleet_schema.create_index(conn, schema, "reduced", hnsw_m=args.m, ef_construction=args.ef_construction)
+        fleet_schema.create_index(
+            conn, schema, "reduced", hnsw_m=args.m, ef_construction=args.ef_construction
+        )
         timings["hnsw_build_s"] = time.perf_counter() - t
         if args.full_index:
             t = time.perf_counter()
-            fleet_schema.create_index(conn, schema, "full", hnsw_m=args.m, ef_construction=args.ef_construction)
+            fleet_schema.create_index(
+                conn, schema, "full", hnsw_m=args.m, ef_construction=args.ef_construction
+            )
             timings["hnsw_full_build_s"] = time.perf_counter() - t
         sizes = conn.execute(
             "SELECT pg_total_relation_size(%s::regclass), pg_relation_size(%s::regclass)",
@@ -258,7 +266,9 @@ def static_pg(uri: str, schema: str, queries: np.ndarray, gt: GroundTruth, args)
     return rows
 
 
-def static_faiss(place_map, spec: str, queries: np.ndarray, gt: GroundTruth, to_fleet: np.ndarray) -> list[tuple]:
+def static_faiss(
+    place_map, spec: str, queries: np.ndarray, gt: GroundTruth, to_fleet: np.ndarray
+) -> list[tuple]:
     rows = []
     for q in queries[:20]:
         place_map.search(q, 5)
@@ -278,7 +288,9 @@ def static_faiss(place_map, spec: str, queries: np.ndarray, gt: GroundTruth, to_
 
 
 # ---------------------------------------------------------------------------- live robots
-def _robot_worker(kind: str, target: str, schema: str, robot: int, synth_args: tuple, args_dict: dict, out) -> None:
+def _robot_worker(
+    kind: str, target: str, schema: str, robot: int, synth_args: tuple, args_dict: dict, out
+) -> None:
     import faiss
 
     faiss.omp_set_num_threads(1)
@@ -289,7 +301,9 @@ def _robot_worker(kind: str, target: str, schema: str, robot: int, synth_args: t
     queries = synth.queries(int(args_dict["live_s"] * args_dict["rate_hz"]) + 50, seed=1000 + robot)
     if kind == "pgvector":
         settings = SearchSettings(mode="reduced", ef_search=args_dict["ef_search"], rerank_candidates=64)
-        store = PgPlaceStore(target, schema=schema, robot_id=f"live{robot}", session_id="live", search=settings)
+        store = PgPlaceStore(
+            target, schema=schema, robot_id=f"live{robot}", session_id="live", search=settings
+        )
     else:
         store = PlaceMap.load(target)
     period = 1.0 / args_dict["rate_hz"]
@@ -349,7 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ef-search", type=int, default=40)
     parser.add_argument("--m", type=int, default=16)
     parser.add_argument("--ef-construction", type=int, default=64)
-    parser.add_argument("--full-index", action="store_true", help="also build HNSW on the full halfvec (slow)")
+    parser.add_argument(
+        "--full-index", action="store_true", help="also build HNSW on the full halfvec (slow)"
+    )
     parser.add_argument("--faiss-spec", default="auto", help="local map spec ('auto': flat <= 200k, else "
                         "pca256+hnsw:M=16); 'none' skips the local map")  # fmt: skip
     parser.add_argument("--robots", type=int, default=4)
@@ -374,14 +390,20 @@ def main(argv: list[str] | None = None) -> int:
         uri = server.uri()
     print(f"# fleet map benchmark -- loaded machine ({os.cpu_count()} shared cores), dim {args.dim}, "
           f"PCA {args.reduced}, HNSW m={args.m} ef_construction={args.ef_construction} ef_search={args.ef_search}")  # fmt: skip
-    print("# data: synthetic clustered trajectories (64-d latent places x 20 views, random 2048-d mixing + noise)")
+    print(
+        "# data: synthetic clustered trajectories (64-d latent places x 20 views, random 2048-d mixing + noise)"
+    )
     try:
         for n in [int(s) for s in args.sizes.split(",")]:
             size_started = time.perf_counter()
             synth = Synth(args.dim, n, args.seed)
             queries = synth.queries(args.queries, seed=1)
             gt = GroundTruth(queries, {name: keep for name, (keep, _) in FILTERS.items()})
-            spec = args.faiss_spec if args.faiss_spec != "auto" else ("flat" if n <= 200_000 else "pca256+hnsw:M=16")
+            spec = (
+                args.faiss_spec
+                if args.faiss_spec != "auto"
+                else ("flat" if n <= 200_000 else "pca256+hnsw:M=16")
+            )
             place_map = None if spec == "none" else PlaceMap.create(args.dim, spec, FP)
             schema = f"bench_{n}"
             log(f"size {n}: loading")
@@ -391,7 +413,9 @@ def main(argv: list[str] | None = None) -> int:
                 from tscm_ros.fleet import fleet_place_id
 
                 r, s, kf = identity(np.arange(n))
-                to_fleet = np.array([fleet_place_id(f"r{r[i]}", f"s{s[i]}", int(kf[i])) for i in range(n)], np.int64)
+                to_fleet = np.array(
+                    [fleet_place_id(f"r{r[i]}", f"s{s[i]}", int(kf[i])) for i in range(n)], np.int64
+                )
             log(f"size {n}: static queries")
             rows = static_pg(uri, schema, queries, gt, args)
             if place_map is not None:
@@ -402,14 +426,18 @@ def main(argv: list[str] | None = None) -> int:
                   f"(explains {timings['pca_explained']:.3f}) | HNSW(reduced) build {timings['hnsw_build_s']:.1f} s"
                   + (f" | HNSW(full) build {timings['hnsw_full_build_s']:.1f} s" if args.full_index else "")
                   + f" | faiss add {timings['faiss_add_s']:.1f} s")  # fmt: skip
-            print(f"  table+TOAST+indexes {timings['table_gb']:.2f} GB, reduced HNSW {timings['hnsw_gb']:.2f} GB")
+            print(
+                f"  table+TOAST+indexes {timings['table_gb']:.2f} GB, reduced HNSW {timings['hnsw_gb']:.2f} GB"
+            )
             print(f"\n## {n} places -- static queries (k=5, {len(queries)} queries; ms)")
             print(f"  {'store':<44} {'filter':<20} {'p50':>7} {'p95':>7} {'R@1':>6} {'ov@5':>6}")
             for store, filt, lat, r1, o5 in rows:
                 print(f"  {store:<44} {filt:<20} {fmt_ms(lat)} {r1:6.3f} {o5:6.3f}")
             print(f"\n## {n} places -- live: {args.robots} robot processes x {args.rate_hz:g} Hz for {args.live_s:g} s "
                   "(search with exclusions, then add; ms)")  # fmt: skip
-            print(f"  {'store':<44} {'query p50':>9} {'p95':>7} {'insert p50':>10} {'p95':>7} {'Hz/robot':>8}")
+            print(
+                f"  {'store':<44} {'query p50':>9} {'p95':>7} {'insert p50':>10} {'p95':>7} {'Hz/robot':>8}"
+            )
             log(f"size {n}: live pgvector")
             q_ms, i_ms, rates = live("pgvector", uri, schema, synth, args)
             print(f"  {'pgvector hnsw256+rerank64':<44} {pct(q_ms, 50):9.2f} {pct(q_ms, 95):7.2f} "
@@ -424,7 +452,9 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(saved, ignore_errors=True)
             if place_map is not None:
                 place_map.close()
-            print(f"\n  ({n} places: {time.perf_counter() - size_started:.0f} s wall for this size)", flush=True)
+            print(
+                f"\n  ({n} places: {time.perf_counter() - size_started:.0f} s wall for this size)", flush=True
+            )
     finally:
         if server is not None:
             server.cleanup()

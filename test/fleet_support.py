@@ -34,12 +34,26 @@ def metas(n: int, start: int = 0, *, step_ns: int = 100_000_000) -> list[PlaceMe
     ]
 
 
-def new_schema(uri: str, *, dim: int = DIM, fingerprint: str | None = FP, index: str = "full",
-               reduced_dim: int | None = None, roles: bool = False) -> str:  # fmt: skip
+def new_schema(
+    uri: str,
+    *,
+    dim: int = DIM,
+    fingerprint: str | None = FP,
+    index: str = "full",
+    reduced_dim: int | None = None,
+    roles: bool = False,
+) -> str:
     name = "t_" + uuid.uuid4().hex[:12]
     with psycopg.connect(uri, autocommit=True) as conn:
-        fleet_schema.init(conn, name, dim=dim, model_fingerprint=fingerprint, index=index, reduced_dim=reduced_dim,
-                          create_roles=roles)  # fmt: skip
+        fleet_schema.init(
+            conn,
+            name,
+            dim=dim,
+            model_fingerprint=fingerprint,
+            index=index,
+            reduced_dim=reduced_dim,
+            create_roles=roles,
+        )
     return name
 
 

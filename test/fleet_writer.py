@@ -20,8 +20,9 @@ FP = "fp-A" + "0" * 60
 
 def main() -> None:
     uri, schema, local_map, total = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    store = open_place_store(uri, dim=DIM, model_fingerprint=FP, robot_id="r1", session_id="s1",
-                             local_map=local_map, schema=schema)  # fmt: skip
+    store = open_place_store(
+        uri, dim=DIM, model_fingerprint=FP, robot_id="r1", session_id="s1", local_map=local_map, schema=schema
+    )
     print(f"start {store.next_keyframe_index} {store.connection_state} {store.outbox_depth}", flush=True)
     rng = np.random.default_rng(store.next_keyframe_index)
     while (kf := store.next_keyframe_index) < total:

@@ -3,7 +3,7 @@ FleetPlaceStore: add/search/exclusions/metas/features/persistence and fingerprin
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -42,18 +42,29 @@ class Harness:
 
     def open(self, *, fp: str | None = FP, dim: int = DIM, local_path: Path | None = None):
         if self.kind == "placemap":
-            store = (PlaceMap.load(self.map_path, dim=dim, model_fingerprint=fp) if self.map_path.exists()
-                     else PlaceMap.create(dim, "flat", fp))  # fmt: skip
+            store = (
+                PlaceMap.load(self.map_path, dim=dim, model_fingerprint=fp)
+                if self.map_path.exists()
+                else PlaceMap.create(dim, "flat", fp)
+            )
         elif self.kind == "local":
             store = LocalPlaceStore.open(
                 self.map_path, dim=dim, model_fingerprint=fp, robot_id="r1", session_id="s1"
             )
         elif self.kind == "postgres":
-            store = PgPlaceStore(self.uri, dim=dim, model_fingerprint=fp, robot_id="r1", session_id="s1",
-                                 schema=self.schema)  # fmt: skip
+            store = PgPlaceStore(
+                self.uri, dim=dim, model_fingerprint=fp, robot_id="r1", session_id="s1", schema=self.schema
+            )
         else:
-            store = open_place_store(self.uri, dim=dim, model_fingerprint=fp, robot_id="r1", session_id="s1",
-                                     schema=self.schema, local_map=local_path or self.map_path)  # fmt: skip
+            store = open_place_store(
+                self.uri,
+                dim=dim,
+                model_fingerprint=fp,
+                robot_id="r1",
+                session_id="s1",
+                schema=self.schema,
+                local_map=local_path or self.map_path,
+            )
         self.opened.append(store)
         return store
 
@@ -68,10 +79,8 @@ class Harness:
 
     def close_all(self) -> None:
         for store in self.opened:
-            try:
+            with contextlib.suppress(Exception):  # already closed by the test
                 store.close()
-            except Exception:
-                pass
 
 
 @pytest.fixture(params=KINDS)
@@ -145,8 +154,11 @@ def test_metas_roundtrip(harness: Harness) -> None:
     want = records[2]
     assert meta.place_id == int(ids[2])
     assert (meta.stamp_ns, meta.keyframe_index, meta.frame_id, meta.source) == (
-        want.stamp_ns, want.keyframe_index, want.frame_id, want.source,
-    )  # fmt: skip
+        want.stamp_ns,
+        want.keyframe_index,
+        want.frame_id,
+        want.source,
+    )
     assert meta.pose == want.pose and meta.utm == want.utm
     assert store.next_keyframe_index == 45
 
@@ -192,6 +204,3 @@ def test_input_validation(harness: Harness) -> None:
     store.add(unit_vectors(3), metas(3))
     with pytest.raises(ValueError):
         store.search(unit_vectors(1)[0], 0)
-
-
-Opener = Callable[..., object]

@@ -51,8 +51,15 @@ def wait_for(predicate, timeout_s: float = 30.0) -> bool:
 def test_server_crash_and_restart_mid_stream(private_pg, tmp_path: Path) -> None:
     uri = private_pg.uri()
     schema = new_schema(uri)
-    store = open_place_store(uri, dim=DIM, model_fingerprint=FP, robot_id="r1", session_id="s1",
-                             local_map=tmp_path / "robot_map", schema=schema)  # fmt: skip
+    store = open_place_store(
+        uri,
+        dim=DIM,
+        model_fingerprint=FP,
+        robot_id="r1",
+        session_id="s1",
+        local_map=tmp_path / "robot_map",
+        schema=schema,
+    )
     assert isinstance(store, FleetPlaceStore) and store.connection_state == "connected"
     db = unit_vectors(90, seed=21)
     ids, states, depths = [], [], []
@@ -87,8 +94,15 @@ def test_redelivery_after_lost_acknowledgement_is_idempotent(private_pg, tmp_pat
     """The server committed a batch but the robot died before deleting it from the outbox."""
     uri = private_pg.uri()
     schema = new_schema(uri)
-    store = open_place_store(uri, dim=DIM, model_fingerprint=FP, robot_id="r1", session_id="s1",
-                             local_map=tmp_path / "robot_map", schema=schema)  # fmt: skip
+    store = open_place_store(
+        uri,
+        dim=DIM,
+        model_fingerprint=FP,
+        robot_id="r1",
+        session_id="s1",
+        local_map=tmp_path / "robot_map",
+        schema=schema,
+    )
     failures = []
     real_ack = store._outbox.ack
 
@@ -110,11 +124,18 @@ def test_redelivery_after_lost_acknowledgement_is_idempotent(private_pg, tmp_pat
     store.close()
 
 
-def run_writer(uri: str, schema: str, local_map: Path, total: int, kill_after: int | None) -> tuple[list[str], int]:
+def run_writer(
+    uri: str, schema: str, local_map: Path, total: int, kill_after: int | None
+) -> tuple[list[str], int]:
     """Run test/fleet_writer.py; SIGKILL it once it acknowledged ``kill_after`` keyframes."""
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, str(HERE / "fleet_writer.py"), uri, schema, str(local_map), str(total)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "fleet_writer.py"), uri, schema, str(local_map), str(total)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     lines = []
     try:
         for line in proc.stdout:
@@ -155,7 +176,9 @@ def test_sigkill_writer_mid_stream(private_pg, tmp_path: Path) -> None:
         private_pg.start()
     lines, _ = run_writer(uri, schema, local_map, 90, kill_after=None)
     start = lines[0].split()
-    assert int(start[1]) > max(acked) and int(start[3]) >= 1  # resumed after the last keyframe, outbox waiting
+    assert (
+        int(start[1]) > max(acked) and int(start[3]) >= 1
+    )  # resumed after the last keyframe, outbox waiting
     acked += acks(lines)
     assert lines[-1] == "done True 0"
     rows = server_rows(uri, schema)

@@ -39,8 +39,14 @@ def fleet_metas(n: int, robots: int, sessions_per_robot: int, start: int = 0) ->
     out = []
     for i in range(start, start + n):
         block = i // per
-        out.append(FleetPlaceMeta(stamp_ns=i * 1_000_000, keyframe_index=i % per, robot_id=f"r{block % robots}",
-                                  session_id=f"s{block}"))  # fmt: skip
+        out.append(
+            FleetPlaceMeta(
+                stamp_ns=i * 1_000_000,
+                keyframe_index=i % per,
+                robot_id=f"r{block % robots}",
+                session_id=f"s{block}",
+            )
+        )
     return out
 
 
@@ -59,13 +65,18 @@ def test_init_migrate_status(uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
             fleet_schema.init(conn, name, dim=DIM, model_fingerprint="other")
         status = fleet_schema.status(conn, name)
         assert status.version == 1 and not status.pending and status.info["dim"] == DIM
-        assert fleet_schema.FULL_INDEX in status.indexes and "halfvec_ip_ops" in status.indexes[fleet_schema.FULL_INDEX]
+        assert (
+            fleet_schema.FULL_INDEX in status.indexes
+            and "halfvec_ip_ops" in status.indexes[fleet_schema.FULL_INDEX]
+        )
 
         # a newer tscm_ros adds migration 2: stores refuse the old schema until it is migrated
         def v2(schema, dim, reduced_dim):
             return [sql.SQL("ALTER TABLE {}.places ADD COLUMN note text").format(schema)]
 
-        monkeypatch.setattr(fleet_schema, "MIGRATIONS", [*fleet_schema.MIGRATIONS, fleet_schema.Migration(2, "note", v2)])
+        monkeypatch.setattr(
+            fleet_schema, "MIGRATIONS", [*fleet_schema.MIGRATIONS, fleet_schema.Migration(2, "note", v2)]
+        )
         with pytest.raises(SchemaError, match="tscm_map_db migrate"):
             PgPlaceStore(uri, schema=name)
         assert fleet_schema.migrate(conn, name) == [2]
@@ -83,15 +94,33 @@ def test_cli_init_status_index(uri: str, capsys: pytest.CaptureFixture) -> None:
     name = "t_cli"
     try:
         assert map_db_main(["status", uri, "--schema", name]) == 3
-        assert map_db_main(["init", uri, "--schema", name, "--dim", "64", "--fingerprint", FP, "--index", "none",
-                            "--create-roles"]) == 0  # fmt: skip
+        assert (
+            map_db_main(
+                [
+                    "init",
+                    uri,
+                    "--schema",
+                    name,
+                    "--dim",
+                    "64",
+                    "--fingerprint",
+                    FP,
+                    "--index",
+                    "none",
+                    "--create-roles",
+                ]
+            )
+            == 0
+        )
         assert map_db_main(["migrate", uri, "--schema", name]) == 0
         assert map_db_main(["index", uri, "create", "full", "--schema", name]) == 0
         capsys.readouterr()
         assert map_db_main(["status", uri, "--schema", name, "--json"]) == 0
         status = json.loads(capsys.readouterr().out)
         assert status["dim"] == 64 and status["reduced_dim"] == 32 and status["version"] == 1
-        assert status["hnsw_indexes"] == [fleet_schema.FULL_INDEX] and status["roles"][fleet_schema.READER_ROLE]
+        assert (
+            status["hnsw_indexes"] == [fleet_schema.FULL_INDEX] and status["roles"][fleet_schema.READER_ROLE]
+        )
         assert map_db_main(["init", uri, "--schema", name, "--dim", "32"]) == 2  # wrong dim: refused
         assert "already holds a 64-d map" in capsys.readouterr().err
     finally:
@@ -105,8 +134,13 @@ def test_robot_and_session_filters(uri: str, schema_name: str) -> None:
     ids = store.add(db, fleet_metas(240, robots=3, sessions_per_robot=2))  # 6 sessions of 40
     assert store.count() == 240 and store.count(robots=["r1"]) == 80
     assert [(r, s, n) for r, s, n, _, _ in store.sessions()] == [
-        ("r0", "s0", 40), ("r0", "s3", 40), ("r1", "s1", 40), ("r1", "s4", 40), ("r2", "s2", 40), ("r2", "s5", 40),
-    ]  # fmt: skip
+        ("r0", "s0", 40),
+        ("r0", "s3", 40),
+        ("r1", "s1", 40),
+        ("r1", "s4", 40),
+        ("r2", "s2", 40),
+        ("r2", "s5", 40),
+    ]
     q = db[5]
     only_r1 = store.search(q, 10, robots=["r1"])
     assert len(only_r1) == 10 and {m.robot_id for m in only_r1} == {"r1"}
@@ -147,14 +181,23 @@ def test_filtered_search_keeps_recall_with_iterative_scans(uri: str, schema_name
         conn.execute(sql.SQL("ANALYZE {}.places").format(sql.Identifier(schema_name)))
         register_vector(conn)
         plan = conn.execute(
-            sql.SQL("EXPLAIN SELECT place_id FROM {}.places WHERE session_id = ANY(%s) ORDER BY descriptor <#> %s "
-                    "LIMIT 10").format(sql.Identifier(schema_name)),
+            sql.SQL(
+                "EXPLAIN SELECT place_id FROM {}.places WHERE session_id = ANY(%s) "
+                "ORDER BY descriptor <#> %s "
+                "LIMIT 10"
+            ).format(sql.Identifier(schema_name)),
             (["s7"], HalfVector(db[0])),
-        ).fetchall()  # fmt: skip
+        ).fetchall()
     assert fleet_schema.FULL_INDEX in " ".join(r[0] for r in plan)
 
-    def run(iterative: str, fallback: bool) -> tuple[list[int], int]:
-        settings = SearchSettings(ef_search=20, rerank_candidates=20, iterative_scan=iterative, exact_fallback=fallback)
+    def run(iterative: str, fallback: bool, brute_force_below: int = 0) -> tuple[list[int], int]:
+        settings = SearchSettings(
+            ef_search=20,
+            rerank_candidates=20,
+            iterative_scan=iterative,
+            exact_fallback=fallback,
+            brute_force_below=brute_force_below,
+        )
         store = PgPlaceStore(uri, schema=schema_name, search=settings, conninfo_options=FORCE_HNSW)
         counts, equal = [], 0
         for q in unit_vectors(20, seed=14):
@@ -171,6 +214,8 @@ def test_filtered_search_keeps_recall_with_iterative_scans(uri: str, schema_name
     assert counts == [10] * 20 and equal >= 19
     counts, equal = run("off", fallback=True)  # without iterative scans the exact fallback still answers
     assert counts == [10] * 20 and equal == 20
+    counts, equal = run("off", fallback=False, brute_force_below=1000)  # default: 100 rows -> btree, exact
+    assert counts == [10] * 20 and equal == 20
 
 
 # ---------------------------------------------------------------------------- PCA + re-ranking
@@ -184,7 +229,9 @@ def low_rank(n: int, dim: int, seed: int, basis_seed: int = 99) -> np.ndarray:
 def test_pca_reduced_search_with_rerank(uri: str) -> None:
     name = new_schema(uri, dim=64, index="none", reduced_dim=16)
     try:
-        writer = PgPlaceStore(uri, schema=name, robot_id="r1", session_id="s1")  # opened before the PCA exists
+        writer = PgPlaceStore(
+            uri, schema=name, robot_id="r1", session_id="s1"
+        )  # opened before the PCA exists
         db = low_rank(1200, 64, seed=1)
         writer.add(db[:1000], metas(1000))
         assert map_db_main(["pca", uri, "--schema", name, "--sample", "800"]) == 0
@@ -194,8 +241,9 @@ def test_pca_reduced_search_with_rerank(uri: str) -> None:
         writer.reconnect()  # picks the projection up
         writer.add(db[1100:], metas(100, start=1100))
         with psycopg.connect(uri) as conn:
-            nulls = conn.execute(sql.SQL("SELECT count(*) FROM {}.places WHERE reduced IS NULL")
-                                 .format(sql.Identifier(name))).fetchone()[0]  # fmt: skip
+            nulls = conn.execute(
+                sql.SQL("SELECT count(*) FROM {}.places WHERE reduced IS NULL").format(sql.Identifier(name))
+            ).fetchone()[0]
         assert nulls == 100
         queries = low_rank(60, 64, seed=2)
         queries[:20] = db[1000:1100:5] + 0.01 * queries[:20]  # 20 queries whose answer has no reduced vector

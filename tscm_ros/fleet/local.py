@@ -245,7 +245,8 @@ class LocalPlaceStore:
         if self._arrays_cache is None:
             self._arrays_cache = (
                 np.asarray(self._ids, np.int64), np.asarray(self._robot, np.int32),
-                np.asarray(self._session, np.int32), np.asarray(self._stamp, np.int64), np.asarray(self._kf, np.int64),
+                np.asarray(self._session, np.int32), np.asarray(self._stamp, np.int64),
+                np.asarray(self._kf, np.int64),
             )  # fmt: skip
         return self._arrays_cache
 

@@ -54,7 +54,8 @@ def _meta_json(meta: PlaceMeta) -> str:
     pose = meta.pose
     utm = meta.utm
     return json.dumps({
-        "stamp_ns": meta.stamp_ns, "frame_id": meta.frame_id, "source": meta.source, "place_id": meta.place_id,
+        "stamp_ns": meta.stamp_ns, "frame_id": meta.frame_id, "source": meta.source,
+        "place_id": meta.place_id,
         "pose": [list(pose.position), list(pose.orientation), pose.frame_id] if pose else None,
         "utm": [utm.easting, utm.northing, utm.zone] if utm else None,
     })  # fmt: skip
@@ -105,8 +106,8 @@ class Outbox:
         with self._lock, self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.executemany(
-                "INSERT INTO pending (robot_id, session_id, keyframe_index, meta, descriptor, features, thumbnail, "
-                "enqueued_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO pending (robot_id, session_id, keyframe_index, meta, descriptor, features, "
+                "thumbnail, enqueued_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
 
@@ -114,8 +115,8 @@ class Outbox:
         """The oldest ``limit`` entries (they stay until :meth:`ack`)."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT seq, robot_id, session_id, keyframe_index, meta, descriptor, features, thumbnail, enqueued_ns, "
-                "attempts FROM pending ORDER BY seq LIMIT ?",
+                "SELECT seq, robot_id, session_id, keyframe_index, meta, descriptor, features, thumbnail, "
+                "enqueued_ns, attempts FROM pending ORDER BY seq LIMIT ?",
                 (int(limit),),
             ).fetchall()
         return [

@@ -81,7 +81,7 @@ class PcaProjection:
         if x.shape[-1] != self.dim:
             raise ValueError(f"PCA projection expects {self.dim}-d descriptors, got {x.shape[-1]}-d")
         if x.ndim == 1 or len(x) <= _SMALL_BATCH:
-            # single-threaded: a multi-threaded BLAS sgemv waits milliseconds for a second thread on a busy CPU
+            # single-threaded: multi-threaded BLAS sgemv waits milliseconds for a 2nd thread on a busy CPU
             return np.einsum("...d,rd->...r", x, self.components, optimize=False).astype(np.float32)
         return np.ascontiguousarray(x @ self.components.T, dtype=np.float32)
 
@@ -120,8 +120,13 @@ class PcaProjection:
         comp = np.frombuffer(bytes(components), "<f4")
         if comp.size % dim:
             raise ValueError(f"stored PCA components ({comp.size} values) do not fit dim {dim}")
-        return cls(comp.reshape(-1, dim).astype(np.float32), np.frombuffer(bytes(mean), "<f4").astype(np.float32),
-                   float(explained or 0.0), int(fitted_on or 0))  # fmt: skip
+        mean_values = np.frombuffer(bytes(mean), "<f4").astype(np.float32)
+        return cls(
+            comp.reshape(-1, dim).astype(np.float32),
+            mean_values,
+            float(explained or 0.0),
+            int(fitted_on or 0),
+        )
 
     def save(self, path: str | Path) -> None:
         """Write JSON atomically (temp file + rename)."""

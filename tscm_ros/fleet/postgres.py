@@ -11,15 +11,20 @@ Search modes (``SearchSettings.mode``):
 
 Filtered queries use pgvector >= 0.8 iterative index scans (``hnsw.iterative_scan``), so a filter that
 keeps few rows still yields k results; if fewer than k come back (``hnsw.max_scan_tuples`` reached),
-the query is repeated as an exact scan of the filtered rows. Exclusion windows (time, keyframes) apply
+the query is repeated as an exact scan of the filtered rows. Robot/session include-filters that the
+planner estimates below ``brute_force_below`` rows skip HNSW altogether: their rows come from the btree
+indexes and are ranked exactly (cheaper than walking ~k/selectivity HNSW candidates, and exact).
+Exclusion windows (time, keyframes) apply
 to the places of the querying robot's own session (``exclusion_scope="session"``, default: another
 robot's place seen a second ago is a genuine inter-robot loop closure) or to all places (``"all"``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -53,8 +58,10 @@ META_COLUMNS = (
 )  # fmt: skip
 WRITE_COLUMNS = META_COLUMNS + ("model_fingerprint", "descriptor", "reduced", "features", "thumbnail")
 _BINARY_COLUMNS = ("descriptor", "reduced", "features", "thumbnail")
+_BLOB_COLUMNS = ("features", "thumbnail")
 _MIN_PGVECTOR = (0, 7)
 SEARCH_MODES = ("auto", "reduced", "full", "exact")
+_ESTIMATE_TTL_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,10 @@ class SearchSettings:
     max_scan_tuples: int = 20_000
     exact_fallback: bool = True
     statement_timeout_ms: int = 5_000
+    # robots/sessions include-filters matching fewer rows than this (planner estimate) skip HNSW: the rows
+    # come from the btree and are ranked exactly (reduced mode: on the 256-d vectors, then re-ranked);
+    # an iterative HNSW scan would walk ~k/selectivity candidates instead
+    brute_force_below: int = 20_000
 
     def __post_init__(self) -> None:
         if self.mode not in SEARCH_MODES:
@@ -155,6 +166,7 @@ class PgPlaceStore:
         self.pgvector_version = ""
         self.indexes: set[str] = set()
         self.last_error = ""
+        self._estimates: dict[tuple, tuple[float, int]] = {}
         self._connect()
 
     def __repr__(self) -> str:
@@ -208,8 +220,9 @@ class PgPlaceStore:
             )
         if status.pending:
             raise SchemaError(
-                f"{self.target_description}: fleet map schema {self.schema!r} is at version {status.version}, "
-                f"this tscm_ros needs {schema_mod.latest_version()}; run: tscm_map_db migrate URI --schema {self.schema}"
+                f"{self.target_description}: fleet map schema {self.schema!r} is at version "
+                f"{status.version}, this tscm_ros needs {schema_mod.latest_version()}; "
+                f"run: tscm_map_db migrate URI --schema {self.schema}"
             )
         info = status.info
         where = f"{self.target_description} schema {self.schema!r}"
@@ -288,10 +301,8 @@ class PgPlaceStore:
 
     def _drop(self) -> None:
         if self._conn is not None:
-            try:
+            with contextlib.suppress(psycopg.Error):
                 self._conn.close()
-            except psycopg.Error:
-                pass
         self._conn = None
 
     def reconnect(self) -> None:
@@ -425,7 +436,7 @@ class PgPlaceStore:
         placeholders = [sql.Placeholder(format="b" if c in _BINARY_COLUMNS else "s") for c in WRITE_COLUMNS]
         keys = ("place_id", "robot_id", "session_id", "keyframe_index")
         updates = [
-            sql.SQL("{c} = COALESCE(EXCLUDED.{c}, {t}.{c})" if c in ("features", "thumbnail") else "{c} = EXCLUDED.{c}")
+            sql.SQL("{c} = COALESCE(EXCLUDED.{c}, {t}.{c})" if c in _BLOB_COLUMNS else "{c} = EXCLUDED.{c}")
             .format(c=sql.Identifier(c), t=sql.Identifier("places"))
             for c in WRITE_COLUMNS if c not in keys
         ]  # fmt: skip
@@ -490,7 +501,26 @@ class PgPlaceStore:
             matches = self._run_search(query, k, filt, "exact")
         return matches
 
+    def _selective(self, filt: SearchFilter, mode: str) -> bool:
+        """Whether the include-filters keep so few rows that scanning them beats an iterative HNSW scan."""
+        if mode == "exact" or (filt.robots is None and filt.sessions is None):
+            return False
+        limit = self.settings.brute_force_below if mode == "reduced" else self.settings.brute_force_below // 8
+        key = (filt.robots, filt.sessions)
+        cached = self._estimates.get(key)
+        if cached is None or time.monotonic() - cached[0] > _ESTIMATE_TTL_S:
+            where, params = self._where(SearchFilter(robots=filt.robots, sessions=filt.sessions))
+            with self._connection() as conn:
+                plan = conn.execute(
+                    sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} WHERE {}").format(self._table, where),
+                    params,
+                ).fetchone()[0]
+            cached = (time.monotonic(), int(plan[0]["Plan"]["Plan Rows"]))
+            self._estimates[key] = cached
+        return cached[1] < limit
+
     def _run_search(self, query: np.ndarray, k: int, filt: SearchFilter, mode: str) -> list[FleetMatch]:
+        brute = self._selective(filt, mode)
         where, params = self._where(filt)
         params |= {"q": HalfVector(query), "k": k}
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in META_COLUMNS)
@@ -503,22 +533,27 @@ class PgPlaceStore:
                 "ORDER BY reduced <#> %(r)b LIMIT %(c)s) UNION ALL "
                 "(SELECT {cols}, descriptor FROM {t} WHERE reduced IS NULL AND {where} "
                 "ORDER BY descriptor <#> %(q)b LIMIT %(k)s)) "
-                "SELECT {cols}, -(descriptor <#> %(q)b) AS sim FROM cand ORDER BY sim DESC, place_id LIMIT %(k)s"
+                "SELECT {cols}, -(descriptor <#> %(q)b) AS sim FROM cand "
+                "ORDER BY sim DESC, place_id LIMIT %(k)s"
             ).format(cols=cols, t=self._table, where=where)
         else:
             statement = sql.SQL(
-                "WITH cand AS MATERIALIZED (SELECT {cols}, descriptor <#> %(q)b AS dist FROM {t} WHERE {where} "
+                "WITH cand AS MATERIALIZED (SELECT {cols}, descriptor <#> %(q)b AS dist "
+                "FROM {t} WHERE {where} "
                 "ORDER BY descriptor <#> %(q)b LIMIT %(k)s) SELECT {cols}, -dist AS sim FROM cand "
                 "ORDER BY dist, place_id"
             ).format(cols=cols, t=self._table, where=where)
         ef = max(self.settings.ef_search, self.settings.rerank_candidates)
         needs_local = (
-            mode == "exact" or (mode == "full" and k > ef) or (mode == "reduced" and params["c"] > ef)
+            mode == "exact"
+            or brute
+            or (mode == "full" and k > ef)
+            or (mode == "reduced" and params["c"] > ef)
         )
         with self._connection() as conn:
             if needs_local:
                 with conn.transaction():
-                    if mode == "exact":
+                    if mode == "exact" or brute:  # no HNSW: btree/bitmap scans of the filtered rows
                         conn.execute("SELECT set_config('enable_indexscan', 'off', true)")
                     else:
                         conn.execute(
@@ -659,18 +694,26 @@ class PgPlaceStore:
             where = sql.SQL(" AND ").join([where, *extra])
         blobs = sql.SQL("features, thumbnail") if with_blobs else sql.SQL("NULL::bytea, NULL::bytea")
         statement = sql.SQL(
-            "SELECT {cols}, descriptor, {blobs} FROM {t} WHERE {where} ORDER BY robot_id, session_id, keyframe_index"
+            "SELECT {cols}, descriptor, {blobs} FROM {t} WHERE {where} "
+            "ORDER BY robot_id, session_id, keyframe_index"
         ).format(cols=sql.SQL(", ").join(sql.Identifier(c) for c in META_COLUMNS), blobs=blobs, t=self._table,
                  where=where)  # fmt: skip
-        with self._connection() as conn, conn.transaction():
-            with conn.cursor(name="tscm_iter_places", binary=True) as cur:
-                cur.itersize = batch
-                cur.execute(statement, params)
-                for row in cur:
-                    n = len(META_COLUMNS)
-                    feats, thumb = row[n + 1], row[n + 2]
-                    yield (meta_from_row(row), row[n].to_numpy().astype(np.float32),
-                           None if feats is None else bytes(feats), None if thumb is None else bytes(thumb))  # fmt: skip
+        n = len(META_COLUMNS)
+        with (
+            self._connection() as conn,
+            conn.transaction(),
+            conn.cursor(name="tscm_iter_places", binary=True) as cur,
+        ):
+            cur.itersize = batch
+            cur.execute(statement, params)
+            for row in cur:
+                feats, thumb = row[n + 1], row[n + 2]
+                yield (
+                    meta_from_row(row),
+                    row[n].to_numpy().astype(np.float32),
+                    None if feats is None else bytes(feats),
+                    None if thumb is None else bytes(thumb),
+                )
 
     def sessions(self) -> list[tuple[str, str, int, int, int]]:
         """``(robot_id, session_id, places, first stamp_ns, last stamp_ns)`` of every session."""
@@ -679,10 +722,11 @@ class PgPlaceStore:
 
     # ------------------------------------------------------------------ maintenance
     def set_pca(self, projection: PcaProjection, *, backfill: bool = True, batch: int = 2000) -> int:
-        """Store ``projection`` in map_info and (re)compute every row's reduced vector; returns rows updated."""
+        """Store ``projection`` in map_info and recompute every row's reduced vector; returns rows updated."""
         if projection.dim != self.dim or projection.reduced_dim != self.reduced_dim:
             raise MapDimensionError(
-                f"PCA {projection.dim}->{projection.reduced_dim} does not fit this map ({self.dim}->{self.reduced_dim})"
+                f"PCA {projection.dim}->{projection.reduced_dim} does not fit this map "
+                f"({self.dim}->{self.reduced_dim})"
             )
         components, mean = projection.to_columns()
         with self._connection() as conn:
@@ -705,7 +749,8 @@ class PgPlaceStore:
         while True:
             with self._connection() as conn:
                 rows = conn.execute(
-                    sql.SQL("SELECT place_id, descriptor FROM {} WHERE {} AND place_id > %s ORDER BY place_id LIMIT %s")
+                    sql.SQL("SELECT place_id, descriptor FROM {} WHERE {} AND place_id > %s "
+                            "ORDER BY place_id LIMIT %s")
                     .format(self._table, condition),
                     (last_id, batch),
                     binary=True,

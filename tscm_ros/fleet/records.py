@@ -42,7 +42,8 @@ def with_identity(
 ) -> FleetPlaceMeta:
     """``meta`` as a :class:`FleetPlaceMeta` with the given identity (and place id when given)."""
     return FleetPlaceMeta(
-        stamp_ns=meta.stamp_ns, frame_id=meta.frame_id, source=meta.source, keyframe_index=meta.keyframe_index,
+        stamp_ns=meta.stamp_ns, frame_id=meta.frame_id, source=meta.source,
+        keyframe_index=meta.keyframe_index,
         pose=meta.pose, utm=meta.utm, place_id=meta.place_id if place_id is None else int(place_id),
         robot_id=robot_id, session_id=session_id,
     )  # fmt: skip

@@ -4,10 +4,11 @@
   flushes the outbox to the server in batches with an idempotent upsert keyed by
   ``(robot_id, session_id, keyframe_index)`` and deletes entries only after the server committed them.
   ``add()`` never waits for the network.
-* **Queries** go to the server while ``connection_state == "connected"``; own keyframes still in the
-  outbox are merged in from the local map. When the server is away (refused connection, timeout, lost
-  connection), queries answer from the local map -- the robot's own keyframes plus whatever was pulled
-  with ``tscm_map_sync pull`` -- and the background thread reconnects with exponential back-off.
+* **Queries** go to the server while it is reachable (also for a read-only role); this session's own
+  places are merged in from the local map while keyframes wait in the outbox. When the server is away
+  (refused connection, timeout, lost connection), queries answer from the local map -- the robot's own
+  keyframes plus whatever was pulled with ``tscm_map_sync pull`` -- and the background thread
+  reconnects with exponential back-off.
 * **Ids** are fleet ids (:func:`fleet_place_id`), identical online and offline.
 * **Diagnostics**: ``connection_state`` (connected | disconnected | refused), ``outbox_depth`` and
   :meth:`diagnostics` (string key/values for ``diagnostic_msgs/KeyValue``).
@@ -91,6 +92,7 @@ class FleetPlaceStore:
         self.server_queries = 0
         self.fallback_queries = 0
         self._count_cache: tuple[float, int] = (0.0, 0)
+        self._flush_lock = threading.Lock()
         self._outbox = Outbox(local.sidecar_path / OUTBOX_FILE)
         self._l2g = local.fleet_ids()
         self._g2l = {g: lid for lid, g in self._l2g.items()}
@@ -109,7 +111,8 @@ class FleetPlaceStore:
         self._thread.start()
 
     def __repr__(self) -> str:
-        return f"FleetPlaceStore({self.target_description!r}, robot={self.robot_id!r}, session={self.session_id!r})"
+        who = f"robot={self.robot_id!r}, session={self.session_id!r}"
+        return f"FleetPlaceStore({self.target_description!r}, {who})"
 
     # ------------------------------------------------------------------ state
     def _replay_outbox(self) -> None:
@@ -203,11 +206,12 @@ class FleetPlaceStore:
         writer = self._writer
         if not entries or writer is None:
             return 0
-        writer.add(
-            np.stack([e.descriptor for e in entries]), [e.meta for e in entries],
-            features=[e.features for e in entries], thumbnails=[e.thumbnail for e in entries],
-        )  # fmt: skip
-        self._outbox.ack([e.seq for e in entries])
+        with self._flush_lock:  # server commit + outbox delete, atomic for __len__
+            writer.add(
+                np.stack([e.descriptor for e in entries]), [e.meta for e in entries],
+                features=[e.features for e in entries], thumbnails=[e.thumbnail for e in entries],
+            )  # fmt: skip
+            self._outbox.ack([e.seq for e in entries])
         with self._lock:
             self.flushed_total += len(entries)
             self._pending.difference_update(int(e.meta.place_id) for e in entries)
@@ -251,17 +255,19 @@ class FleetPlaceStore:
     def __len__(self) -> int:
         """Places searchable now: the server's count plus the outbox when connected, else the local map's."""
         reader = self._reader
-        if self._state == CONNECTED and reader is not None:
-            stamp, count = self._count_cache
-            if time.monotonic() - stamp > self._count_cache_s:
-                try:
-                    count = len(reader)
-                    self._count_cache = (time.monotonic(), count)
-                except StoreUnavailableError as exc:
-                    self._set_down(exc)
-                    return len(self._local)
-            return count + self.outbox_depth
-        return len(self._local)
+        if reader is None:
+            return len(self._local)
+        stamp, total = self._count_cache  # server + outbox does not change when a batch is flushed
+        if time.monotonic() - stamp <= self._count_cache_s:
+            return total
+        try:
+            with self._flush_lock:
+                total = len(reader) + self.outbox_depth
+        except StoreUnavailableError as exc:
+            self._set_down(exc)
+            return len(self._local)
+        self._count_cache = (time.monotonic(), total)
+        return total
 
     def diagnostics(self) -> dict[str, str]:
         """``/diagnostics`` key/values (strings; no credentials)."""
@@ -296,8 +302,8 @@ class FleetPlaceStore:
         """Queue places durably (outbox) and add them to the local map; returns their fleet ids."""
         if self.read_only:
             raise ReadOnlyStoreError(
-                f"fleet map {self.target_description} schema {self.schema!r} is read-only for this role: writes "
-                f"are refused (a localisation-only robot; use a role in {schema_mod.WRITER_ROLE})"
+                f"fleet map {self.target_description} schema {self.schema!r} is read-only for this role: "
+                f"writes are refused (a localisation-only robot; use a role in {schema_mod.WRITER_ROLE})"
             )
         vectors = prepare_descriptors(descriptors, self.dim)
         metas = prepare_metas(metas, len(vectors))
@@ -321,6 +327,7 @@ class FleetPlaceStore:
                 self._g2l[gid] = int(lid)
             self._pending.update(ids)
             self._next_kf = next_kf
+            self._count_cache = (0.0, 0)
         self._wake.set()
         return np.asarray(ids, dtype=np.int64)
 
@@ -355,7 +362,7 @@ class FleetPlaceStore:
 
     def _search_one(self, query: np.ndarray, k: int, filters: dict) -> list[FleetMatch]:
         reader = self._reader
-        if self._state == CONNECTED and reader is not None:
+        if reader is not None:
             pending = bool(self._pending)  # before the query: a flush may land while it runs
             try:
                 matches = reader.search(query, k, **filters)
@@ -413,7 +420,7 @@ class FleetPlaceStore:
         ids = [int(i) for i in place_ids]
         found: dict = {}
         reader = self._reader
-        if self._state == CONNECTED and reader is not None:
+        if reader is not None:
             try:
                 found = getattr(reader, method)(ids)
             except StoreUnavailableError as exc:

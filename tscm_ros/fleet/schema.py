@@ -192,8 +192,8 @@ def _apply_pending(conn: psycopg.Connection, schema: str, dim: int, reduced_dim:
     ident = sql.Identifier(schema)
     conn.execute(
         sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {}.schema_migrations (version integer PRIMARY KEY, name text NOT NULL, "
-            "applied_at timestamptz NOT NULL DEFAULT now())"
+            "CREATE TABLE IF NOT EXISTS {}.schema_migrations (version integer PRIMARY KEY, "
+            "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
         ).format(ident)
     )
     done = {v for v, _, _ in _applied(conn, schema)}
@@ -245,8 +245,8 @@ def init(
                 conn.execute("CREATE EXTENSION vector")
             except psycopg.errors.InsufficientPrivilege as exc:
                 raise SchemaError(
-                    "the pgvector extension is not installed in this database and this role may not create it; "
-                    "ask an administrator for: CREATE EXTENSION vector;"
+                    "the pgvector extension is not installed in this database and this role may not "
+                    "create it; ask an administrator for: CREATE EXTENSION vector;"
                 ) from exc
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
         existing = read_info(conn, schema) if _table_exists(conn, schema, "map_info") else None
@@ -256,7 +256,8 @@ def init(
             stored = existing["model_fingerprint"]
             if model_fingerprint and stored and stored != model_fingerprint:
                 raise SchemaError(
-                    f"schema {schema} already holds a map of model {stored[:16]}..., not {model_fingerprint[:16]}..."
+                    f"schema {schema} already holds a map of model {stored[:16]}..., "
+                    f"not {model_fingerprint[:16]}..."
                 )
             reduced_dim = int(existing["reduced_dim"])
         applied = _apply_pending(conn, schema, dim, reduced_dim)

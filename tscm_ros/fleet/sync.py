@@ -152,7 +152,9 @@ def transfer(
     with ExitStack() as stack:
         opened = []
         for source in sources:
-            src = _Source(source, schema=schema, label=label, allow_fingerprint_mismatch=allow_fingerprint_mismatch)
+            src = _Source(
+                source, schema=schema, label=label, allow_fingerprint_mismatch=allow_fingerprint_mismatch
+            )
             stack.callback(src.close)
             opened.append(src)
         dim, fingerprint = _check_compatible(opened, allow_fingerprint_mismatch)
@@ -190,7 +192,9 @@ def transfer(
                     report.written += len(fresh)
         if not to_server:
             assert isinstance(dest, LocalPlaceStore)
-            server_pca = next((s.store.pca for s in opened if isinstance(s.store, PgPlaceStore) and s.store.pca), None)
+            server_pca = next(
+                (s.store.pca for s in opened if isinstance(s.store, PgPlaceStore) and s.store.pca), None
+            )
             if server_pca is not None and dest.pca is None:
                 dest.set_pca(server_pca)
             dest.save(destination)

@@ -91,8 +91,9 @@ class LocalPostgres:
             raise RuntimeError("tls=True needs tcp=True, the openssl command and a server built with OpenSSL")
         cert, key = self.root / "server.crt", self.root / "server.key"
         subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
-             "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+             "-keyout", str(key), "-out", str(cert)],
             check=True, capture_output=True, timeout=60,
         )  # fmt: skip
         key.chmod(0o600)
