@@ -128,10 +128,17 @@ def start_server(workdir: Path):
     from tscm_ros.fleet.testing import LocalPostgres
 
     settings = {
-        "wal_level": "minimal", "max_wal_senders": "0", "max_wal_size": "16GB", "checkpoint_timeout": "30min",
-        "shared_buffers": "1GB", "maintenance_work_mem": "2GB", "max_parallel_maintenance_workers": "1",
-        "work_mem": "64MB", "synchronous_commit": "on", "max_connections": "50",
-    }  # fmt: skip
+        "wal_level": "minimal",
+        "max_wal_senders": "0",
+        "max_wal_size": "16GB",
+        "checkpoint_timeout": "30min",
+        "shared_buffers": "1GB",
+        "maintenance_work_mem": "2GB",
+        "max_parallel_maintenance_workers": "1",
+        "work_mem": "64MB",
+        "synchronous_commit": "on",
+        "max_connections": "50",
+    }
     server = LocalPostgres(settings=settings, prefix="tscm_bench_pg_")
     server.start()
     return server
@@ -163,8 +170,16 @@ def load_pg(uri: str, schema: str, synth: Synth, gt: GroundTruth, place_map, arg
     robots, sessions, kfs = identity(np.arange(synth.n))
     names_r = [f"r{r}" for r in range(ROBOTS)]
     copy_s = faiss_s = gt_s = gen_s = 0.0
-    columns = ("place_id", "robot_id", "session_id", "keyframe_index", "stamp_ns", "model_fingerprint",
-               "descriptor", "reduced")  # fmt: skip
+    columns = (
+        "place_id",
+        "robot_id",
+        "session_id",
+        "keyframe_index",
+        "stamp_ns",
+        "model_fingerprint",
+        "descriptor",
+        "reduced",
+    )
     with psycopg.connect(uri) as conn:  # one transaction: TRUNCATE + COPY skips WAL with wal_level=minimal
         register_vector(conn)
         conn.execute(sql.SQL("TRUNCATE {}.places").format(sql.Identifier(schema)))
@@ -178,21 +193,41 @@ def load_pg(uri: str, schema: str, synth: Synth, gt: GroundTruth, place_map, arg
                 t = time.perf_counter()
                 vectors = synth.chunk(start, stop)
                 reduced = pca.project(vectors)
-                ids = np.array([fleet_place_id(names_r[robots[i]], f"s{sessions[i]}", int(kfs[i]))
-                                for i in range(start, stop)], np.int64)  # fmt: skip
+                ids = np.array(
+                    [
+                        fleet_place_id(names_r[robots[i]], f"s{sessions[i]}", int(kfs[i]))
+                        for i in range(start, stop)
+                    ],
+                    np.int64,
+                )
                 gen_s += time.perf_counter() - t
                 t = time.perf_counter()
                 for j, i in enumerate(range(start, stop)):
-                    copy.write_row((int(ids[j]), names_r[robots[i]], f"s{sessions[i]}", int(kfs[i]), i * 200_000_000,
-                                    FP, HalfVector(vectors[j]), reduced[j]))  # fmt: skip
+                    copy.write_row(
+                        (
+                            int(ids[j]),
+                            names_r[robots[i]],
+                            f"s{sessions[i]}",
+                            int(kfs[i]),
+                            i * 200_000_000,
+                            FP,
+                            HalfVector(vectors[j]),
+                            reduced[j],
+                        )
+                    )
                 copy_s += time.perf_counter() - t
                 t = time.perf_counter()
                 gt.update(start, vectors, ids)
                 gt_s += time.perf_counter() - t
                 if place_map is not None:
                     t = time.perf_counter()
-                    place_map.add(vectors, [PlaceMeta(stamp_ns=i * 200_000_000, keyframe_index=int(kfs[i]))
-                                            for i in range(start, stop)])  # fmt: skip
+                    place_map.add(
+                        vectors,
+                        [
+                            PlaceMeta(stamp_ns=i * 200_000_000, keyframe_index=int(kfs[i]))
+                            for i in range(start, stop)
+                        ],
+                    )
                     faiss_s += time.perf_counter() - t
                 if (stop // CHUNK) % 10 == 0:
                     log(f"  loaded {stop}/{synth.n}")
@@ -252,8 +287,15 @@ def static_pg(uri: str, schema: str, queries: np.ndarray, gt: GroundTruth, args)
                     latencies.append((time.perf_counter() - t) * 1e3)
                     found.append([m.place_id for m in matches])
                 r1, o5 = recall(found, gt.ids[name])
-                rows.append((f"pgvector hnsw256+rerank{rerank} (ef {max(args.ef_search, rerank)})", name, latencies,
-                             r1, o5))  # fmt: skip
+                rows.append(
+                    (
+                        f"pgvector hnsw256+rerank{rerank} (ef {max(args.ef_search, rerank)})",
+                        name,
+                        latencies,
+                        r1,
+                        o5,
+                    )
+                )
     if args.exact_queries:
         with PgPlaceStore(uri, schema=schema) as store:
             latencies, found = [], []
@@ -319,8 +361,14 @@ def _robot_worker(
         stamp = base_stamp + int(k * period * 1e9)
         t0 = time.perf_counter()
         if kind == "pgvector":
-            store.search(queries[k], 5, query_stamp_ns=stamp, exclusion_window_s=30.0, query_keyframe_index=k,
-                         exclusion_keyframes=5)  # fmt: skip
+            store.search(
+                queries[k],
+                5,
+                query_stamp_ns=stamp,
+                exclusion_window_s=30.0,
+                query_keyframe_index=k,
+                exclusion_keyframes=5,
+            )
         else:
             store.search(queries[k], 5, query_stamp_ns=stamp, exclusion_window_s=30.0)
         t1 = time.perf_counter()
@@ -337,8 +385,13 @@ def live(kind: str, target: str, schema: str, synth: Synth, args) -> tuple:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     args_dict = {"live_s": args.live_s, "rate_hz": args.rate_hz, "ef_search": args.ef_search}
-    procs = [ctx.Process(target=_robot_worker, args=(kind, target, schema, r, (synth.dim, synth.n, synth.seed),
-                                                       args_dict, queue)) for r in range(args.robots)]  # fmt: skip
+    procs = [
+        ctx.Process(
+            target=_robot_worker,
+            args=(kind, target, schema, r, (synth.dim, synth.n, synth.seed), args_dict, queue),
+        )
+        for r in range(args.robots)
+    ]
     for p in procs:
         p.start()
     results = [queue.get(timeout=args.live_s + 600) for _ in procs]
@@ -366,8 +419,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--full-index", action="store_true", help="also build HNSW on the full halfvec (slow)"
     )
-    parser.add_argument("--faiss-spec", default="auto", help="local map spec ('auto': flat <= 200k, else "
-                        "pca256+hnsw:M=16); 'none' skips the local map")  # fmt: skip
+    parser.add_argument(
+        "--faiss-spec",
+        default="auto",
+        help="local map spec ('auto': flat <= 200k, else pca256+hnsw:M=16); 'none' skips the local map",
+    )
     parser.add_argument("--robots", type=int, default=4)
     parser.add_argument("--rate-hz", type=float, default=5.0)
     parser.add_argument("--live-s", type=float, default=20.0)
@@ -388,10 +444,14 @@ def main(argv: list[str] | None = None) -> int:
     if uri is None:
         server = start_server(workdir)
         uri = server.uri()
-    print(f"# fleet map benchmark -- loaded machine ({os.cpu_count()} shared cores), dim {args.dim}, "
-          f"PCA {args.reduced}, HNSW m={args.m} ef_construction={args.ef_construction} ef_search={args.ef_search}")  # fmt: skip
     print(
-        "# data: synthetic clustered trajectories (64-d latent places x 20 views, random 2048-d mixing + noise)"
+        f"# fleet map benchmark -- loaded machine ({os.cpu_count()} shared cores), dim {args.dim}, "
+        f"PCA {args.reduced}, HNSW m={args.m} ef_construction={args.ef_construction} "
+        f"ef_search={args.ef_search}"
+    )
+    print(
+        "# data: synthetic clustered trajectories "
+        "(64-d latent places x 20 views, random 2048-d mixing + noise)"
     )
     try:
         for n in [int(s) for s in args.sizes.split(",")]:
@@ -421,34 +481,45 @@ def main(argv: list[str] | None = None) -> int:
             if place_map is not None:
                 rows += static_faiss(place_map, spec, queries, gt, to_fleet)
             print(f"\n## {n} places -- load")
-            print(f"  generate {timings['generate_s']:.1f} s | COPY (binary) {timings['copy_s']:.1f} s "
-                  f"({n / max(timings['copy_s'], 1e-9):.0f} rows/s) | PCA fit {timings['pca_fit_s']:.1f} s "
-                  f"(explains {timings['pca_explained']:.3f}) | HNSW(reduced) build {timings['hnsw_build_s']:.1f} s"
-                  + (f" | HNSW(full) build {timings['hnsw_full_build_s']:.1f} s" if args.full_index else "")
-                  + f" | faiss add {timings['faiss_add_s']:.1f} s")  # fmt: skip
             print(
-                f"  table+TOAST+indexes {timings['table_gb']:.2f} GB, reduced HNSW {timings['hnsw_gb']:.2f} GB"
+                f"  generate {timings['generate_s']:.1f} s | COPY (binary) {timings['copy_s']:.1f} s "
+                f"({n / max(timings['copy_s'], 1e-9):.0f} rows/s) | PCA fit {timings['pca_fit_s']:.1f} s "
+                f"(explains {timings['pca_explained']:.3f}) | "
+                f"HNSW(reduced) build {timings['hnsw_build_s']:.1f} s"
+                + (f" | HNSW(full) build {timings['hnsw_full_build_s']:.1f} s" if args.full_index else "")
+                + f" | faiss add {timings['faiss_add_s']:.1f} s"
+            )
+            print(
+                f"  table+TOAST+indexes {timings['table_gb']:.2f} GB, "
+                f"reduced HNSW {timings['hnsw_gb']:.2f} GB"
             )
             print(f"\n## {n} places -- static queries (k=5, {len(queries)} queries; ms)")
             print(f"  {'store':<44} {'filter':<20} {'p50':>7} {'p95':>7} {'R@1':>6} {'ov@5':>6}")
             for store, filt, lat, r1, o5 in rows:
                 print(f"  {store:<44} {filt:<20} {fmt_ms(lat)} {r1:6.3f} {o5:6.3f}")
-            print(f"\n## {n} places -- live: {args.robots} robot processes x {args.rate_hz:g} Hz for {args.live_s:g} s "
-                  "(search with exclusions, then add; ms)")  # fmt: skip
+            print(
+                f"\n## {n} places -- live: {args.robots} robot processes x {args.rate_hz:g} Hz "
+                f"for {args.live_s:g} s "
+                "(search with exclusions, then add; ms)"
+            )
             print(
                 f"  {'store':<44} {'query p50':>9} {'p95':>7} {'insert p50':>10} {'p95':>7} {'Hz/robot':>8}"
             )
             log(f"size {n}: live pgvector")
             q_ms, i_ms, rates = live("pgvector", uri, schema, synth, args)
-            print(f"  {'pgvector hnsw256+rerank64':<44} {pct(q_ms, 50):9.2f} {pct(q_ms, 95):7.2f} "
-                  f"{pct(i_ms, 50):10.2f} {pct(i_ms, 95):7.2f} {np.mean(rates):8.2f}")  # fmt: skip
+            print(
+                f"  {'pgvector hnsw256+rerank64':<44} {pct(q_ms, 50):9.2f} {pct(q_ms, 95):7.2f} "
+                f"{pct(i_ms, 50):10.2f} {pct(i_ms, 95):7.2f} {np.mean(rates):8.2f}"
+            )
             if place_map is not None and (spec != "flat" or n <= 200_000):
                 log(f"size {n}: live faiss (saving the local map)")
                 saved = workdir / f"faiss_{n}"
                 place_map.save(saved)
                 q_ms, i_ms, rates = live("faiss", str(saved), schema, synth, args)
-                print(f"  {'faiss PlaceMap ' + spec + ' (one copy per robot)':<44} {pct(q_ms, 50):9.2f} "
-                      f"{pct(q_ms, 95):7.2f} {pct(i_ms, 50):10.2f} {pct(i_ms, 95):7.2f} {np.mean(rates):8.2f}")  # fmt: skip
+                print(
+                    f"  {'faiss PlaceMap ' + spec + ' (one copy per robot)':<44} {pct(q_ms, 50):9.2f} "
+                    f"{pct(q_ms, 95):7.2f} {pct(i_ms, 50):10.2f} {pct(i_ms, 95):7.2f} {np.mean(rates):8.2f}"
+                )
                 shutil.rmtree(saved, ignore_errors=True)
             if place_map is not None:
                 place_map.close()

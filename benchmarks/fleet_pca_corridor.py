@@ -29,7 +29,7 @@ from tscm_ros.describer import Describer  # noqa: E402
 from tscm_ros.evaluation.datasets import load_dataset  # noqa: E402
 from tscm_ros.evaluation.metrics import recall_at_n  # noqa: E402
 from tscm_ros.fleet import PcaProjection  # noqa: E402
-from tscm_ros.image_files import list_images, read_rgb  # noqa: E402
+from tscm_ros.image_files import IMAGE_SUFFIXES, read_rgb  # noqa: E402
 
 
 def views(image: np.ndarray, count: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -76,18 +76,33 @@ def main(argv: list[str] | None = None) -> int:
         "--other", type=Path, nargs="*", default=[shared / "vpr_triplets", shared / "toy_unlabelled"]
     )
     parser.add_argument("--reduced", type=int, default=256)
-    parser.add_argument("--views", type=int, default=8, help="keyframes per reference place in the PCA map")
+    parser.add_argument("--views", type=int, default=4, help="keyframes per reference place in the PCA map")
     parser.add_argument("--rerank", default="5,10,25", help="re-rank depths C")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cache", type=Path, help="folder to keep the computed descriptors in (reruns)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     dataset = load_dataset(f"corridor:{args.corridor}")
     positives = dataset.positives["gt"]
     describer = Describer(None, device="cpu", seed=0, num_threads=args.threads)
-    db = describer.describe([read_rgb(p) for p in dataset.database])
-    queries = describer.describe([read_rgb(p) for p in dataset.queries])
-    corridor_map = describe_views(describer, list(dataset.database), args.views, seed=1)
-    other_files = [p for folder in args.other if folder.is_dir() for p in list_images(folder)]
+    cache = args.cache / f"corridor_views{args.views}.npz" if args.cache else None
+    if cache is not None and cache.is_file():
+        stored = np.load(cache)
+        db, queries, corridor_map = stored["db"], stored["queries"], stored["corridor_map"]
+    else:
+        db = describer.describe([read_rgb(p) for p in dataset.database])
+        queries = describer.describe([read_rgb(p) for p in dataset.queries])
+        corridor_map = describe_views(describer, list(dataset.database), args.views, seed=1)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(cache, db=db, queries=queries, corridor_map=corridor_map)
+    other_files = sorted(
+        p
+        for folder in args.other
+        if folder.is_dir()
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES
+    )
     other_views = max(2, -(-(args.reduced + 64) // max(1, len(other_files))))
     other_map = describe_views(describer, other_files, other_views, seed=2) if other_files else None
     projections = {
@@ -99,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         projections[f"PCA fitted on other images ({len(other_map)} keyframes)"] = PcaProjection.fit(
             other_map, args.reduced
         )
-    print(f"# Corridor: {len(db)} reference, {len(queries)} queries; untrained seeded student (Describer(None)), "
-          f"{db.shape[1]}-d; PCA {args.reduced} (uncentred projection)")  # fmt: skip
+    print(f"# Corridor: {len(db)} reference, {len(queries)} queries; untrained seeded student "
+          f"(Describer(None)), {db.shape[1]}-d; PCA {args.reduced} (uncentred projection)")  # fmt: skip
     print(f"  {'search':<64} {'R@1':>6} {'R@5':>6}")
 
     def row(label: str, ranked: np.ndarray) -> None:

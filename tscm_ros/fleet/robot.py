@@ -105,6 +105,9 @@ class FleetPlaceStore:
             self._connect()
         except StoreUnavailableError as exc:
             self._set_down(exc)
+        except BaseException:  # wrong fingerprint/dim/schema: a configuration error, raised to the caller
+            self._outbox.close()
+            raise
         self._thread = threading.Thread(
             target=self._run, name=f"tscm-fleet-flush-{self.robot_id}", daemon=True
         )

