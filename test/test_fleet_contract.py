@@ -204,3 +204,17 @@ def test_input_validation(harness: Harness) -> None:
     store.add(unit_vectors(3), metas(3))
     with pytest.raises(ValueError):
         store.search(unit_vectors(1)[0], 0)
+
+
+def test_loop_closure_detector_runs_on_the_store(harness: Harness) -> None:
+    """The detector (what the session wraps) works unchanged on every store: a revisit is found."""
+    from tscm_ros.loop_closure import LoopClosureConfig, LoopClosureDetector
+
+    store = harness.open()
+    detector = LoopClosureDetector(store, LoopClosureConfig(exclusion_window_s=1.0, similarity_threshold=0.9))
+    route = unit_vectors(20, seed=9)
+    results = [detector.process(v, i * 500_000_000) for i, v in enumerate(route)]  # 0.5 s apart
+    assert all(r.is_keyframe and not r.candidates for r in results)
+    revisit = detector.process(route[3] + 0.02 * unit_vectors(1, seed=10)[0], 20 * 500_000_000)
+    assert revisit.candidates and revisit.candidates[0].match_id == results[3].place_id
+    assert revisit.candidates[0].match_keyframe_index == 3 and len(store) == 21
