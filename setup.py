@@ -46,6 +46,10 @@ setup(
             "tscm_convert_published = tscm_ros.published:main",
             "tscm_export = tscm_ros.export:main",
             "tscm_describe = tscm_ros.describer:main",
+            # fleet maps (PostgreSQL + pgvector)
+            "tscm_map_db = tscm_ros.fleet.cli:map_db_main",
+            "tscm_map_sync = tscm_ros.fleet.cli:sync_main",
+            "tscm_merge_maps = tscm_ros.fleet.cli:merge_main",
         ],
     },
 )

