@@ -132,7 +132,7 @@ class RecognitionSession:
         self._lock = threading.RLock()
         self._map = place_map
         self._config = config or RecognitionConfig()
-        self._detector = LoopClosureDetector(place_map, self._config.detector)
+        self._detector = self._new_detector(place_map)
         self._sequence = SequenceMatcher(self._config.sequence)
         self._extractor = FeatureExtractor(self._config.features)
         self._verifier = Verifier(self._config.verifier)
@@ -176,6 +176,16 @@ class RecognitionSession:
                 ) from error
         return cls(place_map, config)
 
+    def _new_detector(self, place_map: PlaceMap) -> LoopClosureDetector:
+        detector = LoopClosureDetector(place_map, self._config.detector)
+        detector.verification_gates = self._config.verify  # "auto" threshold: verification decides
+        return detector
+
+    @property
+    def similarity_threshold(self) -> float:
+        """The similarity threshold in force (resolved when configured as ``"auto"``)."""
+        return self._detector.threshold
+
     # ------------------------------------------------------------------ state
     def __len__(self) -> int:
         with self._lock:
@@ -213,6 +223,7 @@ class RecognitionSession:
         if config.verifier != self._config.verifier:
             self._verifier = Verifier(config.verifier)
         self._detector.config = config.detector
+        self._detector.verification_gates = config.verify
         self._config = config
 
     # ------------------------------------------------------------------ frames
@@ -264,7 +275,7 @@ class RecognitionSession:
             retrieve_k = config.detector.top_k
             if config.sequence.length:
                 retrieve_k = max(retrieve_k, config.sequence.candidates_per_keyframe)
-            keyframe_index, matches = self._detector.retrieve(vector, stamp_ns, retrieve_k)
+            keyframe_index, matches = self._detector.retrieve(vector, stamp_ns, retrieve_k, pose)
             timings["retrieve"] = _ms_since(started)
             started = time.perf_counter()
             ranked, sequence_scores, partial = self._rank(matches, keyframe_index, stamp_ns, travel_m)
@@ -397,7 +408,7 @@ class RecognitionSession:
         with self._lock:
             old = self._map
             self._map = PlaceMap.create(old.dim, old.spec, old.model_fingerprint)
-            self._detector = LoopClosureDetector(self._map, self._config.detector)
+            self._detector = self._new_detector(self._map)
             self._sequence.reset()
             self.closures.clear()
             self._changes += 1

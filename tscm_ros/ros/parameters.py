@@ -39,10 +39,13 @@ class ParameterSpec:
     max_value: float | None = None
     choices: tuple[str, ...] = ()
     validator: Validator | None = None
+    dynamic_typing: bool = False  # the value may change type (e.g. "auto" or a number)
 
     def descriptor(self) -> ParameterDescriptor:
         constraints = []
-        descriptor = ParameterDescriptor(description=self.description, read_only=self.read_only)
+        descriptor = ParameterDescriptor(
+            description=self.description, read_only=self.read_only, dynamic_typing=self.dynamic_typing
+        )
         if self.min_value is not None and self.max_value is not None:
             if isinstance(self.default, bool):
                 pass
@@ -112,6 +115,15 @@ def _intrinsics(value: Any) -> str | None:
         return f"camera_intrinsics must be 4 finite values fx, fy, cx, cy >= 0; got {values!r}"
     if any(values) and not (values[0] > 0 and values[1] > 0):
         return f"camera_intrinsics needs fx > 0 and fy > 0 (or all 0); got {values!r}"
+    return None
+
+
+def _threshold(value: Any) -> str | None:
+    """auto, or a cosine in [-1, 1]"""
+    if value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1.0 <= value <= 1.0:
+        return f"similarity_threshold must be auto or a number in [-1, 1]; got {value!r}"
     return None
 
 
@@ -197,6 +209,14 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         1.0e6,
     ),
     ParameterSpec(
+        "exclusion_travel_m",
+        DETECTOR_DEFAULTS.exclusion_travel_m,
+        "with odometry: places of this run added less than this travel ago are not candidates (metres)",
+        False,
+        0.0,
+        1.0e6,
+    ),
+    ParameterSpec(
         "exclusion_keyframes",
         DETECTOR_DEFAULTS.exclusion_keyframes,
         "the most recent N keyframes are not candidates",
@@ -208,10 +228,10 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec(
         "similarity_threshold",
         DETECTOR_DEFAULTS.similarity_threshold,
-        "minimum cosine similarity of a candidate",
-        False,
-        -1.0,
-        1.0,
+        "minimum cosine similarity of a candidate, or auto: no filter when verification is on (it decides), "
+        "else the 95th percentile of the first 50 keyframes' top-1 similarities (no ground truth needed)",
+        validator=_threshold,
+        dynamic_typing=True,
     ),
     ParameterSpec(
         "consistency_n",
