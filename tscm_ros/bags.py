@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tscm_ros.images import (
-    DEFAULT_MAX_PIXELS,
     ImageDecodeError,
     compressed_msg_to_rgb,
     image_msg_to_rgb,
@@ -303,7 +302,7 @@ def iter_frames(
     image_topic: str | None = None,
     pose_topic: str | None = None,
     *,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int | None = None,
     stats: BagReadStats | None = None,
 ) -> Iterator[BagFrame]:
     """Decoded RGB frames of one image topic, in bag (log time) order, with interpolated poses.
@@ -314,7 +313,8 @@ def iter_frames(
             first CompressedImage topic.
         pose_topic: Odometry / PoseStamped / PoseWithCovarianceStamped topic; None picks one automatically
             when the bag has one, "" (or "none") reads no poses.
-        max_pixels: larger images are skipped (counted as "too_large").
+        max_pixels: larger images are skipped (counted as "too_large"); None: the common limit
+            (``$TSCM_MAX_PIXELS``, else :data:`tscm_ros.images.DEFAULT_MAX_PIXELS`).
         stats: filled in while iterating (decoded frames, skipped messages per reason).
 
     Raises:
