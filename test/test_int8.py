@@ -25,7 +25,7 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def calibration_folder(corridor_dir, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("calibration")
-    for path in sorted((corridor_dir / "ref").glob("*.jpg"))[::10][:10]:
+    for path in sorted((corridor_dir / "ref").glob("*.jpg"))[::8][:13]:
         shutil.copy(path, folder / path.name)
     return folder
 
@@ -33,7 +33,7 @@ def calibration_folder(corridor_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def int8_dir(calibration_folder, tmp_path_factory) -> Path:
     model_dir = save_model(build_model("student", seed=0), tmp_path_factory.mktemp("int8") / "student")
-    argv = [str(model_dir), "--int8", "--calibrate", str(calibration_folder), "--calibration-images", "6",
+    argv = [str(model_dir), "--int8", "--calibrate", str(calibration_folder), "--calibration-images", "10",
             "--held-out", "3", "--rgb", "--threads", "2"]  # fmt: skip
     assert main(argv) == 0
     return model_dir
@@ -59,7 +59,7 @@ def test_int8_export_writes_files_and_record(int8_dir, calibration_folder):
     assert record["fingerprint"] == config["fingerprint"]
     assert record["file"] == "model.int8.onnx" and record["tensorrt_file"] == "model.int8.trt.onnx"
     calibration = record["calibration"]
-    assert calibration["source"] == str(calibration_folder) and calibration["count"] == 6
+    assert calibration["source"] == str(calibration_folder) and calibration["count"] == 10
     assert calibration["held_out"] == 3 and len(calibration["ids_sha256"]) == 64
     accuracy = record["accuracy"]
     assert accuracy["passed"] and accuracy["images"] == 3
@@ -155,6 +155,12 @@ def test_calibration_from_bag_and_map(tmp_path, corridor_dir):
     assert stamps <= set(keyframes) and len(stamps) == 5
     with pytest.raises(FileNotFoundError, match="expected a folder of images"):
         load_calibration_set(str(tmp_path / "nothing"), 4)
+
+
+def test_calibration_chunks():
+    from tscm_ros.quantize import _stride
+
+    assert [_stride(n) for n in (64, 10, 6, 7, 13, 1)] == [8, 5, 6, 7, 1, 1]
 
 
 def test_descriptor_agreement():

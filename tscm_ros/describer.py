@@ -625,7 +625,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--model", help="model directory / published checkpoint / .onnx (default: untrained)")
     parser.add_argument("--arch", default="student", choices=["student", "teacher"])
-    parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+    parser.add_argument("--backend", default="torch", choices=list(BACKENDS))
+    parser.add_argument(
+        "--precision", default=None, choices=["auto", "fp32", "bf16", "fp16", "int8"],
+        help="default: fp32 (fp16 autocast on CUDA, fp16 for TensorRT); see tscm_ros.precision",
+    )  # fmt: skip
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None)
@@ -643,16 +647,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch_size,
             num_threads=args.threads,
             optimize=args.optimize,
+            precision=args.precision,
         )
         query_files = list_images(args.queries)
         same_folder = args.database is None or args.database.resolve() == args.queries.resolve()
         db_files = query_files if same_folder else list_images(args.database)
         query_desc = describe_files(describer, query_files)
         db_desc = query_desc if same_folder else describe_files(describer, db_files)
-    except (ValueError, FileNotFoundError, OSError) as error:
+    except (ValueError, FileNotFoundError, OSError, RuntimeError) as error:
         print(f"tscm_describe: error: {error}", file=sys.stderr)
         return 2
-    print(f"# {describer.label}; backend={describer.backend} device={describer.device} dim={describer.dim}")
+    print(
+        f"# {describer.label}; backend={describer.backend} device={describer.device} "
+        f"precision={describer.precision} dim={describer.dim}"
+    )
     print(f"# fingerprint {describer.fingerprint}")
     similarity = query_desc @ db_desc.T
     if same_folder:

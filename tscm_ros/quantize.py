@@ -7,12 +7,15 @@
    ``map:MAP_DIR`` (the keyframes of a place map, read again from the bag named in its ``source`` field,
    looked for next to the map). Preprocessed exactly like inference (:func:`tscm_ros.describer.preprocess`).
 2. the fp32 ONNX export is prepared with ``onnxruntime.quantization.shape_inference.quant_pre_process``
-   and calibrated once (MinMax over the N images, ranges cached).
+   and calibrated once (MinMax, ranges merged over chunks of <= 8 images so memory stays bounded; the
+   cached ranges are reused for the TensorRT model).
 3. ``model.int8.onnx`` for the CPU: QDQ, activations uint8 asymmetric per tensor, weights int8 symmetric
-   per channel, ``Conv`` only. Measured on the development machine (AMD EPYC, AVX512-VNNI, 2 threads):
-   QDQ beat QOperator; quantizing the NetVLAD/projection/gating ``MatMul``/``Gemm`` too dropped the
-   cosine to fp32 to 0.98 (centred: ~0.1), so they, GeM and the L2 normalisations stay fp32 (they are
-   <2% of the FLOPs); symmetric int8 activations were ~3x slower on this CPU than uint8.
+   per channel, ``Conv`` only. Chosen by measurement on the development machine (AMD EPYC with
+   AVX512-VNNI, 1 thread, CPU ms per image at batch 1 on the untrained student, Corridor for accuracy):
+   fp32 29.2; QDQ Conv-only 11.0 (cosine to fp32 >= 0.9999, R@1 0.387 vs 0.369); QOperator 12.4; QDQ
+   with the ResNet residual Adds too 11.7; conv1 kept fp32 13.9; symmetric int8 activations 24.2;
+   everything including the NetVLAD/projection/gating ``MatMul``/``Gemm`` 9.8 but cosine 0.972 and R@1
+   0.279. So NetVLAD, GeM and the L2 normalisations stay fp32.
 4. ``model.int8.trt.onnx`` for TensorRT from the same ranges: symmetric int8 activations and weights
    (TensorRT's explicit-quantization rules), same nodes (see :mod:`tscm_ros.tensorrt`).
 5. accuracy check on the held-out images: cosine of int8 vs fp32 descriptors (min/mean), and the same
@@ -207,17 +210,29 @@ def load_calibration_set(
 
 
 def _reader(images: Sequence[np.ndarray], input_name: str):
+    """A CalibrationDataReader with ``__len__``/``set_range`` (what ``CalibStridedMinMax`` iterates)."""
     from onnxruntime.quantization import CalibrationDataReader
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self._items = iter(images)
+            self.set_range(0, len(images))
+
+        def __len__(self) -> int:
+            return len(images)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self._items = iter(images[start_index:end_index])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             item = next(self._items, None)
             return None if item is None else {input_name: item}
 
     return _Reader()
+
+
+def _stride(count: int, largest: int = 8) -> int:
+    """Largest divisor of ``count`` up to ``largest``: images per MinMax chunk (bounded memory)."""
+    return max(d for d in range(1, min(count, largest) + 1) if count % d == 0)
 
 
 def _expand_exclusions(model_path: Path, patterns: Sequence[str]) -> list[str]:
@@ -267,7 +282,10 @@ def quantize_onnx(
         extra_options={
             "ActivationSymmetric": symmetric,
             "WeightSymmetric": True,
-            "CalibMaxIntermediateOutputs": 8,  # merge ranges every 8 images: bounded calibration memory
+            # ranges merged every few images: calibration memory stays ~stride x (all Conv activations of
+            # one image) instead of growing with N. (ORT 1.31's CalibMaxIntermediateOutputs drops the
+            # collected outputs without computing their ranges, so it is not used.)
+            "CalibStridedMinMax": _stride(len(calibration)),
         },
         calibration_cache_path=cache_path,
     )
