@@ -143,7 +143,21 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         "student with random weights (for plumbing tests only: its matches are meaningless)",
         read_only=True,
     ),
-    ParameterSpec("backend", "torch", "inference backend", read_only=True, choices=("torch", "onnxruntime")),
+    ParameterSpec(
+        "backend",
+        "torch",
+        "inference backend (tensorrt: ONNX Runtime's TensorRT provider on NVIDIA GPUs / Jetson)",
+        read_only=True,
+        choices=("torch", "onnxruntime", "tensorrt"),
+    ),
+    ParameterSpec(
+        "precision",
+        "fp32",
+        "fp32, or auto (from the CPU flags: int8 when model.int8.onnx exists and the CPU has VNNI, bf16 on "
+        "AVX512-BF16), bf16, fp16 or int8; see tscm_ros/precision.py",
+        read_only=True,
+        choices=("fp32", "auto", "bf16", "fp16", "int8"),
+    ),
     ParameterSpec(
         "device", "auto", "auto (cuda when available), cpu, cuda or cuda:N", True, validator=_device
     ),
