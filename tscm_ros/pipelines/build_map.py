@@ -369,7 +369,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--depth-topic", help="aligned depth Image topic (default: the one named *depth*)")
     parser.add_argument("--camera-info-topic", help="CameraInfo topic (default: auto-detect; 'none' = none)")
     parser.add_argument("--model", type=Path, help="model directory (model.json); default: untrained student")
-    parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch")
+    parser.add_argument(
+        "--backend",
+        choices=("torch", "onnxruntime", "tensorrt"),
+        help="default: the params file's, else torch",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "auto", "bf16", "fp16", "int8"),
+        help="default: the params file's, else fp32",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--index", help="index spec of the new map (default: index_spec of the params, flat)")
@@ -475,7 +484,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tscm_ros.describer import Describer
 
         describer = Describer(
-            args.model, backend=args.backend, device=args.device, batch_size=args.batch_size
+            args.model or options.get("model_path") or None,
+            backend=args.backend or options.get("backend", "torch"),
+            precision=args.precision or options.get("precision", "fp32"),
+            device=args.device,
+            batch_size=args.batch_size,
         )
         print(f"{prog}: model: {describer.label}", file=sys.stderr)
         result = build_map_from_bag(

@@ -127,7 +127,10 @@ def compare_online_offline(
     from tscm_ros.describer import Describer
 
     options = {**read_params_file(params_file), **parameters, "mode": "mapping"}
-    describer = Describer(options.get("model_path") or None, batch_size=1)
+    describer = Describer(
+        options.get("model_path") or None, backend=options.get("backend", "torch"),
+        precision=options.get("precision", "fp32"), batch_size=1,
+    )  # fmt: skip
     result = build_map_from_bag(
         bag, out_dir / "offline", image_topic=topics["image"], pose_topic=topics.get("odom", ""),
         depth_topic=topics.get("depth", ""), camera_info_topic=topics.get("camera_info", ""),
