@@ -422,6 +422,20 @@ class RecognitionSession:
 NODE_NAME = "place_recognition_node"
 
 
+def shipped_params_file() -> Path:
+    """``config/place_recognition.yaml``: the installed share directory (colcon / ament index) when there is
+    one, else the repository checkout -- the defaults the node, ``tscm_build_map`` and the demo share."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        installed = Path(get_package_share_directory("tscm_ros")) / "config" / "place_recognition.yaml"
+        if installed.is_file():
+            return installed
+    except Exception:  # not installed with colcon / no AMENT_PREFIX_PATH
+        pass
+    return Path(__file__).resolve().parents[1] / "config" / "place_recognition.yaml"
+
+
 def read_params_file(path: str | Path, node_name: str = NODE_NAME) -> dict[str, Any]:
     """The ``ros__parameters`` of ``node_name`` in a ROS 2 params YAML (``/**/name``, ``/name``, ``name``
     or ``/**``), so offline tools read the node's own file. ValueError with one line when it has none."""
@@ -459,4 +473,5 @@ __all__ = [
     "RecognitionResult",
     "RecognitionSession",
     "read_params_file",
+    "shipped_params_file",
 ]
