@@ -29,7 +29,9 @@ from tscm_ros.ros.messages import cloud_to_array, stamp_to_ns
 from tscm_ros.ros.testing import NodeProcess, RosProbe, reliable_qos
 
 NODE = "/place_recognition_node"
-Pair = tuple[int, int, int, int, int]  # query stamp (us), match stamp (us), match id, verified, inliers
+Pair = tuple[
+    int, int, int, int, int, int
+]  # query stamp (us), match stamp (us), match id, verified, inliers, rank
 
 
 @dataclass
@@ -117,7 +119,7 @@ def compare_online_offline(
             outputs[stamp_to_ns(message.header.stamp)] = cloud_to_array(message)
     node_pairs = {
         (_microseconds(stamp), round(float(row["match_stamp"]) * 1e6), int(row["match_id"]),
-         int(row["verified"]), int(row["inliers"]))
+         int(row["verified"]), int(row["inliers"]), int(row["rank"]))
         for stamp, rows in outputs.items() for row in rows
     }  # fmt: skip
     with PlaceMap.load(node_map) as loaded:
@@ -139,7 +141,7 @@ def compare_online_offline(
     )  # fmt: skip
     offline_pairs = {
         (_microseconds(c.query_stamp_ns), _microseconds(c.match_stamp_ns), c.match_id, int(c.verified),
-         c.inliers)
+         c.inliers, c.rank)
         for c in result.candidates
     }  # fmt: skip
     return Comparison(
