@@ -39,9 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="corridor_replay_"))
     n_refs, n_queries = write_corridor_bag(args.corridor, work / "bag")
-    print(
-        "| params | exclusion | verify | queries with output | correct best match | wrong | online = offline |"
-    )
+    print("| params | exclusion | verify | queries processed | correct best | wrong best | online=offline |")
     print("|---|---|---|---|---|---|---|")
     for index, params in enumerate(args.params):
         options = read_params_file(params)
@@ -66,8 +64,9 @@ def main() -> None:
                 wrong += 1
         processed = sum(1 for stamp in comparison.node_keyframes if round(stamp / 1000) in index_of)
         exclusion = f"{options.get('exclusion_window_s', '?')} s"
-        print(f"| {params} | {exclusion} | {options.get('verify', True)} | {processed}/{n_queries} | {correct} | "
-              f"{wrong} | {'yes' if comparison.same else 'NO'} |", flush=True)  # fmt: skip
+        cells = (str(params), exclusion, str(options.get("verify", True)), f"{processed}/{n_queries}",
+                 str(correct), str(wrong), "yes" if comparison.same else "NO")  # fmt: skip
+        print("| " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":
