@@ -183,6 +183,44 @@ def _cast_rays(world: World, origin: np.ndarray, angles: np.ndarray, max_steps: 
 
 def render(world: World, position: np.ndarray, yaw: float, *, brightness: float = 1.0) -> np.ndarray:
     """Render one (H, W, 3) uint8 frame from ``position`` (x, y) looking along ``yaw``."""
+    return _render(world, position, yaw, brightness)[0]
+
+
+def render_with_depth(
+    world: World, position: np.ndarray, yaw: float, *, brightness: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`render` (the identical RGB) plus an aligned (H, W) float32 depth image in metres.
+
+    Depth is the z-depth along the optical axis (what a depth camera's 32FC1 image holds) of wall pixels;
+    sky and ground pixels have no geometry in this scene and get 0 (invalid). Use with
+    :func:`scene_intrinsics`; the camera sits at ``wall_height / 2`` above the ground.
+    """
+    rgb, perpendicular, on_wall = _render(world, position, yaw, brightness)
+    depth = np.where(on_wall, perpendicular[None, :], 0.0).astype(np.float32)
+    return rgb, depth
+
+
+def scene_intrinsics(config: SceneConfig):
+    """Pinhole intrinsics of the renderer (a :class:`tscm_ros.features.CameraIntrinsics`).
+
+    Columns: :func:`render` places column j on the image plane at ``tan(fov/2) * (2 j / (W - 1) - 1)``, so
+    ``fx = ((W - 1) / 2) / tan(fov/2)``, ``cx = (W - 1) / 2``. Rows use ``focal = (W / 2) / tan(fov/2)``
+    about the centre row, so ``fy = (W / 2) / tan(fov/2)``, ``cy = (H - 1) / 2`` (fx and fy differ by one
+    part in W). Optical frame: x right, y down, z along the heading.
+    """
+    from tscm_ros.features import CameraIntrinsics
+
+    tan_half = math.tan(math.radians(config.fov_deg) / 2)
+    return CameraIntrinsics(
+        fx=((config.width - 1) / 2) / tan_half, fy=(config.width / 2) / tan_half,
+        cx=(config.width - 1) / 2, cy=(config.height - 1) / 2, width=config.width, height=config.height,
+    )  # fmt: skip
+
+
+def _render(
+    world: World, position: np.ndarray, yaw: float, brightness: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """RGB frame, per-column z-depth (W,) of the wall hit and the (H, W) on-wall mask."""
     config = world.config
     height, width = config.height, config.width
     half_fov = math.radians(config.fov_deg) / 2
@@ -230,7 +268,7 @@ def render(world: World, position: np.ndarray, yaw: float, *, brightness: float 
     ground = np.linspace(0.25, 0.5, height)[:, None, None] * np.array([0.9, 0.85, 0.8])
     background = np.where((rows < 0)[..., None], sky, ground)
     image = np.where(on_wall[..., None], wall_rgb, np.broadcast_to(background, (height, width, 3)))
-    return np.clip(image * brightness * 255.0, 0, 255).astype(np.uint8)
+    return np.clip(image * brightness * 255.0, 0, 255).astype(np.uint8), perpendicular, on_wall
 
 
 # ----------------------------------------------------------------------------------------- sequence
