@@ -114,7 +114,7 @@ class FeatureConfig:
     method: FeatureMethod = "sift"
     max_keypoints: int = 1000
     max_image_side: int = 640
-    min_image_side: int = 0
+    min_image_side: int = 480
     contrast_threshold: float = 0.01
 
     def __post_init__(self) -> None:
