@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import itertools
 import os
 import sys
@@ -53,6 +54,7 @@ SHARED = Path(os.environ.get("TSCM_SHARED_DIR", REPO.parent / "shared"))
 SWEEP = (10, 12, 15, 20, 25, 30, 40, 50)
 RADIUS_M = 3.0
 CALIBRATION_STEPS = (15, 20, 25, 30)
+LOOSE = Verifier(VerifierConfig(min_inliers=1, min_inlier_ratio=0.0))  # model inliers, no acceptance rule
 
 
 def table(header: list[str], rows: list[list]) -> str:
@@ -212,46 +214,58 @@ def corridor_figures(dataset, result, positives, out: Path) -> None:
     save_figures(picks, lambda q, c: (dataset.queries[q], dataset.database[result.ranked[q, c]]), out)
 
 
+def figure(query_rgb, match_rgb, query: LocalFeatures, match: LocalFeatures, intrinsics=None) -> np.ndarray:
+    """draw_matches with the default decision; a rejected pair shows the model's inliers without the
+    acceptance rule (what the rule turned down) and the default rule's reason."""
+    decision = Verifier().verify(query, match, intrinsics=intrinsics)
+    if not decision.verified:
+        loose = LOOSE.verify(query, match, intrinsics=intrinsics)
+        decision = dataclasses.replace(loose, verified=False, reason=decision.reason)
+    return cv2.cvtColor(draw_matches(query_rgb, match_rgb, query, match, decision), cv2.COLOR_RGB2BGR)
+
+
 def save_figures(picks, paths, out: Path) -> None:
-    extractor, verifier = FeatureExtractor(), Verifier()
+    extractor = FeatureExtractor()
     for name, q, column in picks:
         query_path, match_path = paths(q, column)
         query_rgb, match_rgb = read_rgb(query_path), read_rgb(match_path)
         query, match = extractor.extract(query_rgb), extractor.extract(match_rgb)
-        figure = draw_matches(query_rgb, match_rgb, query, match, verifier.verify(query, match))
-        cv2.imwrite(str(out / f"{name}.png"), cv2.cvtColor(figure, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(out / f"{name}.png"), figure(query_rgb, match_rgb, query, match))
         print(f"figure {out / name}.png: query {Path(query_path).name} vs {Path(match_path).name}")
 
 
 # ---------------------------------------------------------------------------------------------- demo
 
 
-def demo_scene(features: FeatureConfig):
-    """Render SceneConfig() (both laps) with depth; features with and without 3-D points; positions."""
+def demo_scene():
+    """Render SceneConfig() (both laps, lap-2 lighting and noise as in generate_frames) with depth."""
     config = SceneConfig()
     world = build_world(config)
-    intrinsics = scene_intrinsics(config)
     noise = np.random.default_rng(config.seed + 2)  # the same noise stream as generate_frames
-    extractor = FeatureExtractor(features)
-    frames, with_points, plain, positions = [], [], [], []
+    frames, depths, positions = [], [], []
     for sample in plan_trajectory(config, world):
         changed = sample.lap >= 1
+        brightness = config.brightness if changed else 1.0
         rgb, depth = render_with_depth(
-            world, np.array(sample.position[:2]), sample.yaw, brightness=config.brightness if changed else 1.0
+            world, np.array(sample.position[:2]), sample.yaw, brightness=brightness
         )
         if changed and config.noise_sigma > 0:
-            rgb = np.clip(rgb + noise.normal(0.0, config.noise_sigma, size=rgb.shape), 0, 255).astype(
-                np.uint8
-            )
+            rgb = np.clip(rgb + noise.normal(0.0, config.noise_sigma, size=rgb.shape), 0, 255)
+            rgb = rgb.astype(np.uint8)
         frames.append(rgb)
-        with_points.append(extractor.extract(rgb, depth=depth, intrinsics=intrinsics))
-        plain.append(
-            LocalFeatures(
-                *(getattr(with_points[-1], f) for f in ("keypoints", "descriptors", "image_size", "method"))
-            )
-        )
+        depths.append(depth)
         positions.append(sample.position[:2])
-    return config, intrinsics, frames, with_points, plain, np.array(positions)
+    return config, scene_intrinsics(config), frames, depths, np.array(positions)
+
+
+def scene_features(frames, depths, intrinsics, method: str = "sift"):
+    """Features with 3-D points (stored keyframes with depth) and the same without them."""
+    extractor = FeatureExtractor(FeatureConfig(method=method))
+    with_points = [
+        extractor.extract(rgb, depth=d, intrinsics=intrinsics) for rgb, d in zip(frames, depths, strict=True)
+    ]
+    plain = [LocalFeatures(f.keypoints, f.descriptors, f.image_size, f.method) for f in with_points]
+    return with_points, plain
 
 
 def demo(top_k: int, figures: Path | None) -> None:
@@ -259,7 +273,8 @@ def demo(top_k: int, figures: Path | None) -> None:
 
     from tscm_ros.describer import Describer
 
-    config, intrinsics, frames, with_points, plain, positions = demo_scene(FeatureConfig())
+    config, intrinsics, frames, depths, positions = demo_scene()
+    with_points, plain = scene_features(frames, depths, intrinsics)
     describer = Describer(None, device="cpu")
     descriptors = describer.describe(frames)
     exclusion = config.frames_per_lap // 3
@@ -292,10 +307,15 @@ def demo(top_k: int, figures: Path | None) -> None:
     print(f"cosine top-1 alone: R@1 {before.sum() / n_positive:.3f}, max recall at precision >= 0.95: "
           f"{float(high.max()) if high.size else 0.0:.3f}\n")  # fmt: skip
     rows = []
-    for label, stored, k in (("PnP (keyframes with depth)", with_points, intrinsics),
-                             ("essential (no depth)", plain, intrinsics),
-                             ("fundamental (no intrinsics)", plain, None)):  # fmt: skip
-        result = rerank_features([plain[q] for q in queries], stored, ranked[queries], intrinsics=k)
+    orb_points, orb_plain = scene_features(frames, depths, intrinsics, "orb")
+    for label, query_features, stored, k in (
+        ("sift PnP (keyframes with depth)", plain, with_points, intrinsics),
+        ("sift essential (no depth)", plain, plain, intrinsics),
+        ("sift fundamental (no intrinsics)", plain, plain, None),
+        ("orb PnP (keyframes with depth)", orb_plain, orb_points, intrinsics),
+        ("orb essential (no depth)", orb_plain, orb_plain, intrinsics),
+    ):
+        result = rerank_features([query_features[q] for q in queries], stored, ranked[queries], intrinsics=k)
         after = correct_of(result.ranked)
         default = accepted_precision_recall(result.best_verified, after, n_positive)
         sweep = sweep_rows(result.best_inliers, after, n_positive)
@@ -308,17 +328,15 @@ def demo(top_k: int, figures: Path | None) -> None:
         table(["model", "R@1 cosine", "R@1 re-ranked", "P default rule", "R default rule", "verify ms"], rows)
     )
     if figures is not None:
-        verifier = Verifier()
         q = config.frames_per_lap + 10  # a lap-2 frame
         nearest = int(np.argmin(np.linalg.norm(positions[: config.frames_per_lap] - positions[q], axis=1)))
         far = np.linalg.norm(positions[: q - exclusion] - positions[q], axis=1) > 10
         # the far frame (> 10 m) this query shares most inliers with: the hardest wrong candidate
-        scores = [verifier.verify(plain[q], with_points[m], intrinsics=intrinsics).inliers if far[m] else -1
+        scores = [LOOSE.verify(plain[q], with_points[m], intrinsics=intrinsics).inliers if far[m] else -1
                   for m in range(q - exclusion)]  # fmt: skip
         for name, m in (("demo_pnp_verified", nearest), ("demo_rejected_wrong", int(np.argmax(scores)))):
-            result = verifier.verify(plain[q], with_points[m], intrinsics=intrinsics)
-            figure = draw_matches(frames[q], frames[m], plain[q], with_points[m], result)
-            cv2.imwrite(str(figures / f"{name}.png"), cv2.cvtColor(figure, cv2.COLOR_RGB2BGR))
+            image = figure(frames[q], frames[m], plain[q], with_points[m], intrinsics)
+            cv2.imwrite(str(figures / f"{name}.png"), image)
             metres = np.linalg.norm(positions[q] - positions[m])
             print(f"figure {figures / name}.png: frame {q} vs {m} ({metres:.1f} m apart)")
 
@@ -346,7 +364,7 @@ def describe_distribution(
 
 
 def calibrate() -> None:
-    verifier = Verifier(VerifierConfig(min_inliers=1, min_inlier_ratio=0.0))
+    verifier = LOOSE
     rows = []
     triplets = SHARED / "data" / "vpr_triplets"
     if triplets.is_dir():
@@ -362,7 +380,8 @@ def calibrate() -> None:
         rows += describe_distribution(
             "vpr_triplets F", inliers, ratios, {"same place": same, "other place": ~same}
         )
-    config, intrinsics, _, with_points, plain, positions = demo_scene(FeatureConfig())
+    config, intrinsics, frames, depths, positions = demo_scene()
+    with_points, plain = scene_features(frames, depths, intrinsics)
     lap = config.frames_per_lap
     pairs = [(q, m) for q in range(lap, 2 * lap, 3) for m in range(lap)]
     distance = np.array([np.linalg.norm(positions[q] - positions[m]) for q, m in pairs])

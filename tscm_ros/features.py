@@ -350,7 +350,10 @@ def back_project(
 
 
 class FeatureExtractor:
-    """Deterministic RootSIFT / ORB extraction (keypoints ordered by response, then position)."""
+    """Deterministic RootSIFT / ORB extraction (keypoints ordered by response, then position).
+
+    Holds one OpenCV detector: use one extractor per thread.
+    """
 
     def __init__(self, config: FeatureConfig | None = None) -> None:
         self.config = config or FeatureConfig()

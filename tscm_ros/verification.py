@@ -119,7 +119,15 @@ class VerifierConfig:
 
 @dataclass(frozen=True, eq=False)
 class Verification:
-    """The outcome of verifying one (query, match) pair; see the module docstring for the pose convention."""
+    """The outcome of verifying one (query, match) pair; see the module docstring for the pose convention.
+
+    ``matches``: tentative (mutual, ratio-test) matches; ``inliers``: those the model accepts;
+    ``inlier_ratio``: inliers / the matches the model could use (for ``pnp`` the matches whose match
+    keypoint has a valid 3-D point); ``model``: ``essential`` / ``fundamental`` / ``pnp`` or ``""`` when
+    rejected before estimation; ``rotation_xyzw`` / ``translation``: ``T_query_match`` (None for
+    ``fundamental`` and rejections before a pose); ``inlier_pairs``: (K, 2) int32 (query index, match
+    index) of the inliers, for :func:`draw_matches`.
+    """
 
     verified: bool
     inliers: int
@@ -254,7 +262,10 @@ def _intrinsics_for(features: LocalFeatures, intrinsics: CameraIntrinsics) -> Ca
 
 
 class Verifier:
-    """Verifies loop-closure candidates: ``Verifier(config).verify(query, match, intrinsics=K)``."""
+    """Verifies loop-closure candidates: ``Verifier(config).verify(query, match, intrinsics=K)``.
+
+    Stateless apart from its config; safe to share between threads (OpenCV's RNG is per thread).
+    """
 
     def __init__(self, config: VerifierConfig | None = None) -> None:
         self.config = config or VerifierConfig()
