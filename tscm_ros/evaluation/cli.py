@@ -6,11 +6,15 @@ Examples::
     tscm_evaluate --dataset folders:../shared/data/vpr_triplets --untrained --out eval/triplets
     tscm_evaluate --dataset vprbench:DIR --descriptors db.npy,q.npy --out eval/x
     tscm_evaluate --dataset corridor:../shared/data/corridor --untrained --sequence 5,10,20 --out eval/seq
+    tscm_evaluate --dataset corridor:../shared/data/corridor --untrained --verify --out eval/corridor
 
 Writes ``results.json``, ``pr_curve.png`` and ``recall_at_n.png`` into ``--out`` (plus the computed
 descriptors as ``database.npy`` / ``queries.npy`` when a model ran) and prints a markdown table.
 ``--sequence L`` adds sequence-matched Recall@N (:mod:`tscm_ros.evaluation.sequence_eval`; database and
 queries must each be one traversal in order) next to the single-frame values.
+``--verify`` also re-ranks each query's top-K (``--verify-top-k``) by geometric verification
+(:mod:`tscm_ros.evaluation.rerank`) and reports recall@N after re-ranking and the loop-closure
+precision/recall of the re-ranked top-1 over ``min_inliers`` (``results.json`` key ``verification``).
 """
 
 from __future__ import annotations
@@ -80,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="also sequence-matched recall@N at these sequence lengths L, e.g. 10 or 5,10,20 "
         "(database and queries in traversal order)",
     )  # fmt: skip
+    parser.add_argument("--verify", action="store_true", help="re-rank the top-K by geometric verification")
+    parser.add_argument("--verify-top-k", type=int, default=10, help="candidates verified per query")
+    parser.add_argument("--verify-method", default="sift", choices=("sift", "orb"), help="local features")
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
@@ -201,6 +208,74 @@ def _print_sequences(results: dict, ns: Sequence[int]) -> None:
             print("| " + " | ".join(cells) + " |")
 
 
+def verify_rerank(
+    database: np.ndarray,
+    queries: np.ndarray,
+    dataset: RetrievalDataset,
+    ns: Sequence[int],
+    protocol: str | None,
+    top_k: int,
+    method: str,
+) -> dict:
+    """Re-rank the top-``top_k`` by geometric verification: recall@N after it and, per protocol, the
+    precision/recall of the re-ranked top-1 over min_inliers and with the default acceptance rule."""
+    from tscm_ros.evaluation.rerank import accepted_precision_recall, inlier_sweep, rerank_with_verification
+    from tscm_ros.features import FeatureConfig
+    from tscm_ros.verification import VerifierConfig
+
+    if top_k < 1:
+        raise SystemExit(f"--verify-top-k must be >= 1, got {top_k}")
+    _, ranked = metrics.exact_search(_normalise(database), _normalise(queries), min(top_k, len(database)))
+    result = rerank_with_verification(
+        dataset.database, dataset.queries, ranked, feature_config=FeatureConfig(method=method)
+    )
+    rule = VerifierConfig()
+    ns = [n for n in ns if n <= ranked.shape[1]] or [1]  # recall beyond the verified top-K is not re-ranked
+    report = {
+        "top_k": int(ranked.shape[1]), "method": method,
+        "rule": {"min_inliers": rule.min_inliers, "min_inlier_ratio": rule.min_inlier_ratio},
+        "ms_per_extraction": result.ms_per_extraction, "ms_per_verification": result.ms_per_verification,
+        "protocols": {},
+    }  # fmt: skip
+    for name in [protocol] if protocol else list(dataset.positives):
+        positives = dataset.positives[name]
+        correct = metrics.hits_matrix(result.ranked, positives)[:, 0]
+        n_positive = int(sum(len(p) > 0 for p in positives))
+        report["protocols"][name] = {
+            "recall_before": {str(n): v for n, v in metrics.recall_at_n(ranked, positives, ns).items()},
+            "recall": {str(n): v for n, v in metrics.recall_at_n(result.ranked, positives, ns).items()},
+            "sweep": inlier_sweep(result.best_inliers, correct, n_positive),
+            "default_rule": accepted_precision_recall(result.best_verified, correct, n_positive),
+        }
+    return report
+
+
+def _print_verification(report: dict) -> None:
+    rule = report["rule"]
+    ns = list(next(iter(report["protocols"].values()))["recall"]) if report["protocols"] else []
+    print(
+        f"\nverification ({report['method']}, top-{report['top_k']} re-ranked; default rule: >= "
+        f"{rule['min_inliers']} inliers, ratio >= {rule['min_inlier_ratio']}; "
+        f"{report['ms_per_extraction']:.1f} ms/extraction, "
+        f"{report['ms_per_verification']:.2f} ms/verification)\n"
+    )
+    header = ["protocol"] + [f"R@{n} before" for n in ns] + [f"R@{n} after" for n in ns]
+    header += ["P (default rule)", "R (default rule)"]
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for name, r in report["protocols"].items():
+        cells = [name] + [f"{v:.4f}" for v in r["recall_before"].values()]
+        cells += [f"{v:.4f}" for v in r["recall"].values()]
+        cells += [f"{r['default_rule']['precision']:.4f}", f"{r['default_rule']['recall']:.4f}"]
+        print("| " + " | ".join(cells) + " |")
+    for name, r in report["protocols"].items():
+        print(f"\n{name}: re-ranked top-1 accepted at >= min_inliers\n")
+        print("| min_inliers | accepted | precision | recall |\n|---|---|---|---|")
+        for row in r["sweep"]:
+            print(
+                f"| {row['min_inliers']} | {row['accepted']} | {row['precision']:.4f} | {row['recall']:.4f} |"
+            )
+
+
 def _plot(results: dict, out: Path, title: str) -> None:
     import matplotlib
 
@@ -301,6 +376,10 @@ def _run(args: argparse.Namespace) -> int:
         "descriptor_dim": int(database.shape[1]),
         "protocols": results,
     }  # fmt: skip
+    if args.verify:
+        report["verification"] = verify_rerank(
+            database, queries, dataset, args.ns, args.protocol, args.verify_top_k, args.verify_method
+        )
     (args.out / "results.json").write_text(json.dumps(report, indent=2))
     _plot(results, args.out, dataset.name)
     sizes = f"{len(dataset.database)} database / {len(dataset.queries)} queries"
@@ -318,6 +397,8 @@ def _run(args: argparse.Namespace) -> int:
         print("| " + " | ".join(cells) + " |")
     if args.sequence:
         _print_sequences(results, args.ns)
+    if args.verify:
+        _print_verification(report["verification"])
     print(f"\nwrote {args.out / 'results.json'}, pr_curve.png, recall_at_n.png")
     return 0
 
