@@ -35,7 +35,7 @@ from tscm_ros.demo.scene import (  # noqa: E402
 )
 from tscm_ros.fleet import fleet_place_id  # noqa: E402
 from tscm_ros.placemap import PlaceMap, Pose  # noqa: E402
-from tscm_ros.recognition import RecognitionError, RecognitionSession  # noqa: E402
+from tscm_ros.recognition import RecognitionConfig, RecognitionError, RecognitionSession  # noqa: E402
 
 SCENE = SceneConfig(width=320, height=240, frames_per_lap=40)
 LAP = SCENE.frames_per_lap
@@ -222,6 +222,47 @@ def test_second_robot_sees_the_first_robots_places(frames, fleet, tmp_path):
     assert sum(r[0] == "robot_a" for r in rows) == LAP and sum(r[0] == "robot_b" for r in rows) == LAP + 12
 
 
+def test_sequence_matching_on_the_fleet_map(frames, fleet, tmp_path):
+    """Sequence matching ranks fleet candidates as local ones, and never joins places of two sessions."""
+    uri, schema = fleet
+    options = {"sequence_length": 4, "verify": False}
+    local = RecognitionSession.open(
+        dim=DIM, model_fingerprint=FP, map_path=None, load=False, index_spec="flat",
+        options={**OPTIONS, **options},
+    )  # fmt: skip
+    robot_a = open_session(uri, schema, tmp_path / "a1", "robot_a", "a1", **options)
+    local_results, fleet_results = run(local, frames, verify=False), run(robot_a, frames, verify=False)
+    for a, b in zip(local_results, fleet_results, strict=True):
+        assert a.sequence_partial == b.sequence_partial
+        assert [c.match_keyframe_index for c in a.candidates] == [
+            c.match_keyframe_index for c in b.candidates
+        ]
+        np.testing.assert_allclose(
+            [c.sequence_score for c in a.candidates], [c.sequence_score for c in b.candidates], atol=0.05
+        )
+    assert robot_a.place_map.flush(20.0)
+    robot_a.close()
+    local.close()
+    # a second session of robot A maps lap 1 from another starting point: its keyframe indices overlap
+    # a1's for other places; robot B's sequences must follow one session's route
+    shifted = frames[20:LAP] + frames[:20]
+    robot_a2 = open_session(uri, schema, tmp_path / "a2", "robot_a", "a2", **options)
+    run(robot_a2, shifted, [f.stamp_ns + int(1000e9) + i for i, f in enumerate(frames[:LAP])], verify=False)
+    assert robot_a2.place_map.flush(20.0)
+    robot_a2.close()
+    robot_b = open_session(uri, schema, tmp_path / "b", "robot_b", "b1", exclusion_window_s=1e5, **options)
+    results = run(robot_b, frames[LAP:], verify=False)
+    full = [r for r in results if r.candidates and not r.sequence_partial]
+    assert len(full) >= LAP - 8
+    assert all(c.sequence_length == 4 and c.match_robot_id == "robot_a" for r in full for c in r.candidates)
+    near = [math.dist(c.query_pose.position, c.match_pose.position) < 3.0 for r in full for c in r.candidates]
+    # without separate sessions on the sequence axis, a2's keyframe k (another place) would ride on a1's line
+    # through keyframe k and rank among the top 3
+    assert np.mean(near) >= 0.9, np.mean(near)
+    print(f"\nsequence matching across sessions: {len(full)} full, candidates within 3 m {np.mean(near):.2f}")
+    robot_b.close()
+
+
 def test_unreachable_server_falls_back_to_the_local_copy(frames, fleet, tmp_path):
     uri = f"postgresql://robot:s3cret@127.0.0.1:{free_port()}/fleet"
     session = open_session(uri, "tscm", tmp_path / "robot_a", "robot_a", "s1")
@@ -284,3 +325,37 @@ def test_default_identity(fleet, tmp_path):
         assert len(session.session_id) == 20 and session.session_id.endswith("Z")  # 2024-06-01T12:00:00Z
     finally:
         session.close()
+
+
+def test_sequences_never_join_places_of_two_sessions():
+    """A place of session a2 that looks like the query must not inherit the sequence that session a1's places
+    form up to it: keyframe indices of different sessions are unrelated (LocalPlaceStore, no server)."""
+    from tscm_ros.fleet import FleetPlaceMeta, LocalPlaceStore
+
+    dim, rng = 32, np.random.default_rng(5)
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+    route, other, lookalike = unit(rng.normal(size=(10, dim))), unit(rng.normal(size=(10, dim))), 5
+    store = LocalPlaceStore.open(None, dim=dim, robot_id="robot_b", session_id="b1")
+    for session, vectors in (("a1", route), ("a2", other)):
+        metas = [FleetPlaceMeta(stamp_ns=k * 10**9, keyframe_index=k, robot_id="robot_a", session_id=session)
+                 for k in range(10)]  # fmt: skip
+        store.add(vectors, metas)
+    options = {**OPTIONS, "sequence_length": 4, "verify": False, "exclusion_window_s": 1e5}
+    session = RecognitionSession(store, RecognitionConfig.from_options(options))
+    assert session.is_fleet
+    # robot B follows a1's route for 5 keyframes, then sees what a2's keyframe 5 shows (a1's is elsewhere)
+    queries = [route[k] for k in range(5)] + [other[lookalike]]
+    results = []
+    for index, vector in enumerate(queries):
+        noisy = unit(vector + 0.05 * rng.normal(size=dim))
+        results.append(session.process(noisy, 100 * 10**9 + index * 10**9))
+    for k in (3, 4):  # full sequences along a1's route
+        best = results[k].candidates[0]
+        assert (best.match_session_id, best.match_keyframe_index, best.sequence_length) == ("a1", k, 4)
+    last = results[-1]
+    assert not last.sequence_partial
+    assert not [c for c in last.candidates if c.match_session_id == "a2"], last.candidates
+    session.close()

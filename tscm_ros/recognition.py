@@ -59,6 +59,7 @@ from tscm_ros.verification import Verification, Verifier, VerifierConfig
 
 MAX_CLOSURES = 2000  # accepted loop closures kept in memory (markers, statistics)
 DEFAULT_MAP_SCHEMA = "tscm"
+SESSION_AXIS_STRIDE = 1 << 32  # sequence axis: distance between fleet sessions (exact in float64)
 QUERY_FILTERS = {  # RecognitionConfig field -> keyword of FleetStore.search
     "query_robots": "robots",
     "query_exclude_robots": "exclude_robots",
@@ -185,6 +186,7 @@ class RecognitionSession:
         self.closures: deque[LoopCandidate] = deque(maxlen=MAX_CLOSURES)
         self.reasons: Counter[str] = Counter()  # why candidates stayed unverified, and feature problems
         self.last_feature_error = ""
+        self._session_codes: dict[tuple[str, str], int] = {}  # fleet identities on the sequence axis
 
     @classmethod
     def open(
@@ -424,7 +426,7 @@ class RecognitionSession:
             keyframe_index=keyframe_index,
             stamp_ns=stamp_ns,
             place_ids=np.array([m.place_id for m in matches], np.int64),
-            place_keyframes=np.array([m.meta.keyframe_index for m in matches], np.int64),
+            place_keyframes=np.array([self._sequence_axis(m) for m in matches], np.int64),
             similarities=np.array([m.similarity for m in matches], np.float32),
             travel_m=travel_m,
         )
@@ -439,6 +441,16 @@ class RecognitionSession:
         kept = full if self._config.verify else [s for s in full if s.accepted]
         kept = kept[: self._config.detector.top_k]
         return [by_id[s.place_id] for s in kept], list(kept), False
+
+    def _sequence_axis(self, match: Match) -> int:
+        """The match's position on the sequence matcher's map-keyframe axis: its keyframe index, moved by
+        ``SESSION_AXIS_STRIDE`` per (robot, session) of a fleet map so that lines never join places of
+        different sessions (their indices are unrelated). Unlabelled places (a local PlaceMap) stay at 0."""
+        identity = (getattr(match, "robot_id", ""), getattr(match, "session_id", ""))
+        if identity == ("", ""):
+            return int(match.meta.keyframe_index)
+        code = self._session_codes.setdefault(identity, len(self._session_codes) + 1)
+        return code * SESSION_AXIS_STRIDE + int(match.meta.keyframe_index)
 
     def _verify(
         self,
