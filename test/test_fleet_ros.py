@@ -196,19 +196,29 @@ def test_two_robots_share_one_map(probe: RosProbe, fleet, laps, tmp_path):
             inter_robot += cloud.width
         assert not robot_b.lio_sam.messages  # A's places are not of B's run: nothing for LIO-SAM
 
+        # query filters at runtime (STRING_ARRAY parameters; [] from a client arrives untyped)
+        node_b = "/robot_b/place_recognition_node"
+        assert all(r.successful for r in probe.set_parameters(node_b, {"query_exclude_robots": ["robot_a"]}))
+        assert robot_b.publish_and_wait(lap2[0], stamps[-1] + 10**8).width == 0  # own places: in the window
+        assert all(r.successful for r in probe.set_parameters(node_b, {"query_exclude_robots": []}))
+        assert probe.get_parameters(node_b, ["query_exclude_robots"]) == {"query_exclude_robots": []}
+        assert robot_b.publish_and_wait(lap2[1], stamps[-1] + 2 * 10**8).width == 3
+        rejected = probe.set_parameters(node_b, {"query_robots": [1, 2]})[0]
+        assert not rejected.successful and "query_robots" in rejected.reason
+
         # B's latched id table resolves the hashes; B's diagnostics: connected, outbox drained
         table = ids_table(robot_b.fleet_ids)
         assert table[f"robot/{hash_a}"] == "robot_a" and table[f"session/{hash_session_a}"] == session_a
         assert table[f"robot/{identity_hash('robot_b')}"] == "robot_b"
         values_b = diagnostic_values(
             wait_status(
-                diagnostics, "robot_b", lambda v: v["outbox_depth"] == "0" and v["flushed_total"] == "12"
+                diagnostics, "robot_b", lambda v: v["outbox_depth"] == "0" and v["flushed_total"] == "14"
             )
         )
         assert values_b["connection_state"] == "connected" and values_b["session_id"] == "b-run-1"
         assert values_b["map_backend"] == "postgresql+local" and values_b["map_schema"] == schema
         assert int(values_b["server_queries"]) >= FRAMES and values_b["fallback_queries"] == "0"
-        assert values_b["map_size"] == "24"
+        assert values_b["map_size"] == "26"
         print(f"\ntwo robots: ready in {ready_s:.1f} s, {2 * FRAMES} frames in {frames_s:.1f} s, "
               f"{inter_robot} inter-robot candidates")  # fmt: skip
     finally:
@@ -216,7 +226,9 @@ def test_two_robots_share_one_map(probe: RosProbe, fleet, laps, tmp_path):
         robot_b.process.stop()
     assert robot_a.process.process.returncode == 0 and robot_b.process.process.returncode == 0
     rows = server_rows(uri, schema)
-    assert [r[:2] for r in rows] == [("robot_a", session_a)] * FRAMES + [("robot_b", "b-run-1")] * FRAMES
+    assert [r[:2] for r in rows] == [("robot_a", session_a)] * FRAMES + [("robot_b", "b-run-1")] * (
+        FRAMES + 2
+    )
 
 
 def ids_table(collector: Collector) -> dict[str, str]:
