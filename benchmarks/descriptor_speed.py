@@ -1,15 +1,26 @@
 """Descriptor speed on this machine: ms per image for the TSCM student/teacher inference paths.
 
     .venv/bin/python benchmarks/descriptor_speed.py [--threads 2] [--repeats 7] [--no-teacher] [--all]
+        [--model DIR] [--calibrate SOURCE] [--calibration-images 64] [--accuracy corridor:DIR]
 
-Paths (network forward only, input already preprocessed, CPU fp32):
-  student eager        plain eager PyTorch, NCHW (the baseline)
+Paths (network forward only, input already preprocessed):
+  student eager        plain eager PyTorch fp32, NCHW (the baseline)
   student eager CL     eager, channels_last weights and input
   student optimized    ``tscm_ros.export.optimize_for_cpu``: traced + frozen (BN folded) + TorchScript
                        optimize_for_inference (oneDNN); what ``Describer(optimize=True)`` runs
-  student ORT          ``tscm_export`` ONNX model in ONNX Runtime (graph optimisation ALL, intra-op threads)
+  student ORT          ``tscm_export`` ONNX model in ONNX Runtime fp32 (graph optimisation ALL)
+  student ORT int8     ``tscm_export --int8`` model (static QDQ, Conv in int8) in ONNX Runtime
+  student bf16 CL      eager under ``torch.autocast("cpu", torch.bfloat16)``, channels_last
   teacher eager        plain eager PyTorch, NCHW
 ``--all`` adds the other candidates that were tried (frozen without BN folding, torch.compile).
+
+A second table times ``Describer.describe`` on one 640x480 uint8 camera image end to end (preprocessing
+included): torch fp32/bf16 (preprocess in torch) against ONNX Runtime fp32/int8 with the preprocessing in
+the graph (uint8 in) and fp32 with float input. ``--accuracy corridor:DIR`` (default the shared Corridor
+copy) compares every lower-precision path with eager fp32 on all its images: per-image cosine (min/mean),
+the cosine after removing the mean descriptor ("centred"; an untrained network's descriptors are all
+alike, this exposes errors in what differs between images), and R@1/R@5. Without ``--model`` the seeded
+*untrained* student is measured (no trained weights ship with the repository).
 Timings are medians over ``--repeats`` round-robin rounds (every path once per round, so background
 load hits all paths alike) after warm-up. GFLOP/image is counted with FlopCounterMode (2 FLOP per MAC);
 "GFLOP/s" is that count divided by the time, beside a 2048x2048 fp32 GEMM measured in the same run.
@@ -33,6 +44,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tscm_ros.export import export_onnx, fold_batch_norms, optimize_for_cpu
 from tscm_ros.models import build_model
+
+SHARED_CORRIDOR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "corridor"
 
 Runner = Callable[[torch.Tensor], np.ndarray]
 
@@ -72,6 +85,15 @@ def optimized_runner(module: torch.jit.ScriptModule) -> Runner:
     return torch_runner(module, channels_last=module.channels_last)
 
 
+def bf16_runner(model: torch.nn.Module) -> Runner:
+    def run(x: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x.contiguous(memory_format=torch.channels_last))
+        return out.float().numpy()
+
+    return run
+
+
 def ort_runner(onnx_path: Path, threads: int) -> Runner:
     import onnxruntime as ort
 
@@ -80,6 +102,71 @@ def ort_runner(onnx_path: Path, threads: int) -> Runner:
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
     return lambda x: session.run(None, {"images": x.numpy()})[0]
+
+
+def prepare_exports(student: torch.nn.Module, model_dir: Path, args: argparse.Namespace) -> dict:
+    """model.onnx + model.int8.onnx (+ rgb variants) of ``student`` in ``model_dir``; the int8 record."""
+    from tscm_ros.export import export_rgb_onnx
+    from tscm_ros.model_io import record_export, save_model
+    from tscm_ros.quantize import export_int8, load_calibration_set
+
+    save_model(student, model_dir, provenance=getattr(student, "provenance", "") or "benchmark")
+    export_onnx(student, model_dir / "model.onnx")
+    start = time.perf_counter()
+    calibration = load_calibration_set(args.calibrate, args.calibration_images)
+    record = export_int8(model_dir / "model.onnx", model_dir, calibration, num_threads=args.threads)
+    record_export(model_dir, "int8", record)
+    print(
+        f"int8 export: {len(calibration.calibration)} calibration images from {args.calibrate}, "
+        f"{time.perf_counter() - start:.0f} s; held-out cosine min {record['accuracy']['cosine_min']:.5f}"
+    )
+    for name in ("model.onnx", "model.int8.onnx"):
+        export_rgb_onnx(model_dir / name, model_dir / name.replace(".onnx", ".rgb.onnx"))
+    return record
+
+
+def accuracy_rows(runners: dict[str, Runner], spec: str, reference_name: str) -> tuple[list[tuple], int]:
+    """Per path: cosine to the reference path per image (min/mean, raw and centred), R@1, R@5."""
+    from PIL import Image
+
+    from tscm_ros.describer import preprocess
+    from tscm_ros.evaluation import exact_search, load_dataset, recall_at_n
+    from tscm_ros.quantize import descriptor_agreement
+
+    dataset = load_dataset(spec)
+    files = list(dataset.database) + list(dataset.queries)
+    inputs = [preprocess(np.asarray(Image.open(path).convert("RGB"))) for path in files]
+    batches = [torch.cat(inputs[i : i + 8]) for i in range(0, len(inputs), 8)]
+    outputs = {name: np.concatenate([run(x) for x in batches]) for name, run in runners.items()}
+    reference = outputs[reference_name]
+    rows = []
+    for name, out in outputs.items():
+        out = out / np.linalg.norm(out, axis=1, keepdims=True)
+        _, ranked = exact_search(out[: len(dataset.database)], out[len(dataset.database) :], 5)
+        recall = recall_at_n(ranked, dataset.positives["gt"], (1, 5))
+        agreement = descriptor_agreement(out, reference)
+        rows.append((name, agreement, recall[1], recall[5]))
+    return rows, len(files)
+
+
+def time_describe(model_dir: Path, threads: int, repeats: int) -> list[tuple[str, float]]:
+    """ms for Describer.describe on one 640x480 uint8 image, per configuration (median, round-robin)."""
+    from tscm_ros.describer import Describer
+
+    image = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    configs = {
+        "torch fp32 (torch preprocess)": dict(backend="torch", device="cpu"),
+        "torch bf16 (torch preprocess)": dict(backend="torch", device="cpu", precision="bf16"),
+        "ORT fp32, float input (torch preprocess)": dict(backend="onnxruntime", rgb_input=False),
+        "ORT fp32, uint8 input (preprocess in graph)": dict(backend="onnxruntime", precision="fp32"),
+        "ORT int8, uint8 input (preprocess in graph)": dict(backend="onnxruntime", precision="int8"),
+    }
+    describers = {
+        name: Describer(model_dir, num_threads=threads, batch_size=1, **options)
+        for name, options in configs.items()
+    }
+    medians = time_round_robin({k: d.describe for k, d in describers.items()}, image, repeats, warmup=2)
+    return [(name, 1000 * seconds) for name, seconds in medians.items()]
 
 
 def frozen(model: torch.nn.Module, fold: bool, channels_last: bool) -> torch.jit.ScriptModule:
@@ -95,6 +182,9 @@ def frozen(model: torch.nn.Module, fold: bool, channels_last: bool) -> torch.jit
         return torch.jit.freeze(torch.jit.trace(model.eval(), example, check_trace=False))
 
 
+CLOCK = time.perf_counter
+
+
 def time_round_robin(runners: dict[str, Runner], x: torch.Tensor, repeats: int, warmup: int) -> dict:
     for run in runners.values():
         for _ in range(warmup):
@@ -102,9 +192,9 @@ def time_round_robin(runners: dict[str, Runner], x: torch.Tensor, repeats: int, 
     times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(repeats):
         for name, run in runners.items():
-            start = time.perf_counter()
+            start = CLOCK()
             run(x)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(CLOCK() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -118,12 +208,34 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--no-teacher", action="store_true")
     parser.add_argument("--all", action="store_true", help="also time the other candidate torch paths")
+    parser.add_argument("--model", type=Path, help="a trained model directory (default: untrained student)")
+    parser.add_argument(
+        "--calibrate", default=str(SHARED_CORRIDOR / "ref"),
+        help="int8 calibration source (folder, bag:PATH[:TOPIC], map:DIR); default Corridor ref/",
+    )  # fmt: skip
+    parser.add_argument("--calibration-images", type=int, default=64)
+    parser.add_argument(
+        "--accuracy", default=f"corridor:{SHARED_CORRIDOR}" if SHARED_CORRIDOR.is_dir() else "",
+        help="dataset spec for the accuracy table ('' to skip); default the shared Corridor copy",
+    )  # fmt: skip
+    parser.add_argument(
+        "--clock", choices=["wall", "cpu"], default="wall",
+        help="wall: latency (default); cpu: process CPU time, robust to other load on a shared machine "
+        "(use with --threads 1: with more threads it sums their work)",
+    )  # fmt: skip
     args = parser.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     load_before = os.getloadavg()
 
-    student = build_model("student", seed=0)
+    if args.model:
+        from tscm_ros.model_io import load_model
+
+        student = load_model(args.model)
+    else:
+        student = build_model("student", seed=0)
     teacher = None if args.no_teacher else build_model("teacher", seed=0)
     flops = {"student": gflop_per_image(student)}
     if teacher is not None:
@@ -135,9 +247,12 @@ def main() -> None:
         "student eager CL": torch_runner(student_cl, channels_last=True),
         "student optimized": optimized_runner(optimize_for_cpu(student)),
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = export_onnx(student, Path(tmp) / "student.onnx")
-        runners["student ORT"] = ort_runner(onnx_path, args.threads)
+    tmp = tempfile.TemporaryDirectory()
+    model_dir = Path(tmp.name) / "student"
+    int8_record = prepare_exports(student, model_dir, args)
+    runners["student ORT"] = ort_runner(model_dir / "model.onnx", args.threads)
+    runners["student ORT int8"] = ort_runner(model_dir / "model.int8.onnx", args.threads)
+    runners["student bf16 CL"] = bf16_runner(student_cl)
     if args.all:
         runners["student frozen (no fold)"] = torch_runner(frozen(student, False, False))
         runners["student frozen CL folded"] = optimized_runner(
@@ -180,7 +295,8 @@ def main() -> None:
     gemm_after = gemm_gflops(args.threads)
 
     print(
-        f"\nthreads={args.threads}, torch {torch.__version__}, repeats={args.repeats} (median), "
+        f"\nthreads={args.threads}, clock={args.clock}, torch {torch.__version__}, "
+        f"repeats={args.repeats} (median), "
         f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}"
     )
     print("GFLOP/image: " + ", ".join(f"{arch} {value:.2f}" for arch, value in flops.items()))
@@ -192,6 +308,10 @@ def main() -> None:
             f"| {name} | {batch} | {ms:.1f} | {1000 / ms:.1f} | {gflops:.1f} | {100 * gflops / gemm:.0f}% "
             f"| {speedup:.2f}x | {diff:.1e} |"
         )
+    print(
+        "\nint8 (student ORT int8): QDQ, Conv in int8 (uint8 activations per tensor, int8 weights per "
+        f"channel), {int8_record['calibration']['count']} calibration images; NetVLAD/GeM/normalisation fp32"
+    )
     for batch in args.batches:
         student_rows = [
             r for r in rows if r[1] == batch and r[0].startswith("student") and r[0] != "student eager"
@@ -201,6 +321,29 @@ def main() -> None:
             f"\nbatch {batch}: fastest student path = {best[0]}: {best[5]:.2f}x faster than plain eager fp32 "
             f"({best[2]:.1f} vs {best[2] * best[5]:.1f} ms/img), max abs diff {best[4]:.1e}"
         )
+
+    print("\nDescriber.describe(one 640x480 uint8 image), end to end (preprocessing included):\n")
+    print("| configuration | ms/img |")
+    print("|---|---|")
+    for name, ms in time_describe(model_dir, args.threads, args.repeats):
+        print(f"| {name} | {ms:.1f} |")
+
+    if args.accuracy:
+        compared = {
+            name: runners[name]
+            for name in ("student eager", "student ORT", "student ORT int8", "student bf16 CL")
+        }
+        rows, count = accuracy_rows(compared, args.accuracy, "student eager")
+        print(f"\nAccuracy against eager fp32 on {args.accuracy} ({count} images):\n")
+        print("| path | cosine min | cosine mean | centred cos min | centred cos mean | R@1 | R@5 |")
+        print("|---|---|---|---|---|---|---|")
+        for name, agreement, r1, r5 in rows:
+            print(
+                f"| {name} | {agreement['cosine_min']:.5f} | {agreement['cosine_mean']:.5f} "
+                f"| {agreement['centred_cosine_min']:.3f} | {agreement['centred_cosine_mean']:.3f} "
+                f"| {r1:.3f} | {r5:.3f} |"
+            )
+    tmp.cleanup()
 
 
 if __name__ == "__main__":

@@ -82,7 +82,10 @@ def test_revisit_looks_alike_and_far_places_differ():
 
 
 def test_short_demo_run(tmp_path: Path, capsys):
-    result = run_demo(tmp_path / "demo", scene=SMALL, describer=ThumbnailDescriber(), progress=False)
+    # a lap of this tiny scene lasts 3.2 s: shorter than the shipped exclusion_window_s
+    result = run_demo(
+        tmp_path / "demo", scene=SMALL, describer=ThumbnailDescriber(), progress=False, exclusion_window_s=1.0
+    )
     printed = capsys.readouterr().out
     assert "precision" in printed and "recall" in printed and "model: thumbnail (test stub)" in printed
     names = {path.name for path in result.plots}
@@ -105,7 +108,9 @@ def test_short_demo_run(tmp_path: Path, capsys):
     frames = list(iter_frames(result.bag, stats=stats))
     assert len(frames) == 32 and stats.pose_topic == "/odom" and stats.frames_with_pose == 32
     # a second run reuses the bag written with the same settings
-    again = run_demo(tmp_path / "demo", scene=SMALL, describer=ThumbnailDescriber(), progress=False)
+    again = run_demo(
+        tmp_path / "demo", scene=SMALL, describer=ThumbnailDescriber(), progress=False, exclusion_window_s=1.0
+    )
     assert "reusing the demo bag" in again.output[0]
     assert again.evaluation == evaluation
 

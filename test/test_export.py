@@ -153,3 +153,63 @@ def test_export_cli_errors(tmp_path, capsys):
         main([str(tmp_path)])  # neither --onnx nor --torchscript
     assert main([str(tmp_path / "missing"), "--onnx"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ preprocessing inside the graph
+
+
+@pytest.fixture(scope="module")
+def rgb_dir(exported_dir) -> Path:
+    assert main([str(exported_dir), "--rgb"]) == 0
+    return exported_dir
+
+
+@pytest.mark.parametrize(("height", "width"), [(480, 640), (333, 517), (100, 150)])
+def test_rgb_graph_matches_preprocess_and_model(rgb_dir, height, width):
+    from tscm_ros.describer import preprocess
+
+    images = np.random.default_rng(height).integers(0, 256, (2, height, width, 3), dtype=np.uint8)
+    float_session = _cpu_session(rgb_dir / "model.onnx")
+    rgb_session = _cpu_session(rgb_dir / "model.rgb.onnx")
+    (rgb_input,) = rgb_session.get_inputs()
+    assert rgb_input.name == "rgb" and rgb_input.type == "tensor(uint8)"
+    assert [isinstance(d, str) for d in rgb_input.shape] == [True, True, True, False]  # dynamic B, H, W
+    expected = float_session.run(None, {"images": preprocess(images).numpy()})[0]
+    single = rgb_session.run(None, {"rgb": images[:1]})[0]
+    batch = rgb_session.run(None, {"rgb": images})[0]
+    np.testing.assert_allclose(single, expected[:1], atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(batch, expected, atol=TOLERANCE, rtol=0)
+    metadata = rgb_session.get_modelmeta().custom_metadata_map
+    assert metadata["tscm_ros.fingerprint"] == load_model(rgb_dir).fingerprint
+
+
+def test_describer_hands_uint8_to_the_graph(rgb_dir, corridor_images, torch_descriptors):
+    in_graph = Describer(rgb_dir, backend="onnxruntime", num_threads=2, batch_size=2)
+    assert in_graph.rgb_input and "rgb input" in in_graph.label
+    out = in_graph.describe(corridor_images)  # a list of equally sized images
+    np.testing.assert_allclose(out, torch_descriptors, atol=TOLERANCE, rtol=0)
+    frozen = np.array(corridor_images[0])
+    frozen.flags.writeable = False  # e.g. a view of a bytes message buffer
+    np.testing.assert_allclose(in_graph.describe(frozen)[0], out[0], atol=1e-6, rtol=0)
+    mixed = [corridor_images[0], corridor_images[1][:301, :457]]
+    np.testing.assert_allclose(
+        in_graph.describe(mixed),
+        Describer(rgb_dir, device="cpu").describe(mixed),
+        atol=TOLERANCE,
+        rtol=0,
+    )
+    float_input = Describer(rgb_dir, backend="onnxruntime", rgb_input=False)
+    assert not float_input.rgb_input
+    np.testing.assert_allclose(float_input.describe(corridor_images), out, atol=TOLERANCE, rtol=0)
+
+
+def test_rgb_graph_built_in_memory_without_the_file(
+    exported_dir, tmp_path, corridor_images, torch_descriptors
+):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("model.json", "model.safetensors", "model.onnx"):
+        shutil.copy(exported_dir / name, bare / name)
+    describer = Describer(bare, backend="onnxruntime")
+    assert describer.rgb_input  # built at load from model.onnx
+    np.testing.assert_allclose(describer.describe(corridor_images), torch_descriptors, atol=TOLERANCE, rtol=0)

@@ -1,4 +1,4 @@
-"""sensor_msgs Image / CompressedImage -> RGB conversion (tscm_ros.images)."""
+"""sensor_msgs Image / CompressedImage -> RGB conversion (tscm_ros.images), header checks, pixel limit."""
 
 from __future__ import annotations
 
@@ -12,13 +12,30 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
+import tscm_ros.images as images_module
 from tscm_ros.images import (
+    MAX_PIXELS_ENV,
+    MAX_ROW_PADDING,
     ImageDecodeError,
+    check_compressed_header,
+    check_image_header,
     compressed_msg_to_rgb,
+    decode_image_bytes,
     image_msg_to_rgb,
+    resolve_max_pixels,
     rgb_to_compressed_bytes,
     rgb_to_image_fields,
 )
+
+
+@pytest.fixture(autouse=True, params=["opencv", "numpy"])
+def decoder_path(request, monkeypatch) -> str:
+    """Every test runs on the OpenCV fast path and on the numpy/PIL fallback (no cv2 installed)."""
+    if request.param == "numpy":
+        monkeypatch.setattr(images_module, "_CV2", False)
+    else:
+        assert images_module._cv2() is not None, "opencv-python-headless is a runtime dependency"
+    return request.param
 
 
 def smooth_rgb(height: int = 24, width: int = 32) -> np.ndarray:
@@ -312,3 +329,185 @@ def test_writer_rejects_bad_input(rgb):
         rgb_to_image_fields(rgb, "nv12")
     with pytest.raises(ValueError):
         rgb_to_compressed_bytes(rgb, "webp2")
+
+
+# ------------------------------------------------------------------- hostile headers, header-only checks
+
+
+def peak_bytes_of(function, *args, **kwargs) -> tuple[BaseException | None, int]:
+    """Run ``function``; return (the exception it raised or None, peak traced allocation in bytes)."""
+    tracemalloc.start()
+    error = None
+    try:
+        function(*args, **kwargs)
+    except BaseException as exc:  # noqa: BLE001 - returned to the caller
+        error = exc
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    return error, peak
+
+
+def forty_byte_attack():
+    """The 40-byte CDR sensor_msgs/Image: 1x1 rgb8, step 2**32 - 1, 3 data bytes, through rosbags."""
+    from rosbags.typesys import Stores, get_typestore
+
+    store = get_typestore(Stores.ROS2_KILTED)
+    header = store.types["std_msgs/msg/Header"](
+        stamp=store.types["builtin_interfaces/msg/Time"](sec=0, nanosec=0), frame_id=""
+    )
+    image = store.types["sensor_msgs/msg/Image"](
+        header=header, height=1, width=1, encoding="rgb8", is_bigendian=0, step=2**32 - 1,
+        data=np.array([1, 2, 3], np.uint8),
+    )  # fmt: skip
+    raw = store.serialize_cdr(image, "sensor_msgs/msg/Image")
+    assert len(raw) < 64  # the attack is a tiny message (~40-50 bytes of CDR)
+    return store.deserialize_cdr(raw, "sensor_msgs/msg/Image")
+
+
+def test_forty_byte_attack_refused_before_allocating():
+    attack = forty_byte_attack()
+    for function in (check_image_header, image_msg_to_rgb):
+        error, peak = peak_bytes_of(function, attack)
+        assert isinstance(error, ImageDecodeError) and error.reason == "step_mismatch", error
+        assert peak < 256 * 1024, peak  # the old decoder padded the row to 4 GiB
+    plain = msg(1, 1, "rgb8", 2**32 - 1, b"\x01\x02\x03")
+    assert reason_of(plain) == "step_mismatch"
+
+
+def test_short_last_row_padding_bounded(rgb):
+    h, w = rgb.shape[:2]
+    for padding, accepted in ((8, True), (MAX_ROW_PADDING, True), (MAX_ROW_PADDING + 1, False)):
+        step = w * 3 + padding
+        rows = np.zeros((h, step), np.uint8)
+        rows[:, : w * 3] = rgb.reshape(h, -1)
+        data = rows.tobytes()[:-padding]  # last row without its padding
+        message = msg(h, w, "rgb8", step, data)
+        if accepted:
+            check_image_header(message)
+            np.testing.assert_array_equal(image_msg_to_rgb(message), rgb)
+        else:
+            assert reason_of(message) == "step_mismatch"
+
+
+def test_check_image_header_reasons_without_pixel_access(rgb):
+    class NoPixels(bytes):
+        """bytes whose content must never be read by a header check (len() only)."""
+
+        def __getitem__(self, index):
+            raise AssertionError("header check read pixel data")
+
+        def __buffer__(self, flags):
+            raise AssertionError("header check took a buffer of the pixel data")
+
+    h, w = rgb.shape[:2]
+    assert check_image_header(msg(h, w, "rgb8", w * 3, NoPixels(h * w * 3))) is None
+    cases = {
+        "zero_size": msg(0, w, "rgb8", w * 3, NoPixels(0)),
+        "too_large": msg(50_000, 50_000, "rgb8", 150_000, NoPixels(16)),
+        "step_mismatch": msg(h, w, "rgb8", w * 3 - 1, NoPixels(h * w * 3)),
+        "truncated": msg(h, w, "rgb8", w * 3, NoPixels(h * w * 3 - 1)),
+        "unsupported_encoding": msg(h, w, "yuv422", w * 2, NoPixels(h * w * 2)),
+    }
+    for reason, message in cases.items():
+        with pytest.raises(ImageDecodeError) as info:
+            check_image_header(message)
+        assert info.value.reason == reason
+    with pytest.raises(ImageDecodeError, match="too_large"):
+        check_image_header(msg(h, w, "rgb8", w * 3, NoPixels(h * w * 3)), max_pixels=h * w - 1)
+
+
+def test_check_image_header_rclpy_message(rgb):
+    from sensor_msgs.msg import CompressedImage, Image
+
+    fields = rgb_to_image_fields(rgb, "bgr8")
+    image = Image(**{k: v for k, v in fields.items() if k != "data"})
+    image.data = fields["data"]
+    check_image_header(image)
+    image.step = 2**32 - 1
+    with pytest.raises(ImageDecodeError, match="truncated"):
+        check_image_header(image)
+    image.height, image.width, image.data = 1, 1, b"abc"
+    with pytest.raises(ImageDecodeError, match="step_mismatch"):
+        check_image_header(image)
+    compressed = CompressedImage(format="jpeg", data=rgb_to_compressed_bytes(rgb, "jpeg"))
+    check_image_header(compressed)
+    compressed.data = png_with_header_size(20_000, 20_000)
+    with pytest.raises(ImageDecodeError, match="too_large"):
+        check_image_header(compressed)
+
+
+def jpeg_with_header_size(width: int, height: int) -> bytes:
+    """A small real JPEG whose frame header (SOF0) claims width x height."""
+    jpeg = bytearray(rgb_to_compressed_bytes(smooth_rgb(8, 8), "jpeg"))
+    sof = jpeg.index(b"\xff\xc0")
+    jpeg[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(jpeg)
+
+
+def test_check_compressed_header(rgb):
+    h, w = rgb.shape[:2]
+    for fmt in ("jpeg", "png"):
+        header = check_compressed_header(cmsg(fmt, rgb_to_compressed_bytes(rgb, fmt)))
+        assert (header.kind, header.width, header.height) == (fmt, w, h)
+    bmp = pil_encode(PILImage.fromarray(rgb), "BMP")
+    assert check_compressed_header(cmsg("bmp", bmp)).kind == "bmp"
+    np.testing.assert_array_equal(compressed_msg_to_rgb(cmsg("bmp", bmp)), rgb)
+    for payload in (png_with_header_size(30_000, 30_000), jpeg_with_header_size(60_000, 60_000)):
+        error, peak = peak_bytes_of(check_compressed_header, cmsg("", payload))
+        assert isinstance(error, ImageDecodeError) and error.reason == "too_large", error
+        assert peak < 256 * 1024
+        error, peak = peak_bytes_of(compressed_msg_to_rgb, cmsg("", payload))
+        assert isinstance(error, ImageDecodeError) and error.reason == "too_large", error
+        assert peak < 1024 * 1024
+    bad = {
+        b"": "corrupt_compressed",
+        b"GIF89a-but-not-really": "corrupt_compressed",
+        b"\x00\x01\x02\x03 random bytes": "corrupt_compressed",
+        b"\xff\xd8\xff\xe0\x00\x10JFIF": "corrupt_compressed",  # header cut before the frame header
+        png_with_header_size(0, 10): "zero_size",
+        jpeg_with_header_size(0, 10): "zero_size",
+    }
+    for payload, reason in bad.items():
+        with pytest.raises(ImageDecodeError) as info:
+            check_compressed_header(cmsg("jpeg", payload))
+        assert info.value.reason == reason, payload[:12]
+
+
+def test_out_buffer_is_filled_and_returned(rgb):
+    h, w = rgb.shape[:2]
+    for encoding, padding in (("bgr8", 0), ("rgb8", 3), ("mono8", 0), ("bayer_grbg8", 0), ("bgra16", 2)):
+        fields = rgb_to_image_fields(rgb, encoding, step_padding=padding)
+        expected = image_msg_to_rgb(SimpleNamespace(**fields))
+        out = np.full((h, w, 3), 7, np.uint8)
+        result = image_msg_to_rgb(SimpleNamespace(**fields), out=out)
+        assert np.shares_memory(result, out), encoding
+        np.testing.assert_array_equal(out, expected, err_msg=encoding)
+    with pytest.raises(ValueError, match="out must be"):
+        image_msg_to_rgb(
+            SimpleNamespace(**rgb_to_image_fields(rgb, "bgr8")), out=np.zeros((h, w, 4), np.uint8)
+        )
+
+
+def test_unpadded_rgb8_is_a_view_of_the_message_buffer(rgb):
+    fields = rgb_to_image_fields(rgb, "rgb8")
+    data = np.frombuffer(fields["data"], np.uint8)
+    out = image_msg_to_rgb(SimpleNamespace(**{**fields, "data": data}))
+    assert np.shares_memory(out, data)
+    np.testing.assert_array_equal(out, rgb)
+
+
+def test_pixel_limit_environment_variable(monkeypatch, rgb):
+    message = SimpleNamespace(**rgb_to_image_fields(rgb, "rgb8"))
+    h, w = rgb.shape[:2]
+    monkeypatch.setenv(MAX_PIXELS_ENV, str(h * w - 1))
+    assert resolve_max_pixels() == h * w - 1 and resolve_max_pixels(5) == 5
+    assert reason_of(message) == "too_large"
+    with pytest.raises(ImageDecodeError, match="too_large"):
+        decode_image_bytes(rgb_to_compressed_bytes(rgb, "png"))
+    image_msg_to_rgb(message, max_pixels=h * w)  # an explicit limit wins
+    monkeypatch.setenv(MAX_PIXELS_ENV, "lots")
+    with pytest.raises(ValueError, match=MAX_PIXELS_ENV):
+        resolve_max_pixels()
+    monkeypatch.delenv(MAX_PIXELS_ENV)
+    assert resolve_max_pixels() == 4096 * 4096

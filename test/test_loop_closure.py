@@ -36,8 +36,16 @@ def noisy(vector: np.ndarray, change: float, seed: int) -> np.ndarray:
     return with_cosine(vector, 1.0 - change, seed)
 
 
+# The mechanism tests start from no keyframe gates, a fixed threshold and a time-only exclusion; the
+# shipped defaults (gates, "auto", travel exclusion) have tests of their own below.
+MECHANISM = {
+    "min_interval_s": 0.0, "min_travel_m": 0.0, "exclusion_window_s": 30.0, "exclusion_travel_m": 0.0,
+    "similarity_threshold": 0.8,
+}  # fmt: skip
+
+
 def detector(**config) -> LoopClosureDetector:
-    return LoopClosureDetector(PlaceMap.create(DIM), LoopClosureConfig(**config))
+    return LoopClosureDetector(PlaceMap.create(DIM), LoopClosureConfig(**{**MECHANISM, **config}))
 
 
 def test_config_validation() -> None:
@@ -56,7 +64,7 @@ def test_config_validation() -> None:
             LoopClosureConfig(**bad)
 
 
-def test_first_frame_is_a_keyframe_and_all_frames_by_default(places: np.ndarray) -> None:
+def test_first_frame_is_a_keyframe_and_all_frames_without_gates(places: np.ndarray) -> None:
     lcd = detector()
     results = [lcd.process(places[i], i * S // 10) for i in range(5)]
     assert all(r.is_keyframe for r in results)
@@ -211,7 +219,7 @@ def test_localization_mode_never_adds(tmp_path, places: np.ndarray) -> None:
     built.add(places[:20], [PlaceMeta(stamp_ns=(1000 + i) * S, keyframe_index=i) for i in range(20)])
     built.save(tmp_path / "m")
     loaded = PlaceMap.load(tmp_path / "m")
-    lcd = LoopClosureDetector(loaded, LoopClosureConfig(mode="localization", similarity_threshold=0.8))
+    lcd = LoopClosureDetector(loaded, LoopClosureConfig(**{**MECHANISM, "mode": "localization"}))
     # query stamps are *earlier* than the map's: in localisation mode there is no exclusion
     results = [lcd.process(noisy(places[i], 0.1, i), i * S) for i in range(5, 10)]
     assert len(loaded) == 20 and all(r.place_id is None for r in results)
@@ -239,3 +247,43 @@ def test_thread_safe_processing(places: np.ndarray) -> None:
     assert not errors
     assert len(lcd.place_map) == 100 and sorted(lcd.place_map.place_ids) == list(range(100))
     assert lcd.keyframe_count == 100
+
+
+def test_standing_still_adds_no_places_and_travel_exclusion_hides_the_recent_path(places: np.ndarray) -> None:
+    lcd = LoopClosureDetector(PlaceMap.create(DIM), LoopClosureConfig(similarity_threshold=-1.0))  # defaults
+    still = Pose((0.0, 0.0, 0.0))
+    results = [lcd.process(places[0], i * S, pose=still) for i in range(20)]  # 20 s without moving
+    assert sum(r.is_keyframe for r in results) == 1 and len(lcd.place_map) == 1
+    # drive 1 m per keyframe, 1 s apart: the time window (10 s) has passed for the first places, but the
+    # places within exclusion_travel_m (10 m) of travel are still hidden
+    stamp = 20 * S
+    for step in range(1, 16):
+        stamp += S
+        result = lcd.process(places[step], stamp, pose=Pose((float(step), 0.0, 0.0)))
+        assert result.is_keyframe
+        for candidate in result.candidates:
+            assert step - candidate.match_pose.position[0] >= 10.0  # only places >= 10 m of travel back
+    assert any(r.candidates for r in [lcd.process(places[20], stamp + S, pose=Pose((16.0, 0.0, 0.0)))])
+
+
+def test_auto_threshold_calibrates_from_the_first_keyframes(places: np.ndarray) -> None:
+    from tscm_ros.loop_closure import AUTO_CALIBRATION_KEYFRAMES, AUTO_QUANTILE
+
+    config = LoopClosureConfig(min_interval_s=0.0, exclusion_window_s=0.5, top_k=1)
+    assert config.similarity_threshold == "auto"
+    lcd = LoopClosureDetector(PlaceMap.create(DIM), config)
+    top1 = []
+    rng = np.random.default_rng(4)
+    for i in range(AUTO_CALIBRATION_KEYFRAMES + 1):
+        vector = rng.normal(size=DIM).astype(np.float32)
+        before = lcd.threshold
+        result = lcd.process(vector, i * S)
+        assert not result.candidates or before != float("inf")  # nothing passes before calibration
+        if len(lcd.place_map) > 1 and len(top1) < AUTO_CALIBRATION_KEYFRAMES:
+            best = lcd.place_map.search(vector, 2, exclude_ids=[result.place_id])
+            top1.append(best[0].similarity)
+    assert lcd.threshold == pytest.approx(float(np.quantile(top1, AUTO_QUANTILE)), abs=1e-6)
+    lcd.verification_gates = True  # with verification the automatic threshold filters nothing
+    assert lcd.threshold == -1.0
+    with pytest.raises(ValueError, match="similarity_threshold"):
+        LoopClosureConfig(similarity_threshold="sometimes")

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tscm_ros.images import (
-    DEFAULT_MAX_PIXELS,
     ImageDecodeError,
     compressed_msg_to_rgb,
     image_msg_to_rgb,
@@ -465,7 +464,7 @@ def iter_frames(
     *,
     depth_topic: str | None = "",
     camera_info_topic: str | None = "",
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int | None = None,
     stats: BagReadStats | None = None,
     allow_partial: bool = False,
 ) -> Iterator[BagFrame]:
@@ -480,7 +479,8 @@ def iter_frames(
         depth_topic: aligned depth Image topic (16UC1 mm / 32FC1 m), paired by header stamp within
             ``DEPTH_PAIRING_S``; None picks the one Image topic named ``*depth*``, "" reads no depth.
         camera_info_topic: CameraInfo topic for ``BagFrame.intrinsics``; None picks one, "" reads none.
-        max_pixels: larger images are skipped (counted as "too_large").
+        max_pixels: larger images are skipped (counted as "too_large"); None: the common limit
+            (``$TSCM_MAX_PIXELS``, else :data:`tscm_ros.images.DEFAULT_MAX_PIXELS`).
         stats: filled in while iterating (decoded frames, skipped messages per reason, messages read per
             topic against the bag's counts).
         allow_partial: a damaged bag ends the iteration cleanly with ``stats.partial`` set (and PARTIAL in

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from tscm_ros.images import resolve_max_pixels
+
 DEPTH_ENCODINGS = {"16UC1": np.dtype("u2"), "mono16": np.dtype("u2"), "32FC1": np.dtype("f4")}
 
 
@@ -17,8 +19,11 @@ class DepthDecodeError(ValueError):
     """A depth message that cannot be used (one clear line)."""
 
 
-def depth_msg_to_metres(msg: Any, max_pixels: int) -> np.ndarray:
-    """(H, W) float32 metres of a depth ``sensor_msgs/Image``; invalid pixels (0, NaN, inf) become NaN."""
+def depth_msg_to_metres(msg: Any, max_pixels: int | None = None) -> np.ndarray:
+    """(H, W) float32 metres of a depth ``sensor_msgs/Image``; invalid pixels (0, NaN, inf) become NaN.
+
+    ``max_pixels``: None = the common pixel limit of every image reader (:func:`resolve_max_pixels`)."""
+    max_pixels = resolve_max_pixels(max_pixels)
     encoding = str(msg.encoding)
     if encoding not in DEPTH_ENCODINGS:
         raise DepthDecodeError(f"depth encoding {encoding!r} is not one of {', '.join(DEPTH_ENCODINGS)}")

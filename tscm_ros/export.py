@@ -5,6 +5,13 @@
 ``model.ts`` (traced TorchScript) next to the model. The ONNX ``metadata_props`` carry the model's
 fingerprint (``tscm_ros.fingerprint``), arch, descriptor_dim and provenance, so the ONNX Runtime
 :class:`~tscm_ros.describer.Describer` can report them and detect a stale export.
+
+``--rgb`` also writes ``model.rgb.onnx`` (and ``model.int8.rgb.onnx`` when there is an int8 model): the
+same network behind :func:`add_rgb_input`, taking the camera image itself, ``rgb`` uint8 (B, H, W, 3) at
+any H, W, and doing the published preprocessing in the graph (bilinear resize without antialias to the
+input size, then ImageNet normalisation; equal to :func:`tscm_ros.describer.preprocess` + model within
+1e-4). ``--int8 --calibrate SOURCE`` writes ``model.int8.onnx`` and ``model.int8.trt.onnx`` and records
+the calibration in ``model.json`` (:mod:`tscm_ros.quantize`).
 """
 
 from __future__ import annotations
@@ -18,17 +25,33 @@ import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["export_onnx", "export_torchscript", "fold_batch_norms", "optimize_for_cpu", "main"]
+if TYPE_CHECKING:
+    import onnx
+
+__all__ = [
+    "add_rgb_input",
+    "export_onnx",
+    "export_rgb_onnx",
+    "export_torchscript",
+    "fold_batch_norms",
+    "optimize_for_cpu",
+    "main",
+]
 
 LOGGER = logging.getLogger(__name__)
 DEFAULT_OPSET = 17
 INPUT_NAME = "images"
+RGB_INPUT_NAME = "rgb"
 OUTPUT_NAME = "descriptors"
 METADATA_PREFIX = "tscm_ros."
+ONNX_FILE = "model.onnx"
+RGB_ONNX_FILE = "model.rgb.onnx"
 
 
 def _example_input(model: nn.Module, batch: int = 1) -> torch.Tensor:
@@ -141,6 +164,99 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike) -> Path:
             torch.jit.save(traced, str(tmp), _extra_files=extra)
 
     return _replace_atomically(write, Path(path))
+
+
+def rgb_file_name(name: str) -> str:
+    """``model.onnx`` -> ``model.rgb.onnx``, ``model.int8.onnx`` -> ``model.int8.rgb.onnx``."""
+    return name[: -len(".onnx")] + ".rgb.onnx" if name.endswith(".onnx") else name + ".rgb.onnx"
+
+
+def add_rgb_input(
+    model: onnx.ModelProto,
+    input_size: Sequence[int] = (224, 224),
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> onnx.ModelProto:
+    """A copy of ``model`` whose input is ``rgb`` uint8 (B, H, W, 3) (dynamic B, H, W), preprocessed in-graph.
+
+    Prepended nodes: Cast to float -> Resize to ``input_size`` (``linear``, ``pytorch_half_pixel``, no
+    antialias: what ``F.interpolate(bilinear, align_corners=False, antialias=False)`` computes) done in
+    NHWC -> Transpose to NCHW -> ``x * 1/(255 std) - mean/std``, feeding the model's float ``images``
+    input. Normalising after resizing equals the published normalise-then-resize (bilinear weights sum to
+    1) up to float rounding. Works for the fp32 and the QDQ int8 exports alike.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tscm_ros.model_io import IMAGENET_MEAN, IMAGENET_STD
+
+    mean = np.asarray(IMAGENET_MEAN if mean is None else mean, np.float64)
+    std = np.asarray(IMAGENET_STD if std is None else std, np.float64)
+    height, width = (int(v) for v in input_size)
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    graph = result.graph
+    if [i.name for i in graph.input if i.name == INPUT_NAME] != [INPUT_NAME]:
+        raise ValueError(f"model has no float input named {INPUT_NAME!r} (already an rgb model?)")
+    opset = max((o.version for o in result.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if opset < 13:
+        raise ValueError(f"add_rgb_input needs opset >= 13 (Resize with sizes), model has {opset}")
+    kept = [i for i in graph.input if i.name != INPUT_NAME]
+    del graph.input[:]
+    graph.input.extend(
+        [helper.make_tensor_value_info(RGB_INPUT_NAME, TensorProto.UINT8, ["batch", "height", "width", 3])]
+        + kept
+    )
+    prefix = "tscm_rgb/"
+    constants = {
+        "start": np.array([0], np.int64),
+        "end": np.array([1], np.int64),
+        "hw3": np.array([height, width, 3], np.int64),
+        "scale": (1.0 / (255.0 * std)).astype(np.float32).reshape(1, 3, 1, 1),
+        "bias": (-mean / std).astype(np.float32).reshape(1, 3, 1, 1),
+    }
+    graph.initializer.extend(numpy_helper.from_array(v, prefix + k) for k, v in constants.items())
+    p = prefix
+    nodes = [
+        helper.make_node("Cast", [RGB_INPUT_NAME], [p + "float"], name=p + "Cast", to=TensorProto.FLOAT),
+        helper.make_node("Shape", [RGB_INPUT_NAME], [p + "shape"], name=p + "Shape"),
+        helper.make_node("Slice", [p + "shape", p + "start", p + "end"], [p + "batch"], name=p + "Slice"),
+        helper.make_node("Concat", [p + "batch", p + "hw3"], [p + "sizes"], name=p + "Concat", axis=0),
+        helper.make_node(
+            "Resize",
+            [p + "float", "", "", p + "sizes"],
+            [p + "resized"],
+            name=p + "Resize",
+            mode="linear",
+            coordinate_transformation_mode="pytorch_half_pixel",
+        ),  # fmt: skip
+        helper.make_node("Transpose", [p + "resized"], [p + "nchw"], name=p + "Transpose", perm=[0, 3, 1, 2]),
+        helper.make_node("Mul", [p + "nchw", p + "scale"], [p + "scaled"], name=p + "Mul"),
+        helper.make_node("Add", [p + "scaled", p + "bias"], [INPUT_NAME], name=p + "Add"),
+    ]
+    original = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes + original)
+    graph.value_info.append(
+        helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", 3, height, width])
+    )
+    entry = result.metadata_props.add()
+    entry.key, entry.value = METADATA_PREFIX + "input", "rgb uint8 (batch, height, width, 3)"
+    onnx.checker.check_model(result)
+    return result
+
+
+def export_rgb_onnx(source: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Write :func:`add_rgb_input` of the ONNX file ``source`` to ``path`` (atomically); returns ``path``."""
+    import json
+
+    import onnx
+
+    model = onnx.load(str(source))
+    metadata = {p.key: p.value for p in model.metadata_props}
+    input_size = json.loads(metadata.get(METADATA_PREFIX + "input_size", "[224, 224]"))
+    rgb = add_rgb_input(model, input_size)
+    return _replace_atomically(lambda tmp: onnx.save(rgb, str(tmp)), Path(path))
 
 
 def fold_batch_norms(module: nn.Module) -> nn.Module:
@@ -264,23 +380,101 @@ def optimize_for_cpu(
     raise RuntimeError("optimize_for_cpu failed: " + "; ".join(failures))
 
 
+def _onnx_fingerprint(path: Path) -> str | None:
+    import onnx
+
+    if not path.is_file():
+        return None
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}.get(METADATA_PREFIX + "fingerprint")
+
+
+def _export_int8(args: argparse.Namespace, model: nn.Module, out_dir: Path) -> Path:
+    """--int8: calibrate, quantize, check, write model.int8(.trt).onnx, record in model.json."""
+    import json
+
+    from tscm_ros.model_io import CONFIG_FILE, read_model_config, record_export
+    from tscm_ros.quantize import export_int8, load_calibration_set
+
+    fp32 = out_dir / ONNX_FILE
+    if _onnx_fingerprint(fp32) != model.fingerprint:
+        export_onnx(model, fp32, opset=args.opset)
+        print(f"wrote {fp32} (the fp32 reference for int8; fingerprint {model.fingerprint})")
+    calibration = load_calibration_set(
+        args.calibrate, args.calibration_images, args.held_out, input_size=tuple(model.input_size)
+    )
+    print(
+        f"calibrating on {len(calibration.calibration)} images from {args.calibrate} "
+        f"({len(calibration.held_out)} held out for the accuracy check)"
+    )
+    record = export_int8(
+        fp32, out_dir, calibration, exclude=args.int8_exclude or (), min_cosine=args.min_cosine,
+        tensorrt=not args.no_tensorrt_int8, num_threads=args.threads,
+    )  # fmt: skip
+    accuracy = record["accuracy"]
+    print(
+        f"wrote {out_dir / record['file']}"
+        + (f" and {out_dir / record['tensorrt_file']}" if record["tensorrt_file"] else "")
+        + f": cosine to fp32 on {accuracy['images']} held-out images min {accuracy['cosine_min']:.5f} "
+        f"mean {accuracy['cosine_mean']:.5f} (centred min {accuracy['centred_cosine_min']:.3f} "
+        f"mean {accuracy['centred_cosine_mean']:.3f})"
+    )
+    config_path = out_dir / CONFIG_FILE
+    if config_path.is_file() and read_model_config(out_dir)["fingerprint"] == model.fingerprint:
+        record_export(out_dir, "int8", record)
+        print(f"recorded the int8 export in {config_path}")
+    else:  # --out elsewhere or a published checkpoint: keep the record beside the file
+        side = out_dir / "model.int8.json"
+        side.write_text(json.dumps({"fingerprint": model.fingerprint, **record}, indent=2) + "\n")
+        print(f"recorded the int8 export in {side} (no model.json of this model in {out_dir})")
+    return out_dir / record["file"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``tscm_export MODEL [--onnx] [--torchscript] [--out DIR]``."""
+    """``tscm_export MODEL [--onnx] [--torchscript] [--rgb] [--int8 --calibrate SOURCE] [--out DIR]``."""
     parser = argparse.ArgumentParser(
         prog="tscm_export",
         description="Export a tscm_ros model (directory, model.json or published checkpoint) to ONNX "
-        "(model.onnx, dynamic batch) and/or TorchScript (model.ts).",
+        "(model.onnx, dynamic batch), TorchScript (model.ts), an in-graph-preprocessing ONNX taking uint8 "
+        "camera images (model.rgb.onnx) and/or int8 ONNX (model.int8.onnx for the CPU, "
+        "model.int8.trt.onnx for TensorRT).",
     )
     parser.add_argument("model", type=Path, help="model directory, its model.json, or a published .pth.tar")
     parser.add_argument("--onnx", action="store_true", help="write model.onnx")
     parser.add_argument("--torchscript", action="store_true", help="write model.ts")
+    parser.add_argument(
+        "--rgb", action="store_true",
+        help="write model.rgb.onnx (and model.int8.rgb.onnx with an int8 model): uint8 (B,H,W,3) input",
+    )  # fmt: skip
+    parser.add_argument("--int8", action="store_true", help="write model.int8.onnx (needs --calibrate)")
+    parser.add_argument(
+        "--calibrate", metavar="SOURCE",
+        help="int8 calibration images: a folder of images, bag:PATH[:TOPIC] or map:MAP_DIR",
+    )  # fmt: skip
+    parser.add_argument("--calibration-images", type=int, default=64, metavar="N", help="default 64")
+    parser.add_argument(
+        "--held-out", type=int, default=None, metavar="M",
+        help="further images for the int8-vs-fp32 accuracy check (default max(8, N/4))",
+    )  # fmt: skip
+    parser.add_argument(
+        "--int8-exclude", nargs="+", metavar="NODE",
+        help="ONNX node names or name prefixes to keep in fp32 (e.g. /cnn/layer3/layer3.5/)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--min-cosine", type=float, default=0.99,
+        help="refuse the int8 export when a held-out image's cosine to fp32 is lower (default 0.99)",
+    )  # fmt: skip
+    parser.add_argument("--no-tensorrt-int8", action="store_true", help="skip model.int8.trt.onnx")
+    parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads for calibration")
     parser.add_argument("--out", type=Path, help="output directory (default: the model directory)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     parser.add_argument("--dynamo", action="store_true", help="use the torch.export-based ONNX exporter")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if not (args.onnx or args.torchscript):
-        parser.error("nothing to do: give --onnx and/or --torchscript")
+    if not (args.onnx or args.torchscript or args.rgb or args.int8):
+        parser.error("nothing to do: give --onnx, --torchscript, --rgb and/or --int8")
+    if args.int8 and not args.calibrate:
+        parser.error("--int8 needs --calibrate SOURCE (a folder of images, bag:PATH[:TOPIC] or map:MAP_DIR)")
     from tscm_ros.model_io import load_model
 
     try:
@@ -290,11 +484,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     out_dir = args.out or (args.model if args.model.is_dir() else args.model.parent)
     if args.onnx:
-        path = export_onnx(model, out_dir / "model.onnx", opset=args.opset, dynamo=args.dynamo)
+        path = export_onnx(model, out_dir / ONNX_FILE, opset=args.opset, dynamo=args.dynamo)
         print(f"wrote {path} (fingerprint {model.fingerprint})")
     if args.torchscript:
         path = export_torchscript(model, out_dir / "model.ts")
         print(f"wrote {path} (fingerprint {model.fingerprint})")
+    if args.int8:
+        try:
+            _export_int8(args, model, out_dir)
+        except (ValueError, OSError) as error:  # bad source, no frames, accuracy check failed
+            print(f"tscm_export: error: {error}", file=sys.stderr)
+            return 1
+    if args.rgb:
+        from tscm_ros.quantize import INT8_FILE
+
+        if _onnx_fingerprint(out_dir / ONNX_FILE) != model.fingerprint:
+            export_onnx(model, out_dir / ONNX_FILE, opset=args.opset, dynamo=args.dynamo)
+            print(f"wrote {out_dir / ONNX_FILE} (fingerprint {model.fingerprint})")
+        for name in (ONNX_FILE, INT8_FILE):
+            if _onnx_fingerprint(out_dir / name) == model.fingerprint:
+                path = export_rgb_onnx(out_dir / name, out_dir / rgb_file_name(name))
+                print(f"wrote {path} (uint8 (B,H,W,3) input, preprocessing in the graph)")
     return 0
 
 

@@ -7,9 +7,11 @@ Per incoming frame, :class:`LoopClosureDetector`:
    ``min_interval_s`` since the last keyframe, descriptor change (1 - cosine to the
    last keyframe) at least ``min_descriptor_change``, and travel at least ``min_travel_m`` (only checked
    when both this frame and the last keyframe have a pose). Other frames are dropped.
-2. **Query** -- top-``top_k`` places with similarity >= ``similarity_threshold``. In mapping mode
-   places stamped after ``stamp - exclusion_window_s`` and places within ``exclusion_keyframes``
-   keyframes of this one are excluded (they are "now", not revisits). Localisation mode queries a
+2. **Query** -- top-``top_k`` places with similarity >= ``similarity_threshold`` (``"auto"``: see
+   :attr:`LoopClosureDetector.threshold`). In mapping mode places stamped after
+   ``stamp - exclusion_window_s``, places within ``exclusion_keyframes`` keyframes of this one and places
+   of this run added less than ``exclusion_travel_m`` of odometry travel ago are excluded (they are "now",
+   not revisits). Localisation mode queries a
    loaded map as is (its stamps belong to another session), without exclusions.
 3. **NMS** -- within one query, a candidate is dropped when a better one matches a place within
    ``nms_window_keyframes`` keyframe indices (or ``nms_window_s`` seconds) of it.
@@ -39,19 +41,23 @@ if TYPE_CHECKING:
     from .verification import Verification
 
 TIME_JUMP_BACK_S = 1.0  # a stamp this far behind the last keyframe resets the history
+AUTO = "auto"  # similarity_threshold calibrated from the data (see LoopClosureDetector.threshold)
+AUTO_CALIBRATION_KEYFRAMES = 50  # top-1 similarities collected before an automatic threshold exists
+AUTO_QUANTILE = 0.95
 
 
 @dataclass(frozen=True)
 class LoopClosureConfig:
     """Keyframe, query and filtering settings. Invalid values raise ``ValueError`` naming the field."""
 
-    min_interval_s: float = 0.0
+    min_interval_s: float = 0.15
     min_descriptor_change: float = 0.0
-    min_travel_m: float = 0.0
-    exclusion_window_s: float = 30.0
+    min_travel_m: float = 0.2
+    exclusion_window_s: float = 10.0
+    exclusion_travel_m: float = 10.0
     exclusion_keyframes: int = 0
     top_k: int = 5
-    similarity_threshold: float = 0.8
+    similarity_threshold: float | str = "auto"
     consistency_n: int = 1
     consistency_tolerance_keyframes: int = 3
     consistency_tolerance_s: float = 0.0
@@ -62,8 +68,8 @@ class LoopClosureConfig:
     def __post_init__(self) -> None:
         non_negative = (
             "min_interval_s", "min_descriptor_change", "min_travel_m", "exclusion_window_s",
-            "exclusion_keyframes", "consistency_tolerance_keyframes", "consistency_tolerance_s",
-            "nms_window_keyframes", "nms_window_s",
+            "exclusion_travel_m", "exclusion_keyframes", "consistency_tolerance_keyframes",
+            "consistency_tolerance_s", "nms_window_keyframes", "nms_window_s",
         )  # fmt: skip
         for name in non_negative:
             value = getattr(self, name)
@@ -83,10 +89,12 @@ class LoopClosureConfig:
         for name in ("exclusion_keyframes", "consistency_tolerance_keyframes", "nms_window_keyframes"):
             if not isinstance(getattr(self, name), int):
                 raise ValueError(f"LoopClosureConfig.{name} must be an integer, got {getattr(self, name)!r}")
-        if not -1.0 <= self.similarity_threshold <= 1.0:
+        threshold = self.similarity_threshold
+        numeric = isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
+        if threshold != AUTO and not (numeric and -1.0 <= threshold <= 1.0):
             raise ValueError(
-                "LoopClosureConfig.similarity_threshold is a cosine in [-1, 1], "
-                f"got {self.similarity_threshold}"
+                "LoopClosureConfig.similarity_threshold is a cosine in [-1, 1] or "
+                f"'{AUTO}', got {threshold!r}"
             )
         if self.mode not in ("mapping", "localization"):
             raise ValueError(f"LoopClosureConfig.mode must be 'mapping' or 'localization', got {self.mode!r}")
@@ -168,10 +176,29 @@ class LoopClosureDetector:
         self._keyframe_count = 0
         self._previous_chain: list[_ChainEntry] = []
         self.time_jumps = 0
+        self.verification_gates = False  # set by the session: an automatic threshold then filters nothing
+        self._travel_m = 0.0  # odometry travel of this run, summed over keyframes
+        self._run_place_ids: list[int] = []  # places added in this run with a pose ...
+        self._run_travel_m: list[float] = []  # ... and the travel at which they were added
+        self._calibration: list[float] = []  # top-1 similarities for the automatic threshold
+        self._auto_threshold: float | None = None
 
     @property
     def keyframe_count(self) -> int:
         return self._keyframe_count
+
+    @property
+    def threshold(self) -> float:
+        """The similarity threshold in force. A number when configured; with ``"auto"``: -1 (no filter)
+        when verification is the gate, else +inf until ``AUTO_CALIBRATION_KEYFRAMES`` keyframes had a
+        candidate, then the ``AUTO_QUANTILE`` of their top-1 similarities -- early keyframes mostly see new
+        places, so only matches more similar than ~95 % of those count (no ground truth needed)."""
+        configured = self.config.similarity_threshold
+        if configured != AUTO:
+            return float(configured)
+        if self.verification_gates:
+            return -1.0
+        return self._auto_threshold if self._auto_threshold is not None else math.inf
 
     def reset(self) -> None:
         """Forget the keyframe and consistency history (the map is untouched)."""
@@ -196,7 +223,7 @@ class LoopClosureDetector:
             reason = self.keyframe_gate(vector, stamp_ns, pose)
             if reason:
                 return KeyframeResult(is_keyframe=False, place_id=None, skipped_reason=reason)
-            keyframe_index, matches = self.retrieve(vector, stamp_ns, self.config.top_k)
+            keyframe_index, matches = self.retrieve(vector, stamp_ns, self.config.top_k, pose)
             matches = self.select(matches)
             place_id = self.commit(
                 vector, stamp_ns, keyframe_index, frame_id=frame_id, source=source, pose=pose, utm=utm
@@ -246,11 +273,20 @@ class LoopClosureDetector:
             return ""
 
     def retrieve(
-        self, vector: np.ndarray, stamp_ns: int, k: int, filters: Mapping[str, Any] | None = None
+        self,
+        vector: np.ndarray,
+        stamp_ns: int,
+        k: int,
+        pose: Pose | None = None,
+        filters: Mapping[str, Any] | None = None,
     ) -> tuple[int, list[Match]]:
         """(keyframe index of this frame, its top-``k`` places) -- mapping-mode exclusions, no threshold.
 
-        ``filters``: extra keyword arguments of the store's search (robot/session filters of a fleet store).
+        Mapping mode excludes places stamped within ``exclusion_window_s`` before the query, the last
+        ``exclusion_keyframes`` keyframes and, when this keyframe has a pose, the places of this run added
+        less than ``exclusion_travel_m`` of odometry travel ago (a robot standing still never closes a loop
+        with itself, however long it waits). ``filters``: extra keyword arguments of the store's search
+        (robot/session filters of a fleet store).
         """
         cfg = self.config
         with self._lock:
@@ -262,16 +298,33 @@ class LoopClosureDetector:
                 exclusion_window_s=cfg.exclusion_window_s,
                 query_keyframe_index=keyframe_index if mapping else None,
                 exclusion_keyframes=cfg.exclusion_keyframes if mapping else None,
+                exclude_ids=self._recent_travel(pose) if mapping else None,
                 **(filters or {}),
             )  # fmt: skip
+            if matches and cfg.similarity_threshold == AUTO and self._auto_threshold is None:
+                self._calibration.append(matches[0].similarity)
+                if len(self._calibration) >= AUTO_CALIBRATION_KEYFRAMES:
+                    self._auto_threshold = float(np.quantile(self._calibration, AUTO_QUANTILE))
             return keyframe_index, matches
+
+    def _travel_to(self, pose: Pose | None) -> float:
+        """This run's odometry travel if the next keyframe is at ``pose``."""
+        if pose is None or self._last_pose is None:
+            return self._travel_m
+        return self._travel_m + pose.distance_to(self._last_pose)
+
+    def _recent_travel(self, pose: Pose | None) -> list[int] | None:
+        if pose is None or not self._run_place_ids or self.config.exclusion_travel_m <= 0:
+            return None
+        travel = np.asarray(self._run_travel_m)
+        first = int(np.searchsorted(travel, self._travel_to(pose) - self.config.exclusion_travel_m, "right"))
+        return self._run_place_ids[first:] or None
 
     def select(self, matches: list[Match]) -> list[Match]:
         """The single-frame rule: similarity threshold, NMS, consistency over consecutive keyframes."""
         with self._lock:
-            kept = [
-                m for m in matches[: self.config.top_k] if m.similarity >= self.config.similarity_threshold
-            ]
+            threshold = self.threshold
+            kept = [m for m in matches[: self.config.top_k] if m.similarity >= threshold]
             return self._consistent(self._non_maximum_suppression(kept))
 
     def commit(
@@ -297,6 +350,10 @@ class LoopClosureDetector:
                 if features is not None or thumbnail is not None:
                     extra = {"features": [features], "thumbnails": [thumbnail]}
                 place_id = int(self.place_map.add(vector[None, :], [meta], **extra)[0])
+            self._travel_m = self._travel_to(pose)
+            if place_id is not None and pose is not None:
+                self._run_place_ids.append(place_id)
+                self._run_travel_m.append(self._travel_m)
             self._last_descriptor, self._last_stamp_ns = vector, stamp_ns
             self._last_pose = pose or self._last_pose
             self._keyframe_count += 1

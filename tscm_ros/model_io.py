@@ -7,6 +7,11 @@
      "descriptor_dim": 2048, "fingerprint": "<sha256 hex>", "trained": false, "provenance": "...",
      "created": "2026-01-01T00:00:00+00:00"}
 
+Exports made from the weights are recorded under ``"exports"`` (:func:`record_export`), e.g.
+``"exports": {"int8": {"fingerprint": ..., "file": "model.int8.onnx", "calibration": {...},
+"accuracy": {...}}}`` (see :mod:`tscm_ros.quantize`). :func:`save_model` writes a fresh ``model.json``
+without them: exports of older weights are stale (their embedded fingerprint no longer matches).
+
 Fingerprint (:func:`fingerprint_state_dict`): SHA-256 over, for every state-dict entry in sorted key order,
 ``key`` UTF-8, NUL, dtype name (e.g. ``float32``), NUL, the shape as JSON (``[768,3,16,16]``), NUL, the
 tensor's raw bytes (C-contiguous, native little-endian); followed by ``b"config"``, NUL and the canonical
@@ -50,6 +55,7 @@ __all__ = [
     "load_model",
     "model_fingerprint",
     "read_model_config",
+    "record_export",
     "resolve_model_dir",
     "save_model",
 ]
@@ -204,6 +210,29 @@ def read_model_config(path: str | os.PathLike) -> dict:
     for field, kind in (("arch", str), ("options", dict), ("fingerprint", str)):
         if not isinstance(config.get(field), kind):
             raise ModelFormatError(f"{config_path}: field {field!r} missing or not a {kind.__name__}")
+    return config
+
+
+def record_export(path: str | os.PathLike, name: str, record: Mapping) -> dict:
+    """Set ``exports[name]`` in a model directory's ``model.json`` atomically; returns the new config.
+
+    The model's fingerprint is stored in the record (``record["fingerprint"]``) so a reader can tell an
+    export of these weights from a stale one. Other fields of ``model.json`` are kept as they are.
+    """
+    model_dir = resolve_model_dir(path)
+    config = read_model_config(model_dir)
+    exports = config.get("exports") if isinstance(config.get("exports"), dict) else {}
+    exports[name] = {"fingerprint": config["fingerprint"], **dict(record)}
+    config["exports"] = exports
+    text = json.dumps(config, indent=2) + "\n"
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{CONFIG_FILE}.", suffix=".tmp", dir=model_dir)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(tmp_name, model_dir / CONFIG_FILE)
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
     return config
 
 

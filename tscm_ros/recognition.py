@@ -177,7 +177,7 @@ class RecognitionSession:
         self._fleet = place_map if _is_fleet_store(place_map) else None
         self._run_start = self._run_marker()
         self._config = config or RecognitionConfig()
-        self._detector = LoopClosureDetector(place_map, self._config.detector)
+        self._detector = self._new_detector(place_map)
         self._sequence = SequenceMatcher(self._config.sequence)
         self._extractor = FeatureExtractor(self._config.features)
         self._verifier = Verifier(self._config.verifier)
@@ -242,6 +242,16 @@ class RecognitionSession:
                     f"cannot create a map with index_spec {index_spec!r}: {error}"
                 ) from error
         return cls(place_map, config)
+
+    def _new_detector(self, place_map: PlaceMap) -> LoopClosureDetector:
+        detector = LoopClosureDetector(place_map, self._config.detector)
+        detector.verification_gates = self._config.verify  # "auto" threshold: verification decides
+        return detector
+
+    @property
+    def similarity_threshold(self) -> float:
+        """The similarity threshold in force (resolved when configured as ``"auto"``)."""
+        return self._detector.threshold
 
     # ------------------------------------------------------------------ state
     def __len__(self) -> int:
@@ -311,6 +321,7 @@ class RecognitionSession:
         if config.verifier != self._config.verifier:
             self._verifier = Verifier(config.verifier)
         self._detector.config = config.detector
+        self._detector.verification_gates = config.verify
         self._config = config
 
     # ------------------------------------------------------------------ frames
@@ -363,7 +374,7 @@ class RecognitionSession:
             if config.sequence.length:
                 retrieve_k = max(retrieve_k, config.sequence.candidates_per_keyframe)
             filters = config.search_filters() if self._fleet is not None else None
-            keyframe_index, matches = self._detector.retrieve(vector, stamp_ns, retrieve_k, filters)
+            keyframe_index, matches = self._detector.retrieve(vector, stamp_ns, retrieve_k, pose, filters)
             timings["retrieve"] = _ms_since(started)
             started = time.perf_counter()
             ranked, sequence_scores, partial = self._rank(matches, keyframe_index, stamp_ns, travel_m)
@@ -516,7 +527,7 @@ class RecognitionSession:
                 )
             old = self._map
             self._map = PlaceMap.create(old.dim, old.spec, old.model_fingerprint)
-            self._detector = LoopClosureDetector(self._map, self._config.detector)
+            self._detector = self._new_detector(self._map)
             self._sequence.reset()
             self.closures.clear()
             self._changes += 1
@@ -592,6 +603,20 @@ def _open_fleet_store(
 NODE_NAME = "place_recognition_node"
 
 
+def shipped_params_file() -> Path:
+    """``config/place_recognition.yaml``: the installed share directory (colcon / ament index) when there is
+    one, else the repository checkout -- the defaults the node, ``tscm_build_map`` and the demo share."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        installed = Path(get_package_share_directory("tscm_ros")) / "config" / "place_recognition.yaml"
+        if installed.is_file():
+            return installed
+    except Exception:  # not installed with colcon / no AMENT_PREFIX_PATH
+        pass
+    return Path(__file__).resolve().parents[1] / "config" / "place_recognition.yaml"
+
+
 def read_params_file(path: str | Path, node_name: str = NODE_NAME) -> dict[str, Any]:
     """The ``ros__parameters`` of ``node_name`` in a ROS 2 params YAML (``/**/name``, ``/name``, ``name``
     or ``/**``), so offline tools read the node's own file. ValueError with one line when it has none."""
@@ -632,4 +657,5 @@ __all__ = [
     "default_robot_id",
     "default_session_id",
     "read_params_file",
+    "shipped_params_file",
 ]

@@ -37,8 +37,7 @@ from tscm_ros.loop_closure import LoopClosureConfig, LoopClosureDetector
 from tscm_ros.pipelines.build_map import BuildResult, build_map_from_bag, write_plots
 from tscm_ros.placemap import PlaceMap, Pose
 from tscm_ros.poses import NS_PER_S
-from tscm_ros.recognition import RecognitionConfig
-from tscm_ros.sequence import SequenceConfig
+from tscm_ros.recognition import RecognitionConfig, read_params_file, shipped_params_file
 
 LOGGER = logging.getLogger(__name__)
 DEFAULT_OUT = Path("tscm_demo_output")
@@ -362,7 +361,7 @@ def _detect_and_score(
     describer,
     note: str,
     threshold: float | None,
-    exclusion_window_s: float,
+    exclusion_window_s: float | None,
     make_truth: Callable[[BuildResult], Callable[[int, int], bool]],
     truth_text: str,
     title: str,
@@ -371,31 +370,37 @@ def _detect_and_score(
     progress: bool,
     started: float,
     verify: bool = True,
-    sequence_length: int = 0,
+    sequence_length: int | None = None,
+    params_file: Path | None = None,
 ) -> tuple[BuildResult, Evaluation, list[Path]]:
-    """Build the map from ``bag`` through the recognition session, score retrieval alone (top-1 similarity at
-    a threshold) and, with ``verify``, the verified loop closures; write csv/plots/pictures/summary."""
+    """Build the map from ``bag`` through the recognition session with the node's params file (the shipped
+    ``config/place_recognition.yaml`` unless ``params_file``; ``threshold``, ``exclusion_window_s`` and
+    ``sequence_length`` override it when given), score retrieval alone (top-1 similarity at a threshold
+    calibrated without ground truth) and, with ``verify``, the verified loop closures; write
+    csv/plots/pictures/summary."""
     _emit(output, note)
-    detector = LoopClosureConfig(
-        similarity_threshold=-1.0 if threshold is None else threshold,
-        exclusion_window_s=exclusion_window_s,
-        top_k=5,
-    )
-    config = RecognitionConfig(
-        detector=detector, verify=verify, sequence=SequenceConfig(length=sequence_length)
-    )
-    if threshold is None:
-        _emit(output, "no similarity threshold while building: it is calibrated afterwards, see below")
+    params_file = params_file or shipped_params_file()
+    options = {**read_params_file(params_file), "mode": "mapping", "verify": verify}
+    if threshold is not None:
+        options["similarity_threshold"] = threshold
+    if exclusion_window_s is not None:
+        options["exclusion_window_s"] = exclusion_window_s
+    if sequence_length is not None:
+        options["sequence_length"] = sequence_length
+    config = RecognitionConfig.from_options(options)
+    detector = config.detector
+    override = f" (exclusion_window_s {exclusion_window_s:g} s for this data)" if exclusion_window_s else ""
+    _emit(output, f"settings: {params_file}{override}")
     build = build_map_from_bag(bag, out_dir, describer=describer, config=config, progress=progress)
     _emit(output, build.summary())
     is_match = make_truth(build)
-    if threshold is None:
+    if threshold is None or threshold == "auto":
         calibrated = calibrate_threshold(top1_per_keyframe(build, detector))
-        threshold = calibrated if calibrated is not None else LoopClosureConfig().similarity_threshold
+        threshold = calibrated if calibrated is not None else 1.0
         how = (
             "95th percentile of the first half's top-1 similarities, no ground truth used"
             if calibrated is not None
-            else "LoopClosureConfig default: the first half had no candidates"
+            else "the first half had no candidates: nothing is reported"
         )
         _emit(output, f"similarity threshold {threshold:.6f} (auto: {how})")
     retrieval = evaluate(build, detector, is_match, threshold)
@@ -437,7 +442,8 @@ def _detect_and_score(
         "verified": (
             {k: v for k, v in dataclasses.asdict(verified).items() if k != "pr_curve"} if verified else None
         ),
-        "sequence_length": sequence_length,
+        "sequence_length": config.sequence.length,
+        "params_file": str(params_file),
         "frames": build.frames,
         "candidates": len(build.candidates),
         "closures": len(build.closures),
@@ -463,12 +469,13 @@ def run_demo(
     progress: bool = True,
     describer=None,
     verify: bool = True,
-    sequence_length: int = 0,
+    sequence_length: int | None = None,
+    params_file: Path | None = None,
 ) -> DemoResult:
     """Procedural two-lap scene -> rosbag2 -> map + loop closures -> precision/recall against the poses.
 
     ``threshold`` None: calibrated from the first lap without ground truth (:func:`calibrate_threshold`).
-    ``exclusion_window_s`` None: a third of a lap.
+    ``exclusion_window_s`` None: the params file's (shipped: 10 s, plus 10 m of odometry travel).
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -516,14 +523,12 @@ def run_demo(
 
     build, evaluation, plots = _detect_and_score(
         bag, out_dir, describer=describer, note=note, threshold=threshold,
-        exclusion_window_s=(
-            exclusion_window_s if exclusion_window_s is not None else scene.frames_per_lap / scene.rate_hz / 3
-        ),
+        exclusion_window_s=exclusion_window_s,
         make_truth=make_truth,
         truth_text=f"a candidate is correct when the matched place is within {radius_m:g} m of the query",
         title=f"demo scene, {describer.label}, R={radius_m:g} m",
         extra={"radius_m": radius_m, "scene": identity}, output=output, progress=progress, started=started,
-        verify=verify, sequence_length=sequence_length,
+        verify=verify, sequence_length=sequence_length, params_file=params_file,
     )  # fmt: skip
     return DemoResult(build, evaluation, note, plots, bag, time.perf_counter() - started, output)
 
@@ -542,7 +547,8 @@ def run_corridor(
     progress: bool = True,
     describer=None,
     verify: bool = True,
-    sequence_length: int = 0,
+    sequence_length: int | None = None,
+    params_file: Path | None = None,
     limit: int | None = None,
 ) -> DemoResult:
     """Real images: ``ref/`` then ``query/`` of a VPR-Bench style folder as one 5 Hz stream, no poses.
@@ -596,7 +602,7 @@ def run_corridor(
         truth_text=f"query i matches ref j when |i - j| <= {tolerance} (the dataset's convention)",
         title=f"corridor, {describer.label}, |i-j|<={tolerance}",
         extra={"tolerance": tolerance, "source": identity}, output=output, progress=progress, started=started,
-        verify=verify, sequence_length=sequence_length,
+        verify=verify, sequence_length=sequence_length, params_file=params_file,
     )  # fmt: skip
     return DemoResult(build, evaluation, note, plots, bag, time.perf_counter() - started, output)
 
@@ -633,7 +639,12 @@ def _parser() -> argparse.ArgumentParser:
         help="geometric verification of the candidates (default: on; P/R is printed with and without)",
     )
     parser.add_argument(
-        "--sequence", type=int, default=0, metavar="L", help="sequence matching over L keyframes"
+        "--sequence", type=int, metavar="L", help="sequence matching over L keyframes (default: params file)"
+    )
+    parser.add_argument(
+        "--params-file",
+        type=Path,
+        help="the node's parameter YAML (default: the shipped config/place_recognition.yaml)",
     )
     parser.add_argument("--overwrite", action="store_true", help="re-create the bag in --out")
     parser.add_argument("--no-progress", action="store_true")
@@ -646,7 +657,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     common = dict(
         model=args.model, untrained=args.untrained, device=args.device, threshold=args.threshold,
         overwrite=args.overwrite, progress=not args.no_progress, verify=args.verify,
-        sequence_length=args.sequence,
+        sequence_length=args.sequence, params_file=args.params_file,
     )  # fmt: skip
     try:
         if args.corridor:

@@ -19,7 +19,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -121,13 +121,15 @@ def build_map_from_bag(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_frames: int | None = None,
     allow_partial: bool = False,
+    skip_stamps: Collection[int] = (),
 ) -> BuildResult:
     """Describe the frames of ``bag`` in batches and run them, in bag order, through one
     :class:`RecognitionSession` (mapping mode): the same steps as ``place_recognition_node`` on a replay.
 
     ``config``: the session settings (default :class:`RecognitionConfig`); ``detector_config`` replaces its
     detector part (kept for callers that only set the single-frame rule). ``pose_topic`` / ``depth_topic`` /
-    ``camera_info_topic``: None picks one automatically when the bag has one, "" reads none.
+    ``camera_info_topic``: None picks one automatically when the bag has one, "" reads none. Frames whose
+    header stamp is in ``skip_stamps`` are left out (e.g. the frames a live run of the node dropped).
     Unsupported or corrupt images are skipped and counted (``result.stats``). ``allow_partial``: a damaged
     bag gives a map of what could be read (``result.stats.partial``) instead of BagDamagedError.
 
@@ -184,7 +186,10 @@ def build_map_from_bag(
 
     source = ""
     try:
+        skip = set(skip_stamps)
         for frame in frames:
+            if frame.stamp_ns in skip:
+                continue
             if bar is None:
                 total = counts.get(stats.image_topic)
                 total = min(total, max_frames) if max_frames and total else total
@@ -364,7 +369,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--depth-topic", help="aligned depth Image topic (default: the one named *depth*)")
     parser.add_argument("--camera-info-topic", help="CameraInfo topic (default: auto-detect; 'none' = none)")
     parser.add_argument("--model", type=Path, help="model directory (model.json); default: untrained student")
-    parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch")
+    parser.add_argument(
+        "--backend",
+        choices=("torch", "onnxruntime", "tensorrt"),
+        help="default: the params file's, else torch",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "auto", "bf16", "fp16", "int8"),
+        help="default: the params file's, else fp32",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--index", help="index spec of the new map (default: index_spec of the params, flat)")
@@ -387,6 +401,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--max-frames", type=int, help="stop after this many decoded frames")
     parser.add_argument(
+        "--skip-stamps",
+        type=Path,
+        metavar="FILE",
+        help="leave out the frames with these header stamps (ns, one per line), e.g. the frames a live node "
+        "dropped",
+    )
+    parser.add_argument(
         "--allow-partial",
         action="store_true",
         help="build from what can be read of a damaged bag (corrupt storage, fewer messages than it lists) "
@@ -406,6 +427,15 @@ OPTION_NAMES = {
     "min_inliers": "min_inliers",
     "sequence": "sequence_length",
 }
+
+
+def read_stamps(path: Path) -> set[int]:
+    """Header stamps (integer nanoseconds), one per line; blank lines and # comments are ignored."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return {int(line.split("#")[0]) for line in lines if line.split("#")[0].strip()}
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ValueError(f"--skip-stamps {path}: {error}") from error
 
 
 def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -454,7 +484,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tscm_ros.describer import Describer
 
         describer = Describer(
-            args.model, backend=args.backend, device=args.device, batch_size=args.batch_size
+            args.model or options.get("model_path") or None,
+            backend=args.backend or options.get("backend", "torch"),
+            precision=args.precision or options.get("precision", "fp32"),
+            device=args.device,
+            batch_size=args.batch_size,
         )
         print(f"{prog}: model: {describer.label}", file=sys.stderr)
         result = build_map_from_bag(
@@ -470,6 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch_size,
             progress=not args.no_progress,
             max_frames=args.max_frames,
+            skip_stamps=read_stamps(args.skip_stamps) if args.skip_stamps else (),
             allow_partial=args.allow_partial,
         )
     except BagDamagedError as error:

@@ -39,6 +39,7 @@ class ParameterSpec:
     max_value: float | None = None
     choices: tuple[str, ...] = ()
     validator: Validator | None = None
+    dynamic_typing: bool = False  # the value may change type (e.g. "auto" or a number)
     item_type: type | None = None  # element type of a list parameter (an empty default does not show it)
 
     @property
@@ -48,7 +49,9 @@ class ParameterSpec:
 
     def descriptor(self) -> ParameterDescriptor:
         constraints = []
-        descriptor = ParameterDescriptor(description=self.description, read_only=self.read_only)
+        descriptor = ParameterDescriptor(
+            description=self.description, read_only=self.read_only, dynamic_typing=self.dynamic_typing
+        )
         if self.min_value is not None and self.max_value is not None:
             if isinstance(self.default, bool):
                 pass
@@ -124,6 +127,15 @@ def _intrinsics(value: Any) -> str | None:
     return None
 
 
+def _threshold(value: Any) -> str | None:
+    """auto, or a cosine in [-1, 1]"""
+    if value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1.0 <= value <= 1.0:
+        return f"similarity_threshold must be auto or a number in [-1, 1]; got {value!r}"
+    return None
+
+
 def _string_list(value: Any) -> str | None:
     """a list of strings ([] = no filter)"""
     if value is None:  # not set: an empty YAML list ([]) reaches the node unset; it becomes []
@@ -156,7 +168,21 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         "student with random weights (for plumbing tests only: its matches are meaningless)",
         read_only=True,
     ),
-    ParameterSpec("backend", "torch", "inference backend", read_only=True, choices=("torch", "onnxruntime")),
+    ParameterSpec(
+        "backend",
+        "torch",
+        "inference backend (tensorrt: ONNX Runtime's TensorRT provider on NVIDIA GPUs / Jetson)",
+        read_only=True,
+        choices=("torch", "onnxruntime", "tensorrt"),
+    ),
+    ParameterSpec(
+        "precision",
+        "fp32",
+        "fp32, or auto (from the CPU flags: int8 when model.int8.onnx exists and the CPU has VNNI, bf16 on "
+        "AVX512-BF16), bf16, fp16 or int8; see tscm_ros/precision.py",
+        read_only=True,
+        choices=("fp32", "auto", "bf16", "fp16", "int8"),
+    ),
     ParameterSpec(
         "device", "auto", "auto (cuda when available), cpu, cuda or cuda:N", True, validator=_device
     ),
@@ -277,6 +303,14 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         1.0e6,
     ),
     ParameterSpec(
+        "exclusion_travel_m",
+        DETECTOR_DEFAULTS.exclusion_travel_m,
+        "with odometry: places of this run added less than this travel ago are not candidates (metres)",
+        False,
+        0.0,
+        1.0e6,
+    ),
+    ParameterSpec(
         "exclusion_keyframes",
         DETECTOR_DEFAULTS.exclusion_keyframes,
         "the most recent N keyframes are not candidates",
@@ -288,10 +322,10 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec(
         "similarity_threshold",
         DETECTOR_DEFAULTS.similarity_threshold,
-        "minimum cosine similarity of a candidate",
-        False,
-        -1.0,
-        1.0,
+        "minimum cosine similarity of a candidate, or auto: no filter when verification is on (it decides), "
+        "else the 95th percentile of the first 50 keyframes' top-1 similarities (no ground truth needed)",
+        validator=_threshold,
+        dynamic_typing=True,
     ),
     ParameterSpec(
         "consistency_n",

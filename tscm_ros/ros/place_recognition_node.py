@@ -45,7 +45,13 @@ from visualization_msgs.msg import MarkerArray
 
 from tscm_ros.depth import DepthDecodeError, depth_msg_to_metres
 from tscm_ros.features import CameraIntrinsics, decode_thumbnail
-from tscm_ros.images import REASONS, ImageDecodeError, compressed_msg_to_rgb, image_msg_to_rgb
+from tscm_ros.images import (
+    REASONS,
+    ImageDecodeError,
+    check_image_header,
+    compressed_msg_to_rgb,
+    image_msg_to_rgb,
+)
 from tscm_ros.placemap import Pose
 from tscm_ros.poses import NS_PER_S, PoseBuffer
 from tscm_ros.recognition import RecognitionConfig, RecognitionError, RecognitionResult, RecognitionSession
@@ -60,7 +66,8 @@ from tscm_ros.ros.parameters import (
     validate,
 )
 from tscm_ros.ros.shutdown import log, run_until_shutdown
-from tscm_ros.ros.stats import DurationStats, RateMeter, ReasonCounter
+from tscm_ros.ros.stats import DurationStats, LostFrameEstimator, RateMeter, ReasonCounter
+from tscm_ros.timing import StageTimer
 from tscm_ros.verification import draw_matches
 
 NODE_NAME = "place_recognition_node"
@@ -71,6 +78,8 @@ RECENT_PROBLEM_S = 10.0  # bad messages / errors this recent raise the diagnosti
 BAD_MESSAGE_LOG_PERIOD_S = 5.0
 MAX_MARKER_EDGES = 2000
 DEPTH_BUFFER = 10  # depth images kept for pairing with colour images by stamp
+STAGES = ("decode", "inference", "features", "retrieve", "select", "sequence", "verify", "publish")
+LOST_FRAMES_WARN = 0.1  # diagnostics WARN when this fraction of the camera's frames never reached the node
 FLEET_PREFIXED_KEYS = ("backend", "target", "schema", "last_error")  # /diagnostics: map_<key>
 
 __all__ = ["PARAMETERS", "PlaceRecognitionNode", "StartupError", "main"]
@@ -123,7 +132,8 @@ class PlaceRecognitionNode(Node):
         self._keyframes = 0
         self._candidates_published = 0
         self._closures_published = 0
-        self._stage_ms: dict[str, DurationStats] = {}
+        self._stages = StageTimer(STAGES)
+        self._lost = LostFrameEstimator()
         self._last_error: tuple[float, str] | None = None
         self._started = time.monotonic()
         self._fleet_ids: dict[str, str] = {}  # "robot/<hash>" / "session/<hash>" -> id, for ~/fleet_ids
@@ -170,9 +180,9 @@ class PlaceRecognitionNode(Node):
             raise StartupError("load_map is true but map_path is empty: set map_path to the map to load")
         if config["autosave_period_s"] > 0 and not config["map_path"]:
             raise StartupError("autosave_period_s > 0 needs map_path: set map_path or autosave_period_s:=0.0")
-        if config["backend"] == "onnxruntime" and not config["model_path"]:
+        if config["backend"] in ("onnxruntime", "tensorrt") and not config["model_path"]:
             raise StartupError(
-                "backend onnxruntime needs model_path (a .onnx file or an exported model directory)"
+                f"backend {config['backend']} needs model_path (a .onnx file or an exported model directory)"
             )
 
     def _create_describer(self):
@@ -188,6 +198,7 @@ class PlaceRecognitionNode(Node):
                 backend=config["backend"],
                 device=config["device"],
                 fp16=config["fp16"],
+                precision=config["precision"],
                 batch_size=1,
                 num_threads=config["num_threads"] or None,
             )
@@ -345,9 +356,16 @@ class PlaceRecognitionNode(Node):
 
     # ------------------------------------------------------------------ callbacks
     def _on_image(self, msg: Image | CompressedImage) -> None:
-        """Never blocks: the newest message replaces any unprocessed one."""
+        """Never blocks: a header check (no pixel read, no allocation), then the newest good message replaces
+        any unprocessed one, so a flood of bad messages cannot push good frames out of the slot."""
         now = time.monotonic()
         self._input_rate.tick(now)
+        self._lost.add(messages.stamp_to_ns(msg.header.stamp))
+        try:
+            check_image_header(msg, self._config["max_image_pixels"])
+        except ImageDecodeError as error:
+            self._count_bad_message(error.reason, str(error))
+            return
         self._slot.put((msg, now))
 
     def _on_odom(self, msg: Odometry) -> None:
@@ -483,11 +501,11 @@ class PlaceRecognitionNode(Node):
         pose = None
         if stamped is not None:
             pose = Pose(tuple(stamped.position), tuple(stamped.orientation_xyzw), stamped.frame_id)
-        self._stage("decode", started)
+        self._stages.record_since("decode", started)
         started = time.perf_counter()
         descriptor = self._describer.describe(rgb)[0]
         self._inference_ms.add((time.perf_counter() - started) * 1000.0)
-        self._stage("inference", started)
+        self._stages.record_since("inference", started)
         verify = self._config["verify"]
         height, width = rgb.shape[:2]
         result = self._places.process(
@@ -497,7 +515,7 @@ class PlaceRecognitionNode(Node):
             intrinsics=self._intrinsics(width, height) if verify else None,
         )  # fmt: skip
         for stage, milliseconds in result.timings_ms.items():
-            self._stage_ms.setdefault(stage, DurationStats()).add(milliseconds)
+            self._stages.record(stage, milliseconds / 1000.0)
         self._processed_rate.tick()
         if result.is_keyframe:
             self._keyframes += 1
@@ -505,10 +523,7 @@ class PlaceRecognitionNode(Node):
             self._publish_keyframe(msg.header, stamp_ns, descriptor, result, pose)
             if result.candidates and self._match_image_publisher.get_subscription_count() > 0:
                 self._publish_match_image(msg.header, rgb, result)
-            self._stage("publish", started)
-
-    def _stage(self, name: str, started: float) -> None:
-        self._stage_ms.setdefault(name, DurationStats()).add((time.perf_counter() - started) * 1000.0)
+            self._stages.record_since("publish", started)
 
     def _candidate_row(self, candidate) -> dict[str, float | int]:
         position = candidate.match_pose.position if candidate.match_pose is not None else (np.nan,) * 3
@@ -627,6 +642,9 @@ class PlaceRecognitionNode(Node):
             "frames_received": self._slot.received,
             "frames_processed": self._processed_rate.total,
             "frames_dropped": self._slot.dropped,
+            "frames_lost_before_node": self._lost.lost,
+            "recent_loss_before_node": f"{self._lost.recent_loss():.3f}",
+            "camera_period_ms": f"{(self._lost.period_s or float('nan')) * 1000:.1f}",
             "keyframes": self._keyframes,
             "candidates_published": self._candidates_published,
             "closures_published": self._closures_published,
@@ -646,8 +664,9 @@ class PlaceRecognitionNode(Node):
         fleet = self._places.map_diagnostics()  # fleet map: connection_state, outbox_depth, ... (no password)
         for key, value in fleet.items():
             values[f"map_{key}" if key in FLEET_PREFIXED_KEYS else key] = value
-        for stage, stats in sorted(self._stage_ms.items()):
-            values[f"stage_{stage}_ms_p50"] = f"{stats.percentile(50):.1f}"
+        for stage, milliseconds in self._stages.p50_ms().items():
+            if milliseconds is not None:  # None: the stage has not run yet
+                values[f"stage_{stage}_ms_p50"] = f"{milliseconds:.1f}"
         values["last_error"] = self._last_error[1] if self._last_error else ""
 
         level, problems = DiagnosticStatus.OK, []
@@ -659,6 +678,11 @@ class PlaceRecognitionNode(Node):
             problems.append(f"no images on {self._image_subscription.topic_name} for > {STALE_INPUT_S:.0f} s")
         if self._bad_messages.last_time is not None and now - self._bad_messages.last_time < RECENT_PROBLEM_S:
             problems.append("bad image messages")
+        if (loss := self._lost.recent_loss()) > LOST_FRAMES_WARN:
+            problems.append(
+                f"{loss:.0%} of the camera's frames lost before the node (QoS / network / CPU; see "
+                "frames_lost_before_node)"
+            )
         if self._describer.label.startswith("UNTRAINED"):
             problems.append("untrained model")
         if fleet and fleet["connection_state"] != "connected":

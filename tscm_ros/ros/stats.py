@@ -77,3 +77,50 @@ class ReasonCounter:
     def total(self) -> int:
         with self._lock:
             return sum(self._counts.values())
+
+
+class LostFrameEstimator:
+    """Frames lost *before* the node (DDS best effort, a slow network) estimated from header stamps.
+
+    The camera period is a low quantile (10th percentile) of the recent stamp steps, robust while at least
+    one step in ten is a single period; a step of n periods means n - 1 frames never arrived. A stamp that
+    goes back (restarted bag) starts over. Thread-safe.
+    """
+
+    def __init__(self, window: int = 200) -> None:
+        self._steps: deque[int] = deque(maxlen=window)
+        self._recent: deque[tuple[int, int]] = deque(maxlen=window)  # (received 1, lost n) per message
+        self._last_ns: int | None = None
+        self._lock = threading.Lock()
+        self.lost = 0
+        self.received = 0
+
+    def add(self, stamp_ns: int) -> None:
+        with self._lock:
+            self.received += 1
+            last, self._last_ns = self._last_ns, int(stamp_ns)
+            if last is None or stamp_ns <= last:
+                if last is not None and stamp_ns < last:
+                    self._steps.clear()
+                return
+            self._steps.append(int(stamp_ns) - last)
+            period = self._period_ns()
+            missing = max(0, round((int(stamp_ns) - last) / period) - 1) if period else 0
+            self.lost += missing
+            self._recent.append((1, missing))
+
+    def _period_ns(self) -> float | None:
+        return float(np.percentile(self._steps, 10)) if len(self._steps) >= 5 else None
+
+    @property
+    def period_s(self) -> float | None:
+        with self._lock:
+            period = self._period_ns()
+            return period / 1e9 if period else None
+
+    def recent_loss(self) -> float:
+        """Fraction of the frames of the last ``window`` steps that never arrived."""
+        with self._lock:
+            received = sum(r for r, _ in self._recent)
+            missing = sum(m for _, m in self._recent)
+            return missing / (received + missing) if received + missing else 0.0
