@@ -52,6 +52,8 @@ FRAME_TIMEOUT_S = 60.0
 PARAMETERS = {
     "reliable_qos": True,
     "verify": False,
+    "min_interval_s": 0.0,  # every frame a keyframe
+    "min_travel_m": 0.0,
     "top_k": 3,
     "similarity_threshold": -1.0,
     "exclusion_window_s": 1000.0,  # longer than the run: a robot's own places are never candidates

@@ -42,7 +42,13 @@ LAP = SCENE.frames_per_lap
 LAP_S = LAP / SCENE.rate_hz
 DIM = 192
 FP = "fp-recognition-fleet-" + "0" * 43
-OPTIONS = {"similarity_threshold": -1.0, "exclusion_window_s": LAP_S / 3, "top_k": 3}
+OPTIONS = {
+    "similarity_threshold": -1.0,
+    "exclusion_window_s": LAP_S / 3,
+    "top_k": 3,
+    "min_interval_s": 0.0,  # every frame a keyframe
+    "min_travel_m": 0.0,
+}
 
 
 @dataclasses.dataclass
