@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+import zlib
 
 import numpy as np
 import pytest
@@ -18,6 +19,8 @@ from tscm_ros.ros.latest_slot import LatestSlot
 from tscm_ros.ros.testing import format_parameter
 
 NS = 1_000_000_000
+FLEET_QUERY_ID = 0x7A3F_1234_5678_9ABC  # 63-bit fleet place ids (BLAKE2b, see docs/FLEET.md)
+FLEET_MATCH_ID = 0x0000_0001_0000_0000
 
 
 def test_stamp_conversions_round_trip():
@@ -36,9 +39,12 @@ def test_candidate_cloud_layout_and_round_trip_through_cdr():
          "match_stamp": 1.7e9 + 0.5, "similarity": -0.25, "rank": 1, "inliers": 57, "verified": 1,
          "scale_known": 1, "tx": 0.5, "ty": -0.1, "tz": 2.0, "qx": 0.0, "qy": 0.1, "qz": 0.0, "qw": 0.995,
          "sequence_score": 3.5, "sequence_length": 10},
+        {"query_id": FLEET_QUERY_ID, "match_id": FLEET_MATCH_ID, "similarity": 0.5, "rank": 2,
+         "match_robot": messages.identity_hash("robot_a"), "match_session": messages.identity_hash("s1"),
+         "inter_robot": 1},
     ]  # fmt: skip
     cloud = messages.candidates_cloud(header, rows)
-    assert (cloud.height, cloud.width, cloud.point_step, cloud.row_step) == (1, 2, 74, 148)
+    assert (cloud.height, cloud.width, cloud.point_step, cloud.row_step) == (1, 3, 91, 273)
     assert (cloud.is_dense, cloud.is_bigendian) == (False, False)
     assert [(f.name, f.offset, f.datatype) for f in cloud.fields] == [
         ("x", 0, PointField.FLOAT32), ("y", 4, PointField.FLOAT32), ("z", 8, PointField.FLOAT32),
@@ -50,23 +56,42 @@ def test_candidate_cloud_layout_and_round_trip_through_cdr():
         ("tz", 48, PointField.FLOAT32), ("qx", 52, PointField.FLOAT32), ("qy", 56, PointField.FLOAT32),
         ("qz", 60, PointField.FLOAT32), ("qw", 64, PointField.FLOAT32),
         ("sequence_score", 68, PointField.FLOAT32), ("sequence_length", 72, PointField.UINT16),
+        ("match_robot", 74, PointField.UINT32), ("match_session", 78, PointField.UINT32),
+        ("inter_robot", 82, PointField.UINT8), ("query_id_hi", 83, PointField.UINT32),
+        ("match_id_hi", 87, PointField.UINT32),
     ]  # fmt: skip
     decoded = messages.cloud_to_array(deserialize_message(serialize_message(cloud), PointCloud2))
-    assert decoded["match_id"].tolist() == [3, 2**32 - 1]
-    assert decoded["match_stamp"].tolist() == [12.125, 1.7e9 + 0.5]  # float64 keeps sub-ms stamps
-    assert decoded["rank"].tolist() == [0, 1]
-    np.testing.assert_allclose(decoded["similarity"], [0.9, -0.25], rtol=1e-6)
+    assert decoded["match_id"].tolist() == [3, 2**32 - 1, FLEET_MATCH_ID & 0xFFFFFFFF]
+    # 63-bit fleet ids travel as low 32 bits + <name>_hi; local ids (< 2^32) have hi 0
+    assert decoded["match_id_hi"].tolist() == [0, 0, FLEET_MATCH_ID >> 32]
+    assert messages.full_ids(decoded, "match_id").tolist() == [3, 2**32 - 1, FLEET_MATCH_ID]
+    assert messages.full_ids(decoded, "query_id").tolist() == [40, 40, FLEET_QUERY_ID]
+    assert decoded["match_stamp"].tolist() == [12.125, 1.7e9 + 0.5, 0.0]  # float64 keeps sub-ms stamps
+    assert decoded["rank"].tolist() == [0, 1, 2]
+    np.testing.assert_allclose(decoded["similarity"], [0.9, -0.25, 0.5], rtol=1e-6)
+    # robot / session: CRC-32 of the UTF-8 ids (0 = unlabelled, a local map); inter_robot flag
+    assert decoded["match_robot"].tolist() == [0, 0, zlib.crc32(b"robot_a")]
+    assert decoded["match_session"].tolist() == [0, 0, zlib.crc32(b"s1")]
+    assert decoded["inter_robot"].tolist() == [0, 0, 1]
     assert decoded["x"][0] == 1.5 and np.isnan(decoded["x"][1])
     # fields a row leaves out: unverified, unknown pose (NaN), no sequence (NaN score, length 0)
-    assert decoded["verified"].tolist() == [0, 1] and decoded["inliers"].tolist() == [0, 57]
+    assert decoded["verified"].tolist() == [0, 1, 0] and decoded["inliers"].tolist() == [0, 57, 0]
     assert (
         np.isnan(decoded["tx"][0]) and np.isnan(decoded["qw"][0]) and np.isnan(decoded["sequence_score"][0])
     )
     np.testing.assert_allclose(decoded[["tx", "ty", "tz"]][1].tolist(), [0.5, -0.1, 2.0], rtol=1e-6)
-    assert decoded["sequence_length"].tolist() == [0, 10] and decoded["scale_known"].tolist() == [0, 1]
+    assert decoded["sequence_length"].tolist() == [0, 10, 0] and decoded["scale_known"].tolist() == [0, 1, 0]
     # the documented manual decoding gives the same bytes
     manual = np.frombuffer(bytes(cloud.data), dtype=messages.CANDIDATE_DTYPE, count=cloud.width)
     assert manual.tobytes() == decoded.tobytes()
+
+
+def test_identity_hash_is_crc32_of_utf8():
+    assert messages.identity_hash("") == 0
+    assert messages.identity_hash("robot_a") == zlib.crc32(b"robot_a") == 3420500050
+    assert messages.identity_hash("roböt") == zlib.crc32("roböt".encode())
+    with pytest.raises(ValueError, match="query_id"):
+        messages.candidates_cloud(Header(), [{"query_id": -1}])
 
 
 def test_empty_candidate_cloud_is_valid():

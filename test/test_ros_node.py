@@ -222,8 +222,8 @@ def test_corridor_revisits_match_the_offline_describer(mapping_node: NodeUnderTe
 
     # PointCloud2 layout exactly as documented
     cloud = next(msg for msg in revisit.values() if msg.width > 0)
-    assert (cloud.height, cloud.is_bigendian, cloud.is_dense, cloud.point_step) == (1, False, False, 74)
-    assert cloud.row_step == 74 * cloud.width and len(cloud.data) == cloud.row_step
+    assert (cloud.height, cloud.is_bigendian, cloud.is_dense, cloud.point_step) == (1, False, False, 91)
+    assert cloud.row_step == 91 * cloud.width and len(cloud.data) == cloud.row_step
     expected_fields = [
         ("x", 0, PointField.FLOAT32), ("y", 4, PointField.FLOAT32), ("z", 8, PointField.FLOAT32),
         ("query_id", 12, PointField.UINT32), ("match_id", 16, PointField.UINT32),
@@ -234,6 +234,9 @@ def test_corridor_revisits_match_the_offline_describer(mapping_node: NodeUnderTe
         ("tz", 48, PointField.FLOAT32), ("qx", 52, PointField.FLOAT32), ("qy", 56, PointField.FLOAT32),
         ("qz", 60, PointField.FLOAT32), ("qw", 64, PointField.FLOAT32),
         ("sequence_score", 68, PointField.FLOAT32), ("sequence_length", 72, PointField.UINT16),
+        ("match_robot", 74, PointField.UINT32), ("match_session", 78, PointField.UINT32),
+        ("inter_robot", 82, PointField.UINT8), ("query_id_hi", 83, PointField.UINT32),
+        ("match_id_hi", 87, PointField.UINT32),
     ]  # fmt: skip
     assert [(f.name, f.offset, f.datatype, f.count) for f in cloud.fields] == [
         (*f, 1) for f in expected_fields
@@ -253,6 +256,8 @@ def test_corridor_revisits_match_the_offline_describer(mapping_node: NodeUnderTe
         assert np.all(np.diff(points["similarity"]) <= 0)
         assert np.all(np.isnan(points["x"]))  # no odometry: positions unknown
         assert np.all(points["query_id"] == len(ref_indices) + position)  # place id of the query keyframe
+        for name in ("match_robot", "match_session", "inter_robot", "query_id_hi", "match_id_hi"):
+            assert not np.any(points[name]), name  # a local map: no robot/session identity, ids < 2^32
         assert np.all(points["match_stamp"] < QUERY_T0_NS / NS)  # only reference places
         match_ref = np.rint((points["match_stamp"] * NS - REF_T0_NS) / PERIOD_NS).astype(int)
         np.testing.assert_array_equal(

@@ -19,6 +19,8 @@ Per incoming frame, :class:`LoopClosureDetector`:
    within ``consistency_tolerance_keyframes`` keyframe indices (or ``consistency_tolerance_s`` seconds)
    of each other. A candidate is emitted when it ends a chain of ``consistency_n`` agreeing candidates
    in ``consistency_n`` consecutive keyframes (``consistency_n=1``: every candidate is emitted).
+   On fleet maps (places of several robots and sessions) NMS and consistency only compare places of the
+   same robot and session: keyframe indices and stamps of different sessions are unrelated.
 5. **Mapping mode** adds the keyframe to the map afterwards; localisation mode never adds.
 """
 
@@ -26,8 +28,9 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -120,6 +123,8 @@ class LoopCandidate:
     sequence_score: float = math.nan  # NaN: no sequence matching for this candidate
     sequence_length: int = 0  # query keyframes the sequence score used (0: single frame)
     verification: Verification | None = None  # None: not verified (verification off or beyond verify_top_k)
+    match_robot_id: str = ""  # robot and session that recorded the matched place (fleet maps; "" otherwise)
+    match_session_id: str = ""
 
     @property
     def verified(self) -> bool:
@@ -145,6 +150,12 @@ class _ChainEntry:
     keyframe_index: int
     stamp_ns: int
     length: int
+    identity: tuple[str, str] = ("", "")
+
+
+def _identity(match: Match) -> tuple[str, str]:
+    """(robot, session) of a match: set by fleet stores (FleetMatch), ("", "") for a plain PlaceMap."""
+    return getattr(match, "robot_id", ""), getattr(match, "session_id", "")
 
 
 class LoopClosureDetector:
@@ -262,14 +273,20 @@ class LoopClosureDetector:
             return ""
 
     def retrieve(
-        self, vector: np.ndarray, stamp_ns: int, k: int, pose: Pose | None = None
+        self,
+        vector: np.ndarray,
+        stamp_ns: int,
+        k: int,
+        pose: Pose | None = None,
+        filters: Mapping[str, Any] | None = None,
     ) -> tuple[int, list[Match]]:
         """(keyframe index of this frame, its top-``k`` places) -- mapping-mode exclusions, no threshold.
 
         Mapping mode excludes places stamped within ``exclusion_window_s`` before the query, the last
         ``exclusion_keyframes`` keyframes and, when this keyframe has a pose, the places of this run added
         less than ``exclusion_travel_m`` of odometry travel ago (a robot standing still never closes a loop
-        with itself, however long it waits).
+        with itself, however long it waits). ``filters``: extra keyword arguments of the store's search
+        (robot/session filters of a fleet store).
         """
         cfg = self.config
         with self._lock:
@@ -282,6 +299,7 @@ class LoopClosureDetector:
                 query_keyframe_index=keyframe_index if mapping else None,
                 exclusion_keyframes=cfg.exclusion_keyframes if mapping else None,
                 exclude_ids=self._recent_travel(pose) if mapping else None,
+                **(filters or {}),
             )  # fmt: skip
             if matches and cfg.similarity_threshold == AUTO and self._auto_threshold is None:
                 self._calibration.append(matches[0].similarity)
@@ -361,6 +379,8 @@ class LoopClosureDetector:
                 match_keyframe_index=m.meta.keyframe_index,
                 match_frame_id=m.meta.frame_id,
                 match_utm=m.meta.utm,
+                match_robot_id=getattr(m, "robot_id", ""),
+                match_session_id=getattr(m, "session_id", ""),
             )  # fmt: skip
             for rank, m in enumerate(matches)
         ]
@@ -378,8 +398,9 @@ class LoopClosureDetector:
         for match in matches:  # best first
             meta = match.meta
             if not any(
-                self._close(meta.keyframe_index, meta.stamp_ns, k.meta.keyframe_index, k.meta.stamp_ns,
-                            cfg.nms_window_keyframes, cfg.nms_window_s)
+                _identity(k) == _identity(match)
+                and self._close(meta.keyframe_index, meta.stamp_ns, k.meta.keyframe_index, k.meta.stamp_ns,
+                                cfg.nms_window_keyframes, cfg.nms_window_s)
                 for k in kept
             ):  # fmt: skip
                 kept.append(match)
@@ -391,15 +412,17 @@ class LoopClosureDetector:
         chain = []
         for match in matches:
             meta = match.meta
+            identity = _identity(match)
             length = 1 + max(
                 (
                     prev.length
                     for prev in self._previous_chain
-                    if self._close(meta.keyframe_index, meta.stamp_ns, prev.keyframe_index, prev.stamp_ns,
-                                   cfg.consistency_tolerance_keyframes, cfg.consistency_tolerance_s)
+                    if prev.identity == identity
+                    and self._close(meta.keyframe_index, meta.stamp_ns, prev.keyframe_index, prev.stamp_ns,
+                                    cfg.consistency_tolerance_keyframes, cfg.consistency_tolerance_s)
                 ),
                 default=0,
             )  # fmt: skip
-            chain.append(_ChainEntry(meta.keyframe_index, meta.stamp_ns, length))
+            chain.append(_ChainEntry(meta.keyframe_index, meta.stamp_ns, length, identity))
         self._previous_chain = chain
         return [m for m, entry in zip(matches, chain, strict=True) if entry.length >= cfg.consistency_n]

@@ -19,16 +19,25 @@ into the node and the same bag mapped offline go through the same steps. Per key
 
 Everything that changes state holds one lock; feature extraction and verification of the candidates of one
 keyframe run while it is held only as long as they touch the map.
+
+**Place stores.** The map is a :class:`~tscm_ros.placemap.PlaceMap` (the default: a local faiss map) or, when
+:meth:`RecognitionSession.open` gets a PostgreSQL ``map_uri``, a fleet store
+(:func:`tscm_ros.fleet.open_place_store`: the shared server map, with the local map at ``map_path`` as the
+robot's outbox-backed copy and fallback). On a fleet store candidates carry the robot and session of the
+matched place, the ``query_*`` filters of :class:`RecognitionConfig` apply, and the exclusion windows cover
+only this robot's own session (another robot's place seen a second ago is a genuine inter-robot loop).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import socket
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +53,19 @@ from tscm_ros.features import (
 )
 from tscm_ros.loop_closure import LoopCandidate, LoopClosureConfig, LoopClosureDetector
 from tscm_ros.placemap import MapError, Match, PlaceMap, Pose, Utm
+from tscm_ros.placemap.errors import one_line
 from tscm_ros.sequence import SequenceConfig, SequenceMatcher, SequenceScore
 from tscm_ros.verification import Verification, Verifier, VerifierConfig
 
 MAX_CLOSURES = 2000  # accepted loop closures kept in memory (markers, statistics)
+DEFAULT_MAP_SCHEMA = "tscm"
+SESSION_AXIS_STRIDE = 1 << 32  # sequence axis: distance between fleet sessions (exact in float64)
+QUERY_FILTERS = {  # RecognitionConfig field -> keyword of FleetStore.search
+    "query_robots": "robots",
+    "query_exclude_robots": "exclude_robots",
+    "query_sessions": "sessions",
+    "query_exclude_sessions": "exclude_sessions",
+}
 
 
 class RecognitionError(RuntimeError):
@@ -65,11 +83,29 @@ class RecognitionConfig:
     verifier: VerifierConfig = field(default_factory=VerifierConfig)
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
     thumbnails: bool = True
+    # fleet maps only (ignored on a local PlaceMap): candidates only of / never of these robots and sessions
+    query_robots: tuple[str, ...] = ()
+    query_exclude_robots: tuple[str, ...] = ()
+    query_sessions: tuple[str, ...] = ()
+    query_exclude_sessions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         k = self.verify_top_k
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"verify_top_k must be an integer >= 1, got {k!r}")
+        for name in QUERY_FILTERS:
+            value = getattr(self, name)
+            if isinstance(value, str) or not all(isinstance(item, str) for item in value):
+                raise ValueError(f"{name} must be a list of strings, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+
+    def search_filters(self) -> dict[str, list[str]]:
+        """The configured ``query_*`` filters as FleetStore.search keywords (empty ones left out)."""
+        return {
+            keyword: list(getattr(self, name))
+            for name, keyword in QUERY_FILTERS.items()
+            if getattr(self, name)
+        }
 
     # flat option name -> (section, field)
     OPTION_FIELDS = {
@@ -87,8 +123,9 @@ class RecognitionConfig:
     def from_options(cls, options: Mapping[str, Any]) -> RecognitionConfig:
         """A config from flat names (node parameters, CLI options); unknown names are ignored.
 
-        ``LoopClosureConfig`` fields keep their names; ``verify``, ``verify_top_k`` and ``thumbnails`` are
-        top-level; the rest are listed in :attr:`OPTION_FIELDS`. Raises ``ValueError`` naming the field.
+        ``LoopClosureConfig`` fields keep their names; ``verify``, ``verify_top_k``, ``thumbnails`` and the
+        ``query_*`` filters are top-level; the rest are listed in :attr:`OPTION_FIELDS`. Raises
+        ``ValueError`` naming the field.
         """
         detector_names = {f.name for f in dataclasses.fields(LoopClosureConfig)}
         detector = LoopClosureConfig(**{k: v for k, v in options.items() if k in detector_names})
@@ -96,7 +133,9 @@ class RecognitionConfig:
         for name, (section, field_name) in cls.OPTION_FIELDS.items():
             if name in options:
                 sections[section][field_name] = options[name]
-        top = {k: options[k] for k in ("verify", "verify_top_k", "thumbnails") if k in options}
+        top = {
+            k: options[k] for k in ("verify", "verify_top_k", "thumbnails", *QUERY_FILTERS) if k in options
+        }
         return cls(
             detector=detector,
             features=FeatureConfig(**sections["features"]),
@@ -126,11 +165,17 @@ class RecognitionResult:
 
 
 class RecognitionSession:
-    """Thread-safe owner of the place map, detector, sequence matcher, verifier and accepted closures."""
+    """Thread-safe owner of the place map, detector, sequence matcher, verifier and accepted closures.
+
+    ``place_map``: a :class:`PlaceMap` or any :class:`tscm_ros.fleet.PlaceStore` (a fleet store when it has
+    ``connection_state``/``diagnostics()``: candidates then carry robot and session, filters apply).
+    """
 
     def __init__(self, place_map: PlaceMap, config: RecognitionConfig | None = None) -> None:
         self._lock = threading.RLock()
         self._map = place_map
+        self._fleet = place_map if _is_fleet_store(place_map) else None
+        self._run_start = self._run_marker()
         self._config = config or RecognitionConfig()
         self._detector = self._new_detector(place_map)
         self._sequence = SequenceMatcher(self._config.sequence)
@@ -141,6 +186,7 @@ class RecognitionSession:
         self.closures: deque[LoopCandidate] = deque(maxlen=MAX_CLOSURES)
         self.reasons: Counter[str] = Counter()  # why candidates stayed unverified, and feature problems
         self.last_feature_error = ""
+        self._session_codes: dict[tuple[str, str], int] = {}  # fleet identities on the sequence axis
 
     @classmethod
     def open(
@@ -152,12 +198,33 @@ class RecognitionSession:
         load: bool,
         index_spec: str,
         options: Mapping[str, Any],
+        map_uri: str = "",
+        map_schema: str = DEFAULT_MAP_SCHEMA,
+        robot_id: str = "",
+        session_id: str = "",
     ) -> RecognitionSession:
-        """Load ``map_path`` (``load``) or create an empty map; RecognitionError has one clear line."""
+        """Load ``map_path`` (``load``) or create an empty map; RecognitionError has one clear line.
+
+        ``map_uri``: '' (default) = the local faiss map at ``map_path``, exactly as without it. A
+        ``postgresql://`` / ``postgres://`` URI or libpq conninfo (``service=fleet``) = the fleet map in
+        ``map_schema`` on that server, with ``map_path`` (required) as this robot's local copy: outbox and
+        fallback, opened when present, created when missing (``load`` is not used). ``robot_id`` /
+        ``session_id`` label the places this session adds ('' = :func:`default_robot_id` /
+        :func:`default_session_id`).
+        An unreachable server is not an error (the store answers locally and reconnects in the background);
+        a malformed URI, a missing schema or another model's map is.
+        """
         try:
             config = RecognitionConfig.from_options(options)
         except (TypeError, ValueError) as error:
             raise RecognitionError(str(error)) from error
+        if map_uri and map_uri.strip():
+            store = _open_fleet_store(
+                map_uri.strip(), dim=dim, model_fingerprint=model_fingerprint, map_path=map_path,
+                index_spec=index_spec, schema=map_schema or DEFAULT_MAP_SCHEMA,
+                robot_id=robot_id or default_robot_id(), session_id=session_id or default_session_id(),
+            )  # fmt: skip
+            return cls(store, config)
         if load:
             if not map_path or not Path(map_path).exists():
                 raise RecognitionError(
@@ -194,6 +261,37 @@ class RecognitionSession:
     @property
     def place_map(self) -> PlaceMap:
         return self._map
+
+    @property
+    def is_fleet(self) -> bool:
+        """True when the map is a fleet store (places labelled with robot and session)."""
+        return self._fleet is not None
+
+    @property
+    def robot_id(self) -> str:
+        """The robot this session's places belong to ('' on a local PlaceMap)."""
+        return self._fleet.robot_id if self._fleet is not None else ""
+
+    @property
+    def session_id(self) -> str:
+        return self._fleet.session_id if self._fleet is not None else ""
+
+    def map_diagnostics(self) -> dict[str, str]:
+        """The fleet store's ``diagnostics()`` (connection state, outbox depth, ...; no password); {} for a
+        local map."""
+        return self._fleet.diagnostics() if self._fleet is not None else {}
+
+    def _run_marker(self) -> int:
+        if self._fleet is not None:  # fleet ids are hashes: this run = own session, from this keyframe on
+            return int(self._map.next_keyframe_index)
+        return int(getattr(self._map, "next_place_id", 0))
+
+    def from_this_run(self, candidate: LoopCandidate) -> bool:
+        """True when the matched place was added since the session opened (or the map was reset)."""
+        if self._fleet is not None:
+            own = (candidate.match_robot_id, candidate.match_session_id) == (self.robot_id, self.session_id)
+            return own and candidate.match_keyframe_index >= self._run_start
+        return candidate.match_id >= self._run_start
 
     @property
     def config(self) -> RecognitionConfig:
@@ -275,7 +373,8 @@ class RecognitionSession:
             retrieve_k = config.detector.top_k
             if config.sequence.length:
                 retrieve_k = max(retrieve_k, config.sequence.candidates_per_keyframe)
-            keyframe_index, matches = self._detector.retrieve(vector, stamp_ns, retrieve_k, pose)
+            filters = config.search_filters() if self._fleet is not None else None
+            keyframe_index, matches = self._detector.retrieve(vector, stamp_ns, retrieve_k, pose, filters)
             timings["retrieve"] = _ms_since(started)
             started = time.perf_counter()
             ranked, sequence_scores, partial = self._rank(matches, keyframe_index, stamp_ns, travel_m)
@@ -338,7 +437,7 @@ class RecognitionSession:
             keyframe_index=keyframe_index,
             stamp_ns=stamp_ns,
             place_ids=np.array([m.place_id for m in matches], np.int64),
-            place_keyframes=np.array([m.meta.keyframe_index for m in matches], np.int64),
+            place_keyframes=np.array([self._sequence_axis(m) for m in matches], np.int64),
             similarities=np.array([m.similarity for m in matches], np.float32),
             travel_m=travel_m,
         )
@@ -353,6 +452,16 @@ class RecognitionSession:
         kept = full if self._config.verify else [s for s in full if s.accepted]
         kept = kept[: self._config.detector.top_k]
         return [by_id[s.place_id] for s in kept], list(kept), False
+
+    def _sequence_axis(self, match: Match) -> int:
+        """The match's position on the sequence matcher's map-keyframe axis: its keyframe index, moved by
+        ``SESSION_AXIS_STRIDE`` per (robot, session) of a fleet map so that lines never join places of
+        different sessions (their indices are unrelated). Unlabelled places (a local PlaceMap) stay at 0."""
+        identity = (getattr(match, "robot_id", ""), getattr(match, "session_id", ""))
+        if identity == ("", ""):
+            return int(match.meta.keyframe_index)
+        code = self._session_codes.setdefault(identity, len(self._session_codes) + 1)
+        return code * SESSION_AXIS_STRIDE + int(match.meta.keyframe_index)
 
     def _verify(
         self,
@@ -397,26 +506,98 @@ class RecognitionSession:
 
     # ------------------------------------------------------------------ map management
     def save(self, path: str) -> int:
-        """Atomically save the map to ``path``; returns the number of places saved."""
+        """Atomically save the map to ``path``; returns the number of places saved.
+
+        On a fleet store: the robot's local copy (the outbox is always durable, the server commits every
+        flush)."""
         with self._lock:
             self._map.save(path)
             self._changes = 0
-            return len(self._map)
+            return len(getattr(self._map, "local", self._map))
 
     def reset(self) -> None:
-        """Replace the map by an empty one (same dimension, index spec and model fingerprint)."""
+        """Replace the map by an empty one (same dimension, index spec and model fingerprint).
+
+        Not on a fleet store (RecognitionError): robots cannot delete the fleet's places."""
         with self._lock:
+            if self._fleet is not None:
+                raise RecognitionError(
+                    "reset is not available on a fleet map (map_uri): the server keeps every robot's places; "
+                    "use query_exclude_sessions to ignore sessions, or restart with an empty map_uri"
+                )
             old = self._map
             self._map = PlaceMap.create(old.dim, old.spec, old.model_fingerprint)
             self._detector = self._new_detector(self._map)
             self._sequence.reset()
             self.closures.clear()
             self._changes += 1
+            self._run_start = self._run_marker()
             old.close()
 
     def close(self) -> None:
         with self._lock:
             self._map.close()
+
+
+def default_robot_id() -> str:
+    """The robot id used when none is configured: the host name."""
+    return socket.gethostname() or "robot"
+
+
+def default_session_id(now: datetime | None = None) -> str:
+    """The session id used when none is configured: the UTC start time, e.g. ``2024-06-01T12:00:00Z``."""
+    return (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _is_fleet_store(store: object) -> bool:
+    return hasattr(store, "connection_state") and hasattr(store, "diagnostics") and hasattr(store, "robot_id")
+
+
+def _open_fleet_store(
+    map_uri: str,
+    *,
+    dim: int,
+    model_fingerprint: str,
+    map_path: str | None,
+    index_spec: str,
+    schema: str,
+    robot_id: str,
+    session_id: str,
+):
+    """The robot's FleetPlaceStore for ``map_uri``; configuration problems as one RecognitionError line."""
+    try:  # psycopg is only needed for fleet maps
+        import psycopg
+
+        from tscm_ros.fleet import is_server_target, open_place_store, redact
+        from tscm_ros.fleet.conninfo import scrub
+    except ImportError as error:
+        raise RecognitionError(
+            f"map_uri needs the fleet dependencies (psycopg, pgvector): {error}"
+        ) from error
+    if not is_server_target(map_uri):
+        raise RecognitionError(
+            f"map_uri {scrub(map_uri)!r} is not a PostgreSQL target: use postgresql://..., postgres://... "
+            "or a libpq conninfo such as service=fleet (empty map_uri: the local map at map_path only)"
+        )
+    if not map_path:
+        raise RecognitionError(
+            "map_uri needs map_path: the robot's local copy of the fleet map (outbox and fallback while the "
+            "server is away)"
+        )
+    try:
+        return open_place_store(
+            map_uri, dim=dim, model_fingerprint=model_fingerprint, robot_id=robot_id, session_id=session_id,
+            local_map=map_path, schema=schema, index_spec=index_spec,
+        )  # fmt: skip
+    except psycopg.Error as error:  # libpq could not parse the URI / conninfo
+        raise RecognitionError(
+            f"map_uri is malformed: {' '.join(scrub(str(error), map_uri).split())}"
+        ) from None
+    except MapError as error:  # other model, dimension, schema missing or at another version
+        message = " ".join(scrub(one_line(error), map_uri).split())
+        raise RecognitionError(f"cannot open the fleet map {redact(map_uri)}: {message}") from None
+    except (OSError, ValueError) as error:
+        raise RecognitionError(f"cannot open the local copy {map_path} of the fleet map: {error}") from None
 
 
 NODE_NAME = "place_recognition_node"
@@ -468,10 +649,13 @@ def _ms_since(started: float) -> float:
 
 __all__ = [
     "MAX_CLOSURES",
+    "QUERY_FILTERS",
     "RecognitionConfig",
     "RecognitionError",
     "RecognitionResult",
     "RecognitionSession",
+    "default_robot_id",
+    "default_session_id",
     "read_params_file",
     "shipped_params_file",
 ]

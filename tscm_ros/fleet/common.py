@@ -31,6 +31,11 @@ def prepare_descriptors(descriptors: np.ndarray, dim: int) -> np.ndarray:
     return np.ascontiguousarray(array / norms, dtype=np.float32)
 
 
+def normalize_one(descriptor: np.ndarray, dim: int) -> np.ndarray:
+    """One ``(dim,)`` descriptor checked and L2-normalised, as :meth:`PlaceMap.normalize` does."""
+    return prepare_descriptors(np.asarray(descriptor).reshape(1, -1), dim)[0]
+
+
 def prepare_metas(metas: Sequence[PlaceMeta] | PlaceMeta, count: int) -> list[PlaceMeta]:
     metas = [metas] if isinstance(metas, PlaceMeta) else list(metas)
     if len(metas) != count:

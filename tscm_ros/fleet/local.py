@@ -33,7 +33,14 @@ import numpy as np
 from ..placemap import PlaceMap
 from ..placemap.errors import MapDimensionError, MapError, MapNotFoundError
 from ..placemap.records import Match, PlaceMeta
-from .common import EXCLUSION_SCOPES, SearchFilter, prepare_blobs, prepare_descriptors, prepare_metas
+from .common import (
+    EXCLUSION_SCOPES,
+    SearchFilter,
+    normalize_one,
+    prepare_blobs,
+    prepare_descriptors,
+    prepare_metas,
+)
 from .pca import PcaProjection
 from .records import FleetMatch, FleetPlaceMeta, identity_of, with_identity
 
@@ -445,10 +452,10 @@ class LocalPlaceStore:
         ids = [int(i) for i in place_ids]
         with self._lock:
             known = [i for i in ids if i in self._row_of]
-            if self._blobs_in_map:
-                name = "get_features" if column == "features" else "get_thumbnails"
-                getter = getattr(self.place_map, name, None)
-                found = getter(known) if getter is not None else {}
+            if self._blobs_in_map and column == "features":
+                found = self.place_map.get_features(known)
+            elif self._blobs_in_map:  # PlaceMap reads thumbnails one at a time
+                found = {i: self.place_map.get_thumbnail(i) for i in known}
             else:
                 found = self._sidecar.blobs(column, known)
         return {i: found.get(i) for i in known}
@@ -459,6 +466,14 @@ class LocalPlaceStore:
 
     def get_thumbnails(self, place_ids: Iterable[int]) -> dict[int, bytes | None]:
         return self._blobs("thumbnail", place_ids)
+
+    def get_thumbnail(self, place_id: int) -> bytes | None:
+        """The JPEG thumbnail of one place (None when it has none or is unknown), as PlaceMap has it."""
+        return self.get_thumbnails([place_id]).get(int(place_id))
+
+    def normalize(self, descriptor: np.ndarray) -> np.ndarray:
+        """One ``(dim,)`` descriptor checked and L2-normalised, as :meth:`PlaceMap.normalize`."""
+        return normalize_one(descriptor, self.dim)
 
     def get_descriptors(self, place_ids: Sequence[int]) -> np.ndarray:
         """(N, dim) float32 descriptors reconstructed from the faiss index (exact for flat/HNSW maps).

@@ -42,6 +42,7 @@ from . import schema as schema_mod
 from .common import (
     EXCLUSION_SCOPES,
     SearchFilter,
+    normalize_one,
     prepare_blobs,
     prepare_descriptors,
     prepare_metas,
@@ -650,6 +651,13 @@ class PgPlaceStore:
 
     def get_thumbnails(self, place_ids: Iterable[int]) -> dict[int, bytes | None]:
         return self._get_column("thumbnail", place_ids)
+
+    def get_thumbnail(self, place_id: int) -> bytes | None:
+        return self.get_thumbnails([place_id]).get(int(place_id))
+
+    def normalize(self, descriptor: np.ndarray) -> np.ndarray:
+        """One ``(dim,)`` descriptor checked and L2-normalised, as :meth:`PlaceMap.normalize`."""
+        return normalize_one(descriptor, self.dim)
 
     def get_descriptors(self, place_ids: Sequence[int]) -> np.ndarray:
         """(N, dim) float32 descriptors (half precision on the server) in the order of ``place_ids``."""

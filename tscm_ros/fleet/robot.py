@@ -30,7 +30,7 @@ import numpy as np
 
 from ..placemap.records import PlaceMeta
 from . import schema as schema_mod
-from .common import prepare_blobs, prepare_descriptors, prepare_metas
+from .common import normalize_one, prepare_blobs, prepare_descriptors, prepare_metas
 from .conninfo import redact, scrub
 from .errors import ReadOnlyStoreError, StoreUnavailableError
 from .local import OUTBOX_FILE, LocalPlaceStore
@@ -453,6 +453,13 @@ class FleetPlaceStore:
 
     def get_thumbnails(self, place_ids: Iterable[int]) -> dict[int, bytes | None]:
         return self._server_or_local("get_thumbnails", place_ids)
+
+    def get_thumbnail(self, place_id: int) -> bytes | None:
+        return self.get_thumbnails([place_id]).get(int(place_id))
+
+    def normalize(self, descriptor: np.ndarray) -> np.ndarray:
+        """One ``(dim,)`` descriptor checked and L2-normalised, as :meth:`PlaceMap.normalize`."""
+        return normalize_one(descriptor, self.dim)
 
     # ------------------------------------------------------------------ lifecycle
     def save(self, path: str | Path | None = None) -> Path:

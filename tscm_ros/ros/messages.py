@@ -9,6 +9,7 @@ from __future__ import annotations
 import array
 import math
 import sys
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -22,7 +23,8 @@ from visualization_msgs.msg import Marker, MarkerArray
 from tscm_ros.poses import NS_PER_S
 
 # One point per loop candidate on ``~/loop_candidates`` (and per closure on ``~/loop_closures``); packed (no
-# padding), little-endian, 74 bytes. The first 34 bytes are the layout of earlier releases, unchanged.
+# padding), little-endian, 91 bytes. The first 34 bytes are the layout of the first release, the first 74 that
+# of the release before fleet maps, unchanged.
 CANDIDATE_DTYPE = np.dtype(
     [
         ("x", "<f4"),  # match position in the map frame, NaN when the match has no pose
@@ -45,8 +47,14 @@ CANDIDATE_DTYPE = np.dtype(
         ("qw", "<f4"),
         ("sequence_score", "<f4"),  # sequence-matching score, NaN when sequence matching is off
         ("sequence_length", "<u2"),  # query keyframes behind sequence_score (0 = single frame)
+        ("match_robot", "<u4"),  # identity_hash of the matched place's robot id (0: "" -- a local map)
+        ("match_session", "<u4"),  # identity_hash of its session id
+        ("inter_robot", "u1"),  # 1 = the matched place belongs to another robot (fleet maps)
+        ("query_id_hi", "<u4"),  # upper 32 bits of query_id / match_id: fleet place ids are 63-bit,
+        ("match_id_hi", "<u4"),  #   id = hi << 32 | id; 0 for local maps
     ]
 )
+ID_FIELDS = ("query_id", "match_id")  # split into the low 32 bits and <name>_hi
 
 # ``~/descriptor``: one float32 field "d", one point per descriptor dimension (height 1, width = dim).
 DESCRIPTOR_DTYPE = np.dtype([("d", "<f4")])
@@ -62,6 +70,20 @@ _POINT_FIELD_TYPES: dict[str, int] = {
     "f8": PointField.FLOAT64,
 }
 _NUMPY_TYPES: dict[int, str] = {value: key for key, value in _POINT_FIELD_TYPES.items()}
+
+
+def identity_hash(name: str) -> int:
+    """The UINT32 a robot or session id becomes in ``match_robot`` / ``match_session``: the CRC-32 (zlib,
+    ISO-HDLC) of its UTF-8 bytes, ``zlib.crc32(name.encode("utf-8"))``; ``identity_hash("") == 0``."""
+    return zlib.crc32(name.encode("utf-8")) & 0xFFFFFFFF
+
+
+def full_ids(points: np.ndarray, name: str) -> np.ndarray:
+    """The 64-bit ``query_id`` / ``match_id`` of decoded candidates: ``<name>_hi << 32 | <name>``."""
+    low = points[name].astype(np.int64)
+    if f"{name}_hi" not in (points.dtype.names or ()):
+        return low
+    return (points[f"{name}_hi"].astype(np.int64) << 32) | low
 
 
 def stamp_to_ns(stamp: Time) -> int:
@@ -136,14 +158,22 @@ def cloud_to_array(msg: PointCloud2) -> np.ndarray:
 
 def candidates_cloud(header: Header, rows: Sequence[Mapping[str, float | int]]) -> PointCloud2:
     """Loop candidates (dicts with CANDIDATE_DTYPE field names; missing pose/sequence fields are NaN/0)
-    -> ``~/loop_candidates`` message."""
+    -> ``~/loop_candidates`` message. ``query_id`` / ``match_id`` may be 64-bit: they are split into the
+    field (low 32 bits) and ``<name>_hi`` (the rest)."""
     points = np.zeros(len(rows), dtype=CANDIDATE_DTYPE)
     for name in ("tx", "ty", "tz", "qx", "qy", "qz", "qw", "sequence_score"):
         points[name] = np.nan
     for index, row in enumerate(rows):
         for name in CANDIDATE_DTYPE.names:
-            if name in row:
+            if name in row and name not in ID_FIELDS:
                 points[name][index] = row[name]
+        for name in ID_FIELDS:
+            if name in row:
+                value = int(row[name])
+                if not 0 <= value < 1 << 64:
+                    raise ValueError(f"{name} {value} is not an unsigned 64-bit id")
+                points[name][index] = value & 0xFFFFFFFF
+                points[f"{name}_hi"][index] = value >> 32
     return array_to_cloud(header, points)
 
 

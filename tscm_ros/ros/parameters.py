@@ -40,6 +40,12 @@ class ParameterSpec:
     choices: tuple[str, ...] = ()
     validator: Validator | None = None
     dynamic_typing: bool = False  # the value may change type (e.g. "auto" or a number)
+    item_type: type | None = None  # element type of a list parameter (an empty default does not show it)
+
+    @property
+    def is_string_array(self) -> bool:
+        """True for STRING_ARRAY parameters (declared with that type: [] alone would be a BYTE_ARRAY)."""
+        return self.item_type is str
 
     def descriptor(self) -> ParameterDescriptor:
         constraints = []
@@ -80,7 +86,10 @@ class ParameterSpec:
         ):
             return f"{self.name} must be in [{self.min_value}, {self.max_value}]; got {value!r}"
         if self.validator is not None:
-            return self.validator(value)
+            error = self.validator(value)
+            if error is not None and self.name not in error:  # shared validators: name the parameter
+                error = f"{self.name}: {error}"
+            return error
         return None
 
 
@@ -124,6 +133,22 @@ def _threshold(value: Any) -> str | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1.0 <= value <= 1.0:
         return f"similarity_threshold must be auto or a number in [-1, 1]; got {value!r}"
+    return None
+
+
+def _string_list(value: Any) -> str | None:
+    """a list of strings ([] = no filter)"""
+    if value is None:  # not set: an empty YAML list ([]) reaches the node unset; it becomes []
+        return None
+    if isinstance(value, str) or not all(isinstance(item, str) for item in value):
+        return f"expected a list of strings; got {value!r}"
+    return None
+
+
+def _schema(value: str) -> str | None:
+    """non-empty PostgreSQL schema name"""
+    if not value.strip():
+        return "map_schema must not be empty"
     return None
 
 
@@ -187,6 +212,61 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         "mapping",
         "mapping: keyframes are added to the map; localization: the map is only searched",
         choices=("mapping", "localization"),
+    ),
+    # fleet map (PostgreSQL + pgvector, docs/FLEET.md)
+    ParameterSpec(
+        "map_uri",
+        "",
+        "'' = the local map at map_path only; a postgresql:// or postgres:// URI or libpq conninfo "
+        "(service=NAME) = the shared fleet map on that server, with map_path as this robot's local copy "
+        "(outbox + fallback; opened or created, load_map not needed). No passwords here: use ~/.pgpass or "
+        "the service file",
+        read_only=True,
+    ),
+    ParameterSpec(
+        "map_schema", "tscm", "schema of the fleet map on the server (map_uri)", True, validator=_schema
+    ),
+    ParameterSpec(
+        "robot_id",
+        "",
+        "robot the places of this node belong to on a fleet map; '' = the node namespace without the "
+        "leading slash (/robot_a -> robot_a), or the host name when the namespace is /",
+        read_only=True,
+    ),
+    ParameterSpec(
+        "session_id",
+        "",
+        "session the places of this run belong to on a fleet map; '' = a new one per start: the UTC start "
+        "time (2024-06-01T12:00:00Z)",
+        read_only=True,
+    ),
+    ParameterSpec(
+        "query_robots",
+        [],
+        "fleet map: candidates only from places of these robots ([] = all robots)",
+        validator=_string_list,
+        item_type=str,
+    ),
+    ParameterSpec(
+        "query_exclude_robots",
+        [],
+        "fleet map: never candidates from places of these robots",
+        validator=_string_list,
+        item_type=str,
+    ),
+    ParameterSpec(
+        "query_sessions",
+        [],
+        "fleet map: candidates only from places of these sessions ([] = all sessions)",
+        validator=_string_list,
+        item_type=str,
+    ),
+    ParameterSpec(
+        "query_exclude_sessions",
+        [],
+        "fleet map: never candidates from places of these sessions",
+        validator=_string_list,
+        item_type=str,
     ),
     # keyframe policy
     ParameterSpec(

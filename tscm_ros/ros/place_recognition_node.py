@@ -3,9 +3,10 @@
 Subscriptions: ``image`` (sensor_msgs/Image) or ``image/compressed`` (CompressedImage), optional ``odom``,
 ``camera_info`` and ``depth``. Publications: ``~/loop_candidates``, ``~/loop_closures`` (verified only),
 ``lio_loop/loop_closure_detection``, ``~/matched_pose``, ``~/markers``, ``~/match_image`` (only while
-subscribed), ``~/descriptor`` (optional), ``/diagnostics``. Services: ``~/save_map``, ``~/reset_map``,
-``~/set_mapping``. docs/ROS_INTERFACES.md documents every field. The node only turns messages into calls of a
-:class:`~tscm_ros.recognition.RecognitionSession` and its results into messages.
+subscribed), ``~/descriptor`` (optional), ``~/fleet_ids`` (fleet maps), ``/diagnostics``. Services:
+``~/save_map``, ``~/reset_map``, ``~/set_mapping``. docs/ROS_INTERFACES.md documents every field. The node
+only turns messages into calls of a :class:`~tscm_ros.recognition.RecognitionSession` and its results into
+messages; with ``map_uri`` the session's map is the shared fleet map (docs/FLEET.md).
 
 Image callbacks (executor threads) only drop the message into a one-frame slot; the inference loop on the
 main thread decodes, describes and matches the newest frame, so the backlog never grows and overwritten
@@ -16,6 +17,7 @@ from message headers (``use_sim_time`` only affects the diagnostics stamp).
 from __future__ import annotations
 
 import contextlib
+import socket
 import sys
 import threading
 import time
@@ -57,6 +59,7 @@ from tscm_ros.ros import messages
 from tscm_ros.ros.latest_slot import LatestSlot
 from tscm_ros.ros.parameters import (
     PARAMETERS,
+    PARAMETERS_BY_NAME,
     parameter_type_error,
     unknown_overrides,
     unknown_parameters_message,
@@ -69,6 +72,7 @@ from tscm_ros.verification import draw_matches
 
 NODE_NAME = "place_recognition_node"
 DIAGNOSTIC_NAME = f"{NODE_NAME}: place recognition"
+FLEET_IDS_NAME = f"{NODE_NAME}: fleet ids"
 STALE_INPUT_S = 5.0  # diagnostics WARN when no image arrived for this long
 RECENT_PROBLEM_S = 10.0  # bad messages / errors this recent raise the diagnostics level
 BAD_MESSAGE_LOG_PERIOD_S = 5.0
@@ -76,6 +80,7 @@ MAX_MARKER_EDGES = 2000
 DEPTH_BUFFER = 10  # depth images kept for pairing with colour images by stamp
 STAGES = ("decode", "inference", "features", "retrieve", "select", "sequence", "verify", "publish")
 LOST_FRAMES_WARN = 0.1  # diagnostics WARN when this fraction of the camera's frames never reached the node
+FLEET_PREFIXED_KEYS = ("backend", "target", "schema", "last_error")  # /diagnostics: map_<key>
 
 __all__ = ["PARAMETERS", "PlaceRecognitionNode", "StartupError", "main"]
 
@@ -98,7 +103,7 @@ class PlaceRecognitionNode(Node):
     def _setup(self) -> None:
         self.add_on_set_parameters_callback(self._validate_parameters)
         for spec in PARAMETERS:
-            self.declare_parameter(spec.name, spec.default, spec.descriptor())
+            self._declare(spec)
         if unknown := unknown_overrides(self):
             message = unknown_parameters_message(unknown)
             if self.get_parameter("strict_parameters").value:
@@ -109,7 +114,6 @@ class PlaceRecognitionNode(Node):
 
         self._describer = self._create_describer()
         self._places = self._create_session()
-        self._run_first_place_id = self._places.place_map.next_place_id
         self._decode = image_msg_to_rgb if self._config["image_transport"] == "raw" else compressed_msg_to_rgb
 
         # state shared between the executor threads and the inference loop
@@ -132,6 +136,7 @@ class PlaceRecognitionNode(Node):
         self._lost = LostFrameEstimator()
         self._last_error: tuple[float, str] | None = None
         self._started = time.monotonic()
+        self._fleet_ids: dict[str, str] = {}  # "robot/<hash>" / "session/<hash>" -> id, for ~/fleet_ids
 
         self._subscription_group = ReentrantCallbackGroup()
         self._service_group = MutuallyExclusiveCallbackGroup()
@@ -144,11 +149,29 @@ class PlaceRecognitionNode(Node):
         self._constructed = True
         self._finished = False
         self._shutdown_save_ok = True
+        fleet = ""
+        if self._places.is_fleet:
+            diagnostics = self._places.map_diagnostics()
+            fleet = (
+                f" (fleet map {diagnostics['target']} schema {diagnostics['schema']}: "
+                f"{diagnostics['connection_state']}, robot {self._places.robot_id!r}, "
+                f"session {self._places.session_id!r})"
+            )
         self.get_logger().info(
             f"ready: model {self._describer.label} ({self._describer.backend} on {self._describer.device}), "
-            f"map {len(self._places)} places, mode {self._config['mode']}, "
+            f"map {len(self._places)} places{fleet}, mode {self._config['mode']}, "
             f"subscribed to {self._image_subscription.topic_name} ({self._config['image_transport']})"
         )
+
+    def _declare(self, spec) -> None:
+        """Declare one parameter; string arrays with their type (``[]`` alone would be a BYTE_ARRAY, and rcl
+        reads an empty YAML list as "not set")."""
+        if not spec.is_string_array:
+            self.declare_parameter(spec.name, spec.default, spec.descriptor())
+            return
+        parameter = self.declare_parameter(spec.name, Parameter.Type.STRING_ARRAY, spec.descriptor())
+        if parameter.type_ == Parameter.Type.NOT_SET:
+            self.set_parameters([Parameter(spec.name, Parameter.Type.STRING_ARRAY, list(spec.default))])
 
     # ------------------------------------------------------------------ start-up
     def _check_startup_combination(self) -> None:
@@ -189,6 +212,12 @@ class PlaceRecognitionNode(Node):
             )
         return describer
 
+    def _robot_id(self) -> str:
+        """``robot_id``, or the namespace without the leading slash, or the host name (namespace /)."""
+        if self._config["robot_id"]:
+            return self._config["robot_id"]
+        return self.get_namespace().strip("/") or socket.gethostname() or "robot"
+
     def _create_session(self) -> RecognitionSession:
         config = self._config
         try:
@@ -199,9 +228,15 @@ class PlaceRecognitionNode(Node):
                 load=config["load_map"],
                 index_spec=config["index_spec"],
                 options=config,
+                map_uri=config["map_uri"],
+                map_schema=config["map_schema"],
+                robot_id=self._robot_id() if config["map_uri"] else "",
+                session_id=config["session_id"],
             )
         except RecognitionError as error:
             raise StartupError(str(error)) from error
+        if places.is_fleet:
+            return places
         if config["map_path"] and not config["load_map"] and Path(config["map_path"]).exists():
             self.get_logger().warning(
                 f"map_path {config['map_path']} exists but load_map is false: the next save overwrites it"
@@ -250,6 +285,14 @@ class PlaceRecognitionNode(Node):
         self._matched_pose_publisher = self.create_publisher(PoseWithCovarianceStamped, "~/matched_pose", 10)
         self._markers_publisher = self.create_publisher(MarkerArray, "~/markers", 1)
         self._descriptor_publisher = self.create_publisher(PointCloud2, "~/descriptor", 10)
+        self._fleet_ids_publisher = None
+        if self._places.is_fleet:  # latched: the id -> name table of match_robot / match_session
+            latched = QoSProfile(
+                history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                durability=DurabilityPolicy.TRANSIENT_LOCAL,
+            )  # fmt: skip
+            self._fleet_ids_publisher = self.create_publisher(DiagnosticStatus, "~/fleet_ids", latched)
+            self._note_identities([(self._places.robot_id, self._places.session_id)])
         self._diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
         group = self._service_group
@@ -264,10 +307,22 @@ class PlaceRecognitionNode(Node):
     def set_parameters_atomically(self, parameter_list: list[Parameter]) -> SetParametersResult:
         """What ``ros2 param set``/``load`` call: a wrong type is rejected with a message naming the parameter
         (rclpy checks types before the on-set callbacks, with a message that names neither)."""
+        parameter_list = [self._empty_string_array(parameter) for parameter in parameter_list]
         for parameter in parameter_list:
             if (error := parameter_type_error(self, parameter)) is not None:
                 return SetParametersResult(successful=False, reason=error)
         return super().set_parameters_atomically(parameter_list)
+
+    @staticmethod
+    def _empty_string_array(parameter: Parameter) -> Parameter:
+        """An empty list (``[]`` has no element type: YAML tools send it as another array type or unset)
+        for a STRING_ARRAY parameter becomes an empty STRING_ARRAY."""
+        spec = PARAMETERS_BY_NAME.get(parameter.name)
+        if spec is None or not spec.is_string_array or parameter.type_ == Parameter.Type.STRING_ARRAY:
+            return parameter
+        if parameter.value is None or (isinstance(parameter.value, (list, tuple)) and not parameter.value):
+            return Parameter(parameter.name, Parameter.Type.STRING_ARRAY, [])
+        return parameter
 
     def _validate_parameters(self, parameters: Sequence[Parameter]) -> SetParametersResult:
         """Reject bad values (at declaration and at runtime) with a message naming the parameter."""
@@ -362,8 +417,11 @@ class PlaceRecognitionNode(Node):
         return response
 
     def _on_reset_map(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        self._places.reset()
-        self._run_first_place_id = self._places.place_map.next_place_id
+        try:
+            self._places.reset()
+        except RecognitionError as error:  # a fleet map: places on the server are not deleted
+            response.success, response.message = False, str(error)
+            return response
         self._edges.clear()
         response.success, response.message = (
             True,
@@ -467,9 +525,9 @@ class PlaceRecognitionNode(Node):
                 self._publish_match_image(msg.header, rgb, result)
             self._stages.record_since("publish", started)
 
-    @staticmethod
-    def _candidate_row(candidate) -> dict[str, float | int]:
+    def _candidate_row(self, candidate) -> dict[str, float | int]:
         position = candidate.match_pose.position if candidate.match_pose is not None else (np.nan,) * 3
+        robot = candidate.match_robot_id
         row: dict[str, float | int] = {
             "x": position[0],
             "y": position[1],
@@ -483,6 +541,9 @@ class PlaceRecognitionNode(Node):
             "verified": int(candidate.verified),
             "sequence_score": candidate.sequence_score,
             "sequence_length": candidate.sequence_length,
+            "match_robot": messages.identity_hash(robot),
+            "match_session": messages.identity_hash(candidate.match_session_id),
+            "inter_robot": int(bool(robot) and robot != self._places.robot_id),
         }
         verification = candidate.verification
         if candidate.verified and verification.translation is not None:  # rejected: no pose, NaN
@@ -494,6 +555,8 @@ class PlaceRecognitionNode(Node):
     def _publish_keyframe(self, header: Header, stamp_ns: int, descriptor: np.ndarray, result, pose) -> None:
         config = self._config
         rows = [self._candidate_row(candidate) for candidate in result.candidates]
+        if self._fleet_ids_publisher is not None:
+            self._note_identities((c.match_robot_id, c.match_session_id) for c in result.candidates)
         self._candidates_publisher.publish(messages.candidates_cloud(header, rows))
         self._candidates_published += len(rows)
         closures = [row for row, c in zip(rows, result.candidates, strict=True) if c.verified]
@@ -505,7 +568,7 @@ class PlaceRecognitionNode(Node):
         if not result.candidates:
             return
         best = result.candidates[0]
-        lio_sam_ok = (best.verified or not config["verify"]) and self._in_this_run(best.match_id)
+        lio_sam_ok = (best.verified or not config["verify"]) and self._places.from_this_run(best)
         if config["publish_lio_sam"] and config["mode"] == "mapping" and lio_sam_ok:
             self._lio_sam_publisher.publish(messages.lio_sam_loop(stamp_ns, best.match_stamp_ns))
         if config["verify"] and not best.verified:
@@ -523,9 +586,20 @@ class PlaceRecognitionNode(Node):
             if config["publish_markers"]:
                 self._markers_publisher.publish(messages.loop_edge_markers(map_header, list(self._edges)))
 
-    def _in_this_run(self, place_id: int) -> bool:
-        """True when ``place_id`` was added since the node started (or the map was reset)."""
-        return place_id >= self._run_first_place_id
+    def _note_identities(self, identities) -> None:
+        """Add robot / session ids to the ~/fleet_ids table; republish it (latched) when it grew."""
+        table = self._fleet_ids
+        size = len(table)
+        for robot, session in identities:
+            for kind, name in (("robot", robot), ("session", session)):
+                if name:
+                    table.setdefault(f"{kind}/{messages.identity_hash(name)}", name)
+        if len(table) != size or size == 0:
+            self._fleet_ids_publisher.publish(
+                messages.diagnostic_status(
+                    FLEET_IDS_NAME, self._places.robot_id, DiagnosticStatus.OK, "", table
+                )
+            )
 
     def _publish_match_image(self, header: Header, rgb: np.ndarray, result: RecognitionResult) -> None:
         """query | best match (its stored thumbnail) side by side with the inlier matches drawn."""
@@ -587,6 +661,9 @@ class PlaceRecognitionNode(Node):
             values[f"unverified_{reason}"] = count
         values["verification"] = "on" if self._config["verify"] else "off"
         values["time_jumps"] = self._places.time_jumps
+        fleet = self._places.map_diagnostics()  # fleet map: connection_state, outbox_depth, ... (no password)
+        for key, value in fleet.items():
+            values[f"map_{key}" if key in FLEET_PREFIXED_KEYS else key] = value
         for stage, milliseconds in self._stages.p50_ms().items():
             if milliseconds is not None:  # None: the stage has not run yet
                 values[f"stage_{stage}_ms_p50"] = f"{milliseconds:.1f}"
@@ -608,6 +685,8 @@ class PlaceRecognitionNode(Node):
             )
         if self._describer.label.startswith("UNTRAINED"):
             problems.append("untrained model")
+        if fleet and fleet["connection_state"] != "connected":
+            problems.append(f"fleet map {fleet['connection_state']}: answering from the local map")
         if problems and level == DiagnosticStatus.OK:
             level = DiagnosticStatus.WARN
         message = "; ".join(problems) if problems else "ok"
