@@ -130,6 +130,14 @@ def main() -> int:
         help="geometric verification on (the default): demo-scene frames at 640x480 with known intrinsics, "
         "so every keyframe extracts features and verifies its candidates",
     )
+    parser.add_argument("--feature-method", default="sift", choices=("sift", "orb"))
+    parser.add_argument(
+        "--min-interval-s",
+        type=float,
+        default=0.0,
+        help="keyframe interval of the node (0: every processed frame is a keyframe; the shipped default is "
+        "0.15)",
+    )
     args = parser.parse_args()
 
     phases = [
@@ -146,11 +154,12 @@ def main() -> int:
     parameters = {
         "model_path": args.model_path,
         "publish_descriptor": True,
-        "min_interval_s": 0.0,
+        "min_interval_s": args.min_interval_s,
         "similarity_threshold": -1.0,
         "top_k": 5,
         "verify": args.verify,
         "verify_top_k": 5,  # every keyframe verifies 5 candidates: the worst case of the defaults
+        "feature_method": args.feature_method,
         "exclusion_window_s": 5.0,  # candidates exist from the 6th second on
         "camera_intrinsics": [intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy],
     }

@@ -237,3 +237,23 @@ def test_options_and_params_file(tmp_path):
     path.write_text("other_node:\n  ros__parameters:\n    top_k: 9\n")
     with pytest.raises(ValueError, match="no ros__parameters for place_recognition_node"):
         read_params_file(path)
+
+
+def test_sequence_best_is_confirmed_with_fewer_inliers(frames):
+    # an impossible min_inliers: only the best full sequence's match (confirmed with 12) can be verified
+    from tscm_ros.verification import VerifierConfig
+
+    config = default_config(
+        sequence=SequenceConfig(length=4),
+        verifier=VerifierConfig(min_inliers=100_000),
+        sequence_confirm_inliers=12,
+    )
+    results = run(session_for(config), frames)
+    closures = [c for r in results for c in r.closures]
+    assert len(closures) >= SCENE.frames_per_lap // 3  # lap 2 revisits confirmed
+    assert all(c.sequence_length == 4 and 12 <= c.inliers < 100_000 for c in closures)
+    assert all(len(r.closures) <= 1 for r in results)  # one confirmed candidate per keyframe at most
+    wrong = [c for c in closures if math.dist(c.query_pose.position, c.match_pose.position) > 3.0]
+    assert len(wrong) <= 0.05 * len(closures)
+    with pytest.raises(ValueError, match="sequence_confirm_inliers"):
+        default_config(sequence_confirm_inliers=2)

@@ -79,6 +79,10 @@ class RecognitionConfig:
     detector: LoopClosureConfig = field(default_factory=LoopClosureConfig)
     verify: bool = True
     verify_top_k: int = 5  # at most top_k candidates exist to verify
+    # with sequence matching: the best full sequence's match needs only this many inliers (the sequence is
+    # the first, independent cue; the verifier's ratio rule still applies); every other candidate needs
+    # verifier.min_inliers
+    sequence_confirm_inliers: int = 12
     features: FeatureConfig = field(default_factory=FeatureConfig)
     verifier: VerifierConfig = field(default_factory=VerifierConfig)
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
@@ -93,6 +97,9 @@ class RecognitionConfig:
         k = self.verify_top_k
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"verify_top_k must be an integer >= 1, got {k!r}")
+        n = self.sequence_confirm_inliers
+        if isinstance(n, bool) or not isinstance(n, int) or n < 5:
+            raise ValueError(f"sequence_confirm_inliers must be an integer >= 5, got {n!r}")
         for name in QUERY_FILTERS:
             value = getattr(self, name)
             if isinstance(value, str) or not all(isinstance(item, str) for item in value):
@@ -181,6 +188,7 @@ class RecognitionSession:
         self._sequence = SequenceMatcher(self._config.sequence)
         self._extractor = FeatureExtractor(self._config.features)
         self._verifier = Verifier(self._config.verifier)
+        self._confirmer = _confirming_verifier(self._config)
         self._changes = 0
         self._time_jumps_seen = 0
         self.closures: deque[LoopCandidate] = deque(maxlen=MAX_CLOSURES)
@@ -320,6 +328,10 @@ class RecognitionSession:
             self._extractor = FeatureExtractor(config.features)
         if config.verifier != self._config.verifier:
             self._verifier = Verifier(config.verifier)
+        if (config.verifier, config.sequence_confirm_inliers) != (
+            self._config.verifier, self._config.sequence_confirm_inliers
+        ):
+            self._confirmer = _confirming_verifier(config)
         self._detector.config = config.detector
         self._detector.verification_gates = config.verify
         self._config = config
@@ -476,8 +488,11 @@ class RecognitionSession:
             return candidates
         stored = self._map.get_features([c.match_id for c in head]) if features is not None else {}
         checked = []
+        length = config.sequence.length
         for candidate in head:
-            verification = self._verify_one(features, stored, candidate.match_id, intrinsics)
+            confirm = length and candidate.rank == 0 and candidate.sequence_length >= length
+            verifier = self._confirmer if confirm else self._verifier
+            verification = self._verify_one(verifier, features, stored, candidate.match_id, intrinsics)
             if not verification.verified:
                 self.reasons[verification.reason] += 1
             checked.append(dataclasses.replace(candidate, verification=verification))
@@ -486,6 +501,7 @@ class RecognitionSession:
 
     def _verify_one(
         self,
+        verifier: Verifier,
         features: LocalFeatures | None,
         stored: Mapping[int, bytes | None],
         match_id: int,
@@ -502,7 +518,7 @@ class RecognitionSession:
             match_features = LocalFeatures.from_bytes(blob)
         except FeatureFormatError:
             return _rejected("corrupt_match_features")
-        return self._verifier.verify(features, match_features, intrinsics=intrinsics)
+        return verifier.verify(features, match_features, intrinsics=intrinsics)
 
     # ------------------------------------------------------------------ map management
     def save(self, path: str) -> int:
@@ -637,6 +653,12 @@ def read_params_file(path: str | Path, node_name: str = NODE_NAME) -> dict[str, 
     if not options:
         raise ValueError(f"{path} has no ros__parameters for {node_name}")
     return options
+
+
+def _confirming_verifier(config: RecognitionConfig) -> Verifier:
+    """The verifier for the best full sequence's match: ``sequence_confirm_inliers`` inliers suffice."""
+    inliers = min(config.sequence_confirm_inliers, config.verifier.min_inliers)
+    return Verifier(dataclasses.replace(config.verifier, min_inliers=inliers))
 
 
 def _rejected(reason: str) -> Verification:

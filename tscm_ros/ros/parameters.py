@@ -16,6 +16,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 
 from tscm_ros.loop_closure import LoopClosureConfig
 from tscm_ros.placemap import IndexSpec, IndexSpecError
+from tscm_ros.recognition import RecognitionConfig
 from tscm_ros.sequence import SequenceConfig
 from tscm_ros.verification import VerifierConfig
 
@@ -428,6 +429,15 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         False,
         0,
         1000,
+    ),
+    ParameterSpec(
+        "sequence_confirm_inliers",
+        RecognitionConfig.sequence_confirm_inliers,
+        "with sequence matching and verification: inliers that confirm the best full sequence's match "
+        "(other candidates need min_inliers)",
+        False,
+        5,
+        100000,
     ),
     ParameterSpec(
         "sequence_min_speed",
