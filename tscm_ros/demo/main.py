@@ -421,8 +421,9 @@ def _detect_and_score(
             f"AP over min_inliers {verified.average_precision:.3f}",
         )
         evaluation = verified
+    # what the console scores: each keyframe's best verified candidate (or its top-1 at the threshold)
     shown = (
-        build.closures
+        [c for c in build.closures if c.rank == 0]
         if verify
         else [c for c in build.candidates if c.rank == 0 and c.similarity >= threshold]
     )
