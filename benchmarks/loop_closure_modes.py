@@ -96,11 +96,16 @@ def calibrated_threshold(stream: Stream) -> float:
     return float(np.quantile(top1, 0.95))
 
 
-def run_mode(stream: Stream, *, verify: bool, sequence: int, threshold: float) -> dict:
+def run_mode(stream: Stream, *, verify: bool, sequence: int, threshold: float, confirm: int = 12) -> dict:
     detector = LoopClosureConfig(
         similarity_threshold=-1.0, exclusion_window_s=stream.exclusion_window_s, top_k=5
     )
-    config = RecognitionConfig(detector=detector, verify=verify, sequence=SequenceConfig(length=sequence))
+    config = RecognitionConfig(
+        detector=detector,
+        verify=verify,
+        sequence=SequenceConfig(length=sequence),
+        sequence_confirm_inliers=confirm,
+    )
     session = RecognitionSession(PlaceMap.create(stream.descriptors.shape[1], "flat"), config)
     revisits = reported = correct = top1_correct = 0
     seconds = []
@@ -143,6 +148,11 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="model directory (default: the seeded untrained student)")
     parser.add_argument("--sequence", type=int, default=10, help="sequence length L of the sequence modes")
     parser.add_argument("--skip-scene", action="store_true")
+    parser.add_argument(
+        "--confirm-inliers",
+        default="12",
+        help="sequence_confirm_inliers values for the sequence + verification mode, e.g. 12,15,20,25",
+    )
     args = parser.parse_args()
     describer = Describer(args.model, batch_size=8)
     streams = [corridor_stream(args.corridor, describer)]
@@ -157,8 +167,10 @@ def main() -> None:
             f"single frame (cos >= {threshold:.6f})": dict(verify=False, sequence=0),
             f"sequence L={args.sequence}": dict(verify=False, sequence=args.sequence),
             "verification": dict(verify=True, sequence=0),
-            f"sequence L={args.sequence} + verification": dict(verify=True, sequence=args.sequence),
         }
+        for confirm in (int(value) for value in args.confirm_inliers.split(",")):
+            name = f"sequence L={args.sequence} + verification (confirm {confirm})"
+            modes[name] = dict(verify=True, sequence=args.sequence, confirm=confirm)
         for name, mode in modes.items():
             row = run_mode(stream, threshold=threshold, **mode)
             cells = (

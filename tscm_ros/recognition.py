@@ -329,7 +329,8 @@ class RecognitionSession:
         if config.verifier != self._config.verifier:
             self._verifier = Verifier(config.verifier)
         if (config.verifier, config.sequence_confirm_inliers) != (
-            self._config.verifier, self._config.sequence_confirm_inliers
+            self._config.verifier,
+            self._config.sequence_confirm_inliers,
         ):
             self._confirmer = _confirming_verifier(config)
         self._detector.config = config.detector

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tscm_ros.descriptors import normalize_rows
+
 from . import metrics
 from .dataset import RetrievalDataset
 from .datasets import DatasetError, load_dataset
@@ -138,10 +140,10 @@ def _describe(args: argparse.Namespace, dataset: RetrievalDataset) -> tuple[np.n
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    if np.any(~np.isfinite(x)) or np.any(norms < 1e-12):
-        raise SystemExit("descriptors contain NaN/inf or all-zero rows")
-    return np.ascontiguousarray(x / norms, dtype=np.float32)
+    try:
+        return normalize_rows(x)
+    except ValueError as error:
+        raise SystemExit(f"descriptors: {error}") from error
 
 
 def evaluate(

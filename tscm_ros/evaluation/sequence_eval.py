@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..descriptors import normalize_rows
 from ..sequence import SequenceConfig, SequenceMatcher
 from .metrics import DEFAULT_NS, exact_search, recall_at_n
 
@@ -88,10 +89,4 @@ def sequence_recall_at_n(
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    if x.ndim != 2:
-        raise ValueError(f"descriptors must be (N, D), got shape {x.shape}")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    if not np.all(np.isfinite(x)) or np.any(norms < 1e-12):
-        raise ValueError("descriptors contain NaN/inf or all-zero rows")
-    return np.ascontiguousarray(x / norms)
+    return normalize_rows(x)

@@ -30,6 +30,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from tscm_ros.descriptors import normalize_rows
+
 from . import delta, layout, persist, validate
 from .errors import MapCorruptError, MapDimensionError, MapError, MapFingerprintError, MapFullError, one_line
 from .records import FeatureStats, Match, PlaceMeta
@@ -647,12 +649,7 @@ class PlaceMap:
             raise MapDimensionError(
                 f"expected descriptors of shape (N, {self._dim}), got {np.shape(descriptors)}"
             )
-        if not np.all(np.isfinite(array)):
-            raise ValueError("descriptors contain NaN or infinite values")
-        norms = np.linalg.norm(array, axis=1, keepdims=True)
-        if np.any(norms < 1e-12):
-            raise ValueError("descriptors must be non-zero (they are L2-normalised)")
-        return np.ascontiguousarray(array / norms, dtype=np.float32)
+        return normalize_rows(array)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path | None = None, *, full: bool = False) -> Path:
