@@ -181,3 +181,20 @@ def test_ros_argument_formatting():
     assert format_parameter(-1.0) == "-1.0"
     assert format_parameter("it's") == "'it''s'"
     assert format_parameter([0.25, 1.0]) == "[0.25,1.0]"
+
+
+def test_lost_frame_estimator_counts_frames_that_never_arrived():
+    from tscm_ros.ros.stats import LostFrameEstimator
+
+    estimator = LostFrameEstimator()
+    period = NS // 10  # a 10 Hz camera
+    stamps = [i * period for i in range(100) if i % 4 != 3]  # every 4th frame lost on the way
+    for stamp in stamps:
+        estimator.add(stamp)
+    assert estimator.period_s == pytest.approx(0.1)
+    # 25 lost; the first comes before the period is known, the last has no later frame to reveal it
+    assert estimator.received == len(stamps) and estimator.lost == 25 - 2
+    assert estimator.recent_loss() == pytest.approx(0.25, abs=0.02)
+    estimator.add(0)  # a restarted bag starts over instead of counting a huge gap
+    estimator.add(period)
+    assert estimator.lost == 23

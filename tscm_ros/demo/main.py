@@ -616,7 +616,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tscm_demo",
         description="TSCM place-recognition demo: procedural two-lap drive -> rosbag2 -> place map -> "
-        "loop closures -> precision/recall against the known poses. No downloads.",
+        "verified loop closures -> precision/recall against the known poses (--corridor: real images scored "
+        "against the dataset's +-2-frame ground truth). No downloads.",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
     parser.add_argument("--model", type=Path, help="model directory (default: models/ if it has model.json)")
