@@ -257,3 +257,20 @@ def test_sequence_best_is_confirmed_with_fewer_inliers(frames):
     assert len(wrong) <= 0.05 * len(closures)
     with pytest.raises(ValueError, match="sequence_confirm_inliers"):
         default_config(sequence_confirm_inliers=2)
+
+
+def test_only_places_of_this_run_count_as_this_run(frames, tmp_path):
+    # LIO-SAM looks both stamps up among its own keyframes: a loaded map's places never qualify
+    first = session_for(default_config(verify=False))
+    run(first, frames[: SCENE.frames_per_lap], depth=False)
+    first.save(str(tmp_path / "map"))
+    first.close()
+    second = RecognitionSession(PlaceMap.load(tmp_path / "map"), default_config(verify=False))
+    results = run(second, frames[SCENE.frames_per_lap :], depth=False)
+    candidates = [c for r in results for c in r.candidates]
+    loaded = [c for c in candidates if c.match_id < SCENE.frames_per_lap]
+    assert loaded and not any(second.from_this_run(c) for c in loaded)
+    assert all(second.from_this_run(c) for c in candidates if c.match_id >= SCENE.frames_per_lap)
+    second.reset()  # after a reset, only places added after it belong to the run
+    result = second.process(thumbnail_descriptor(frames[0].rgb), frames[-1].stamp_ns + NS)
+    assert result.place_id is not None
