@@ -483,12 +483,13 @@ class RecognitionSession:
         intrinsics: CameraIntrinsics | None,
         config: RecognitionConfig,
     ) -> list[LoopCandidate]:
-        """Verify the first ``verify_top_k`` candidates; verified ones first (by inliers), then the rest."""
+        """Verify the first ``verify_top_k`` candidates; verified ones first (the confirmed best sequence,
+        then by inliers), then the rest."""
         head, tail = candidates[: config.verify_top_k], candidates[config.verify_top_k :]
         if not head:
             return candidates
         stored = self._map.get_features([c.match_id for c in head]) if features is not None else {}
-        checked = []
+        checked, confirmed = [], set()
         length = config.sequence.length
         for candidate in head:
             confirm = length and candidate.rank == 0 and candidate.sequence_length >= length
@@ -496,8 +497,12 @@ class RecognitionSession:
             verification = self._verify_one(verifier, features, stored, candidate.match_id, intrinsics)
             if not verification.verified:
                 self.reasons[verification.reason] += 1
+            elif confirm:
+                confirmed.add(candidate.match_id)  # the best sequence, confirmed: it stays the best closure
             checked.append(dataclasses.replace(candidate, verification=verification))
-        checked.sort(key=lambda c: (not c.verified, -c.inliers if c.verified else 0))
+        checked.sort(
+            key=lambda c: (not c.verified, c.match_id not in confirmed, -c.inliers if c.verified else 0)
+        )
         return [dataclasses.replace(c, rank=rank) for rank, c in enumerate(checked + tail)]
 
     def _verify_one(
