@@ -57,7 +57,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_NS_PER_S = 1_000_000_000
+from .poses import NS_PER_S as _NS_PER_S
+
 _MAX_AUTO_SPEED_STEPS = 64
 _MIN_PLACE_STD = 1.0
 

@@ -15,10 +15,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..descriptors import normalize_rows
+from ..poses import NS_PER_S as _NS_PER_S
 from ..sequence import SequenceConfig, SequenceMatcher
 from .metrics import DEFAULT_NS, exact_search, recall_at_n
-
-_NS_PER_S = 1_000_000_000
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,11 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from ..descriptors import normalize_rows
 from ..placemap.errors import MapDimensionError
 from ..placemap.records import PlaceMeta
+from ..poses import NS_PER_S
 
-NS_PER_S = 1_000_000_000
 EXCLUSION_SCOPES = ("session", "all")
 
 
@@ -23,12 +24,7 @@ def prepare_descriptors(descriptors: np.ndarray, dim: int) -> np.ndarray:
         array = array[None, :]
     if array.ndim != 2 or array.shape[1] != dim:
         raise MapDimensionError(f"expected descriptors of shape (N, {dim}), got {np.shape(descriptors)}")
-    if not np.all(np.isfinite(array)):
-        raise ValueError("descriptors contain NaN or infinite values")
-    norms = np.linalg.norm(array, axis=1, keepdims=True)
-    if np.any(norms < 1e-12):
-        raise ValueError("descriptors must be non-zero (they are L2-normalised)")
-    return np.ascontiguousarray(array / norms, dtype=np.float32)
+    return normalize_rows(array)
 
 
 def normalize_one(descriptor: np.ndarray, dim: int) -> np.ndarray:

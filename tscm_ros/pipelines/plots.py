@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tscm_ros.poses import NS_PER_S
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from tscm_ros.loop_closure import LoopCandidate
 
-NS_PER_S = 1_000_000_000
 MAX_TRUTH_QUERIES = 2000  # a predicate is evaluated on at most this many query keyframes (evenly spread)
 CORRECT_COLOUR, WRONG_COLOUR, BAND_COLOUR = "tab:green", "tab:red", "#f2c14e"
 

@@ -31,6 +31,7 @@ import faiss
 import numpy as np
 
 from tscm_ros.descriptors import normalize_rows
+from tscm_ros.poses import NS_PER_S as _NS_PER_S
 
 from . import delta, layout, persist, validate
 from .errors import MapCorruptError, MapDimensionError, MapError, MapFingerprintError, MapFullError, one_line
@@ -40,7 +41,6 @@ from .store import SCHEMA_VERSION, MetadataStore, as_blob
 from .validate import FORMAT, FORMAT_VERSION
 from .workdir import WorkDir
 
-_NS_PER_S = 1_000_000_000
 _FLAT = IndexSpec()
 _LOG = logging.getLogger(__name__)
 
