@@ -121,6 +121,7 @@ def test_another_writer_forces_a_full_save(tmp_path: Path) -> None:
     theirs = PlaceMap.load(tmp_path / "m")
     theirs.add(data[10:20], metas(10))
     theirs.save()  # 'current' moved under our feet
+    theirs.close()
     ours.add(data[20:25], metas(5))
     ours.save()
     assert ours.delta_count == 0 and len(PlaceMap.load(tmp_path / "m")) == 15  # last writer wins, whole
