@@ -43,7 +43,7 @@ setup(
             "tscm_evaluate = tscm_ros.evaluation.cli:main",
             "tscm_train = tscm_ros.training.cli:main",
             "tscm_export_dataset = tscm_ros.data.export_bag:main",
-            "tscm_convert_published = tscm_ros.published:main",
+            "tscm_convert_published = tscm_ros.convert_published:main",
             "tscm_export = tscm_ros.export:main",
             "tscm_describe = tscm_ros.describer:main",
             # fleet maps (PostgreSQL + pgvector)

@@ -25,8 +25,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tscm_ros.describer import Describer  # noqa: E402
-from tscm_ros.evaluation.datasets import load_dataset  # noqa: E402
+from tscm_ros.data.registry import load_dataset  # noqa: E402
+from tscm_ros.describer import Describer, create_describer  # noqa: E402
 from tscm_ros.evaluation.metrics import recall_at_n  # noqa: E402
 from tscm_ros.fleet import PcaProjection  # noqa: E402
 from tscm_ros.image_files import IMAGE_SUFFIXES, read_rgb  # noqa: E402
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     dataset = load_dataset(f"corridor:{args.corridor}")
     positives = dataset.positives["gt"]
-    describer = Describer(None, device="cpu", seed=0, num_threads=args.threads)
+    describer = create_describer(None, device="cpu", seed=0, num_threads=args.threads)
     cache = args.cache / f"corridor_views{args.views}.npz" if args.cache else None
     if cache is not None and cache.is_file():
         stored = np.load(cache)

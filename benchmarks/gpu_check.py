@@ -80,7 +80,7 @@ def main() -> int:
     import onnxruntime as ort
     import torch
 
-    from tscm_ros.describer import Describer
+    from tscm_ros.describer import create_describer
     from tscm_ros.export import export_onnx
     from tscm_ros.model_io import load_model, record_export, save_model
     from tscm_ros.models import build_model
@@ -91,8 +91,9 @@ def main() -> int:
           f"onnxruntime {ort.__version__} providers {ort.get_available_providers()}")  # fmt: skip
     work = tempfile.TemporaryDirectory(prefix="tscm_gpu_check_")
     model_dir = Path(work.name) / "model"
-    model = load_model(args.model) if args.model else build_model("student", seed=0)
-    save_model(model, model_dir, provenance=getattr(model, "provenance", "") or "gpu_check")
+    loaded = load_model(args.model) if args.model else None
+    model = loaded.module if loaded else build_model("student", seed=0)
+    save_model(model, model_dir, provenance=(loaded.provenance if loaded else "") or "gpu_check")
     export_onnx(model, model_dir / "model.onnx")
     if args.calibrate:
         calibration = load_calibration_set(args.calibrate, 64)
@@ -114,7 +115,8 @@ def main() -> int:
           f"{record['accuracy']['cosine_min']:.5f}")  # fmt: skip
 
     images = test_images(max(args.images, 8))
-    reference = Describer(model_dir, backend="onnxruntime", device="cpu", precision="fp32").describe(images)
+    reference_describer = create_describer(model_dir, backend="onnxruntime", device="cpu", precision="fp32")
+    reference = reference_describer.describe(images)
     paths = {
         "cpu onnxruntime fp32 (reference)": dict(backend="onnxruntime", device="cpu", precision="fp32"),
         "cpu onnxruntime int8": dict(backend="onnxruntime", device="cpu", precision="int8"),
@@ -129,7 +131,7 @@ def main() -> int:
     for name, options in paths.items():
         try:
             start = time.perf_counter()
-            describer = Describer(model_dir, batch_size=8, **options)
+            describer = create_describer(model_dir, batch_size=8, **options)
             first = describer.describe(images[:1])  # TensorRT builds its engine on the first run
             setup = time.perf_counter() - start
             agreement = descriptor_agreement(describer.describe(images), reference)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from tscm_ros.demo.scene import SceneConfig, generate_frames, scene_intrinsics
-from tscm_ros.describer import Describer
+from tscm_ros.describer import Describer, create_describer
 from tscm_ros.image_files import list_images, read_rgb
 from tscm_ros.loop_closure import LoopClosureConfig
 from tscm_ros.placemap import PlaceMap, PlaceMeta, Pose
@@ -154,7 +154,7 @@ def main() -> None:
         help="sequence_confirm_inliers values for the sequence + verification mode, e.g. 12,15,20,25",
     )
     args = parser.parse_args()
-    describer = Describer(args.model, batch_size=8)
+    describer = create_describer(args.model, batch_size=8)
     streams = [corridor_stream(args.corridor, describer)]
     if not args.skip_scene:
         streams.append(scene_stream(describer))

@@ -48,9 +48,9 @@ def cpu_seconds(pid: int) -> float:
 
 def describer_time_ms(model_path: str | None, rgb: np.ndarray, repeats: int) -> tuple[float, float]:
     """p50 / p95 of Describer.describe on one image, in this process (node not running)."""
-    from tscm_ros.describer import Describer
+    from tscm_ros.describer import create_describer
 
-    describer = Describer(model_path, batch_size=1)
+    describer = create_describer(model_path, batch_size=1)
     describer.describe(rgb)  # warm-up
     times = []
     for _ in range(repeats):

@@ -141,7 +141,7 @@ def error_lines(err: str, prog: str) -> list[str]:
 def fake_describer(monkeypatch):
     import tscm_ros.describer
 
-    monkeypatch.setattr(tscm_ros.describer, "Describer", PixelDescriber)
+    monkeypatch.setattr(tscm_ros.describer, "create_describer", PixelDescriber)
 
 
 def build_cli(bag: Path, out: Path, *extra: str) -> list[str]:

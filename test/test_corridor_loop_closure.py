@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from tscm_ros.bags import BagReadStats, iter_frames, write_image_bag
-from tscm_ros.describer import Describer
+from tscm_ros.describer import create_describer
 from tscm_ros.evaluation import cli as evaluate_cli
 from tscm_ros.evaluation.metrics import exact_search, loop_closure_pr_curve, precision_recall_curve
 from tscm_ros.image_files import read_rgb
@@ -89,7 +89,7 @@ def corridor_stream(corridor_dir: Path, tmp_path_factory: pytest.TempPathFactory
     for frame in frames:
         np.testing.assert_array_equal(frame.rgb, images[frame.stamp_ns])  # rgb8: lossless
 
-    describer = Describer(None, device="cpu", seed=0)  # the demo's default model: untrained student
+    describer = create_describer(None, device="cpu", seed=0)  # the demo's default model: untrained student
     descriptors = describer.describe([frame.rgb for frame in frames])
     assert descriptors.shape == (len(frames), describer.dim) and np.all(np.isfinite(descriptors))
     return CorridorStream(

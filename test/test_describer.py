@@ -13,9 +13,10 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from tscm_ros.describer import Describer, ImageInputError, main, parse_device, preprocess
+from tscm_ros.describer import Describer, create_describer, main, parse_device
 from tscm_ros.model_io import model_fingerprint, save_model
 from tscm_ros.models import build_model
+from tscm_ros.models.preprocessing import ImageInputError, preprocess
 
 
 def _random_images(count: int, height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -24,7 +25,7 @@ def _random_images(count: int, height: int, width: int, seed: int = 0) -> np.nda
 
 @pytest.fixture(scope="module")
 def describer() -> Describer:
-    return Describer(device="cpu", batch_size=2)
+    return create_describer(device="cpu", batch_size=2)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def described3(describer, images3) -> np.ndarray:
 
 def test_untrained_label_warning_and_properties(caplog):
     with caplog.at_level(logging.WARNING, logger="tscm_ros.describer"):
-        untrained = Describer(device="cpu", seed=3)
+        untrained = create_describer(device="cpu", seed=3)
     assert untrained.label == "UNTRAINED student (seed 3)"
     assert any("UNTRAINED student (seed 3)" in record.getMessage() for record in caplog.records)
     assert untrained.fingerprint == model_fingerprint(build_model("student", seed=3))
@@ -90,11 +91,11 @@ def test_bad_inputs(describer, images, message):
 
 def test_constructor_argument_errors():
     with pytest.raises(ValueError, match="backend"):
-        Describer(backend="tensorflow")
+        create_describer(backend="tensorflow")
     with pytest.raises(ValueError, match="batch_size"):
-        Describer(batch_size=0)
+        create_describer(batch_size=0)
     with pytest.raises(ValueError, match="tscm_export"):
-        Describer(backend="onnxruntime")
+        create_describer(backend="onnxruntime")
 
 
 def test_parse_device(monkeypatch):
@@ -105,7 +106,7 @@ def test_parse_device(monkeypatch):
     with pytest.raises(ValueError, match="CUDA is not available"):
         parse_device("cuda")
     with pytest.raises(ValueError, match="CUDA is not available"):
-        Describer(device="cuda:0")
+        create_describer(device="cuda:0")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert parse_device("auto") == torch.device("cuda")
@@ -141,13 +142,13 @@ def test_preprocess_on_corridor_image(corridor_dir):
 
 
 def test_channels_last_matches_contiguous(images3, described3):
-    plain = Describer(device="cpu", channels_last=False)
+    plain = create_describer(device="cpu", channels_last=False)
     np.testing.assert_allclose(plain.describe(images3[:1]), described3[:1], atol=1e-5)
 
 
 def test_label_names_path_and_provenance(tmp_path):
     model_dir = save_model(build_model("student", seed=0), tmp_path / "m", provenance="trained on toy data")
-    loaded = Describer(model_dir, device="cpu")
+    loaded = create_describer(model_dir, device="cpu")
     assert str(model_dir) in loaded.label and "trained on toy data" in loaded.label
     assert "UNTRAINED" not in loaded.label
     assert loaded.fingerprint == model_fingerprint(build_model("student", seed=0))

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tscm_ros.describer import Describer
+from tscm_ros.describer import create_describer
 from tscm_ros.export import fold_batch_norms, main, optimize_for_cpu
 from tscm_ros.model_io import ModelFormatError, load_model, model_fingerprint, save_model
 from tscm_ros.models import build_model
@@ -59,7 +59,7 @@ def corridor_images(corridor_dir) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def torch_descriptors(exported_dir, corridor_images) -> np.ndarray:
-    return Describer(exported_dir, device="cpu").describe(corridor_images)
+    return create_describer(exported_dir, device="cpu").describe(corridor_images)
 
 
 def test_onnx_dynamic_batch_parity(student, exported_dir, inputs, eager_outputs):
@@ -90,7 +90,7 @@ def test_torchscript_parity(student, exported_dir, inputs, eager_outputs):
 
 
 def test_onnxruntime_describer_parity(exported_dir, corridor_images, torch_descriptors):
-    describer = Describer(exported_dir, backend="onnxruntime", num_threads=2, batch_size=2)
+    describer = create_describer(exported_dir, backend="onnxruntime", num_threads=2, batch_size=2)
     assert describer.backend == "onnxruntime" and describer.dim == 2048
     assert describer.fingerprint == load_model(exported_dir).fingerprint
     assert "onnxruntime" in describer.label and "export test" in describer.label
@@ -98,14 +98,14 @@ def test_onnxruntime_describer_parity(exported_dir, corridor_images, torch_descr
     assert out.dtype == np.float32 and out.shape == torch_descriptors.shape
     np.testing.assert_allclose(out, torch_descriptors, atol=TOLERANCE, rtol=0)
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
-    by_file = Describer(
+    by_file = create_describer(
         exported_dir / "model.onnx", backend="onnxruntime", providers=["CPUExecutionProvider"]
     )
     assert by_file.fingerprint == describer.fingerprint
 
 
 def test_optimized_torch_path_parity(exported_dir, corridor_images, torch_descriptors):
-    optimized = Describer(exported_dir, device="cpu", optimize=True)
+    optimized = create_describer(exported_dir, device="cpu", optimize=True)
     assert isinstance(optimized._model, torch.jit.ScriptModule)
     assert optimized._model.method == "oneDNN"  # the fast path, not the fallback
     np.testing.assert_allclose(optimized.describe(corridor_images), torch_descriptors, atol=TOLERANCE, rtol=0)
@@ -134,18 +134,18 @@ def test_stale_onnx_is_refused(exported_dir, tmp_path):
     stale_dir = Path(shutil.copytree(exported_dir, tmp_path / "stale"))
     save_model(build_model("student", seed=1), stale_dir)  # new weights, old model.onnx
     with pytest.raises(ModelFormatError, match="stale"):
-        Describer(stale_dir, backend="onnxruntime")
+        create_describer(stale_dir, backend="onnxruntime")
 
 
 def test_missing_onnx_says_how_to_export(tmp_path, student):
     model_dir = save_model(student, tmp_path / "no_onnx")
     with pytest.raises(ModelFormatError, match="tscm_export"):
-        Describer(model_dir, backend="onnxruntime")
+        create_describer(model_dir, backend="onnxruntime")
 
 
 def test_unknown_provider(exported_dir):
     with pytest.raises(ValueError, match="not available"):
-        Describer(exported_dir, backend="onnxruntime", providers=["NoSuchExecutionProvider"])
+        create_describer(exported_dir, backend="onnxruntime", providers=["NoSuchExecutionProvider"])
 
 
 def test_export_cli_errors(tmp_path, capsys):
@@ -166,7 +166,7 @@ def rgb_dir(exported_dir) -> Path:
 
 @pytest.mark.parametrize(("height", "width"), [(480, 640), (333, 517), (100, 150)])
 def test_rgb_graph_matches_preprocess_and_model(rgb_dir, height, width):
-    from tscm_ros.describer import preprocess
+    from tscm_ros.models.preprocessing import preprocess
 
     images = np.random.default_rng(height).integers(0, 256, (2, height, width, 3), dtype=np.uint8)
     float_session = _cpu_session(rgb_dir / "model.onnx")
@@ -184,7 +184,7 @@ def test_rgb_graph_matches_preprocess_and_model(rgb_dir, height, width):
 
 
 def test_describer_hands_uint8_to_the_graph(rgb_dir, corridor_images, torch_descriptors):
-    in_graph = Describer(rgb_dir, backend="onnxruntime", num_threads=2, batch_size=2)
+    in_graph = create_describer(rgb_dir, backend="onnxruntime", num_threads=2, batch_size=2)
     assert in_graph.rgb_input and "rgb input" in in_graph.label
     out = in_graph.describe(corridor_images)  # a list of equally sized images
     np.testing.assert_allclose(out, torch_descriptors, atol=TOLERANCE, rtol=0)
@@ -194,11 +194,11 @@ def test_describer_hands_uint8_to_the_graph(rgb_dir, corridor_images, torch_desc
     mixed = [corridor_images[0], corridor_images[1][:301, :457]]
     np.testing.assert_allclose(
         in_graph.describe(mixed),
-        Describer(rgb_dir, device="cpu").describe(mixed),
+        create_describer(rgb_dir, device="cpu").describe(mixed),
         atol=TOLERANCE,
         rtol=0,
     )
-    float_input = Describer(rgb_dir, backend="onnxruntime", rgb_input=False)
+    float_input = create_describer(rgb_dir, backend="onnxruntime", rgb_input=False)
     assert not float_input.rgb_input
     np.testing.assert_allclose(float_input.describe(corridor_images), out, atol=TOLERANCE, rtol=0)
 
@@ -210,6 +210,6 @@ def test_rgb_graph_built_in_memory_without_the_file(
     bare.mkdir()
     for name in ("model.json", "model.safetensors", "model.onnx"):
         shutil.copy(exported_dir / name, bare / name)
-    describer = Describer(bare, backend="onnxruntime")
+    describer = create_describer(bare, backend="onnxruntime")
     assert describer.rgb_input  # built at load from model.onnx
     np.testing.assert_allclose(describer.describe(corridor_images), torch_descriptors, atol=TOLERANCE, rtol=0)

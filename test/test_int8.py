@@ -11,7 +11,7 @@ import onnx
 import pytest
 from PIL import Image
 
-from tscm_ros.describer import Describer
+from tscm_ros.describer import create_describer
 from tscm_ros.export import main
 from tscm_ros.model_io import ModelFormatError, read_model_config, save_model
 from tscm_ros.models import build_model
@@ -79,13 +79,17 @@ def test_int8_export_writes_files_and_record(int8_dir, calibration_folder):
 
 
 def test_int8_descriptors_match_fp32(int8_dir, test_images):
-    fp32 = Describer(int8_dir, backend="onnxruntime", precision="fp32", num_threads=2).describe(test_images)
-    int8 = Describer(int8_dir, backend="onnxruntime", precision="int8", num_threads=2)
+    fp32 = create_describer(int8_dir, backend="onnxruntime", precision="fp32", num_threads=2).describe(
+        test_images
+    )
+    int8 = create_describer(int8_dir, backend="onnxruntime", precision="int8", num_threads=2)
     assert int8.precision == "int8" and int8.rgb_input and "int8" in int8.label
     out = int8.describe(test_images)
     assert out.shape == fp32.shape and out.dtype == np.float32
     assert cosines(out, fp32).min() >= 0.99
-    float_input = Describer(int8_dir, backend="onnxruntime", precision="int8", rgb_input=False, num_threads=2)
+    float_input = create_describer(
+        int8_dir, backend="onnxruntime", precision="int8", rgb_input=False, num_threads=2
+    )
     assert not float_input.rgb_input
     np.testing.assert_allclose(float_input.describe(test_images), out, atol=2e-3)
 
@@ -94,9 +98,9 @@ def test_auto_picks_int8_with_vnni(int8_dir, monkeypatch):
     import tscm_ros.precision as precision
 
     monkeypatch.setattr(precision, "cpu_flags", lambda *a: frozenset({"avx512f", "avx512_vnni"}))
-    assert Describer(int8_dir, backend="onnxruntime", precision="auto").precision == "int8"
+    assert create_describer(int8_dir, backend="onnxruntime", precision="auto").precision == "int8"
     monkeypatch.setattr(precision, "cpu_flags", lambda *a: frozenset({"avx2"}))
-    auto = Describer(int8_dir, backend="onnxruntime", precision="auto")
+    auto = create_describer(int8_dir, backend="onnxruntime", precision="auto")
     assert auto.precision == "fp32" and "lacks" in auto.precision_reason
 
 
@@ -104,16 +108,16 @@ def test_missing_int8_names_file_and_command(tmp_path):
     model_dir = save_model(build_model("student", seed=0), tmp_path / "m")
     assert main([str(model_dir), "--onnx"]) == 0
     with pytest.raises(ModelFormatError, match=r"model\.int8\.onnx.*tscm_export .* --int8 --calibrate"):
-        Describer(model_dir, backend="onnxruntime", precision="int8")
+        create_describer(model_dir, backend="onnxruntime", precision="int8")
     with pytest.raises(ValueError, match="backend='onnxruntime'"):
-        Describer(model_dir, precision="int8")  # torch has no int8 path
+        create_describer(model_dir, precision="int8")  # torch has no int8 path
 
 
 def test_stale_int8_refused(int8_dir, tmp_path):
     stale = Path(shutil.copytree(int8_dir, tmp_path / "stale"))
     save_model(build_model("student", seed=1), stale)
     with pytest.raises(ModelFormatError, match="stale"):
-        Describer(stale, backend="onnxruntime", precision="int8")
+        create_describer(stale, backend="onnxruntime", precision="int8")
 
 
 def test_accuracy_check_refuses_and_writes_nothing(calibration_folder, tmp_path, capsys):

@@ -57,15 +57,16 @@ def _edit_json(model_dir: Path, **changes) -> None:
 
 def test_round_trip_is_bitwise(student, saved_dir):
     loaded = load_model(saved_dir)
-    original, restored = student.state_dict(), loaded.state_dict()
+    original, restored = student.state_dict(), loaded.module.state_dict()
     assert list(original) == list(restored)
     for key in original:
         assert original[key].dtype == restored[key].dtype, key
         assert torch.equal(original[key], restored[key]), key
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(5))
     with torch.inference_mode():
-        assert torch.equal(student(x), loaded(x))
-    assert not loaded.training
+        assert torch.equal(student(x), loaded.module(x))
+    assert not loaded.module.training
+    assert loaded.arch == "student" and loaded.options == student.options
     assert loaded.fingerprint == model_fingerprint(student)
     assert loaded.provenance == "unit test"
     assert loaded.trained is True
@@ -262,9 +263,10 @@ def test_load_published_checkpoint_matches_reference(reference_json, tmp_path):
     }
     path = tmp_path / "ckpt_e_3.pth.tar"
     torch.save({"epoch": 3, "step": 0, "state_dict": state_dict}, path)
-    model = load_model(path)
-    assert model.arch == "student" and "ckpt_e_3.pth.tar" in model.provenance
-    assert model.fingerprint == model_fingerprint(model)
+    loaded = load_model(path)
+    model = loaded.module
+    assert loaded.arch == "student" and "ckpt_e_3.pth.tar" in loaded.provenance and loaded.trained
+    assert loaded.fingerprint == model_fingerprint(model)
     x = torch.empty(2, 3, 224, 224)
     x[0] = torch.rand((3, 224, 224), generator=torch.Generator().manual_seed(1234))
     c, i, j = torch.meshgrid(

@@ -77,9 +77,9 @@ def test_training_loader_refuses(bomb_folder):
 
 
 def test_evaluation_describe_files_refuses(bomb_folder):
-    from tscm_ros.describer import Describer, describe_files
+    from tscm_ros.describer import create_describer, describe_files
 
-    describer = Describer(device="cpu", batch_size=2)
+    describer = create_describer(device="cpu", batch_size=2)
     files = sorted(bomb_folder.iterdir())
     with pytest.raises(ImageDecodeError, match="too_large"):
         describe_files(describer, files)

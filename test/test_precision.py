@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tscm_ros.describer import Describer
+from tscm_ros.describer import create_describer
 from tscm_ros.precision import PRECISION_ENV, auto_precision, cpu_flags, resolve_precision
 
 
@@ -66,9 +66,9 @@ def corridor_images(corridor_dir) -> list[np.ndarray]:
 
 
 def test_torch_bf16_close_to_fp32(corridor_images):
-    fp32 = Describer(device="cpu", batch_size=3)
+    fp32 = create_describer(device="cpu", batch_size=3)
     assert fp32.precision == "fp32" and fp32.precision_reason == "default"
-    bf16 = Describer(device="cpu", precision="bf16", batch_size=3)
+    bf16 = create_describer(device="cpu", precision="bf16", batch_size=3)
     assert bf16.precision == "bf16" and "bf16" in bf16.label
     a, b = fp32.describe(corridor_images), bf16.describe(corridor_images)
     assert b.dtype == np.float32
@@ -81,13 +81,13 @@ def test_fp16_on_cpu_without_native_support_warns(monkeypatch, caplog):
 
     monkeypatch.setattr(describer_module, "cpu_flags", lambda *a: frozenset({"avx2"}))
     with caplog.at_level(logging.WARNING, logger="tscm_ros.describer"):
-        describer = Describer(device="cpu", precision="fp16")
+        describer = create_describer(device="cpu", precision="fp16")
     assert describer.precision == "fp16"
     assert any("emulated" in record.getMessage() for record in caplog.records)
 
 
 def test_optimize_applies_to_fp32_only(caplog):
     with caplog.at_level(logging.INFO, logger="tscm_ros.describer"):
-        describer = Describer(device="cpu", precision="bf16", optimize=True)
+        describer = create_describer(device="cpu", precision="bf16", optimize=True)
     assert not describer.optimized
     assert any("fp32 only" in record.getMessage() for record in caplog.records)

@@ -12,7 +12,6 @@ from models_reference import build_state_dict, published_teacher_state_dict
 from tscm_ros.published import (
     PublishedCheckpointError,
     convert_published_state_dict,
-    main,
     read_published_checkpoint,
 )
 
@@ -195,6 +194,7 @@ def test_older_timm_layout_blocks_at_index_two(teacher_published, teacher_conver
 
 
 def test_console_script_converts_to_our_format(tmp_path: Path, student_published, capsys):
+    from tscm_ros.convert_published import main
     from tscm_ros.model_io import load_model
 
     source = tmp_path / "ckpt_e_3.pth.tar"
@@ -204,7 +204,7 @@ def test_console_script_converts_to_our_format(tmp_path: Path, student_published
     model = load_model(tmp_path / "out")
     assert model.arch == "student" and model.options == {"variance_head": False}
     assert torch.equal(
-        model.state_dict()["vlad.centroids"], student_published["backboneS.net_vlad.cluster_weights2"]
+        model.module.state_dict()["vlad.centroids"], student_published["backboneS.net_vlad.cluster_weights2"]
     )
     bad = tmp_path / "bad.pth"
     torch.save({"state_dict": {"x": torch.ones(1)}, "opt": _Options()}, bad)

@@ -197,9 +197,9 @@ def test_node_starts_discovers_and_reports_diagnostics(mapping_node: NodeUnderTe
 
 def describe_offline(images: list[np.ndarray], out: dict) -> None:
     """The node's Describer configuration, one image at a time as the node does (runs in a thread)."""
-    from tscm_ros.describer import Describer
+    from tscm_ros.describer import create_describer
 
-    describer = Describer(None, batch_size=1)
+    describer = create_describer(None, batch_size=1)
     out["describer"] = describer
     out["descriptors"] = np.concatenate([describer.describe(rgb) for rgb in images])
 

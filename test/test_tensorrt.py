@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tscm_ros.describer import Describer
+from tscm_ros.describer import create_describer
 from tscm_ros.export import main
 from tscm_ros.model_io import ModelFormatError, read_model_config, save_model
 from tscm_ros.models import build_model
@@ -78,20 +78,20 @@ def onnx_dir(tmp_path_factory) -> Path:
 def test_unavailable_raises_one_line(onnx_dir):
     assert TRT_PROVIDER not in ort.get_available_providers()  # no GPU build here
     with pytest.raises(TensorRTUnavailableError) as info:
-        Describer(onnx_dir, backend="tensorrt")
+        create_describer(onnx_dir, backend="tensorrt")
     message = str(info.value)
     assert "\n" not in message and "allow_fallback=True" in message
     with pytest.raises(ValueError, match="device='cpu'"):
-        Describer(onnx_dir, backend="tensorrt", device="cpu")
+        create_describer(onnx_dir, backend="tensorrt", device="cpu")
     with pytest.raises(ModelFormatError, match="--int8 --calibrate"):
-        Describer(onnx_dir, backend="tensorrt", precision="int8")
+        create_describer(onnx_dir, backend="tensorrt", precision="int8")
 
 
 def test_fallback_only_when_asked(onnx_dir, caplog):
-    fallback = Describer(onnx_dir, backend="tensorrt", allow_fallback=True)
+    fallback = create_describer(onnx_dir, backend="tensorrt", allow_fallback=True)
     assert fallback.device.type == "cpu" and "TensorRT unavailable" in fallback.label
     image = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
-    reference = Describer(onnx_dir, backend="onnxruntime", device="cpu").describe(image)
+    reference = create_describer(onnx_dir, backend="onnxruntime", device="cpu").describe(image)
     np.testing.assert_allclose(fallback.describe(image), reference, atol=1e-5)
     assert any("falling back" in record.getMessage() for record in caplog.records)
 
@@ -126,7 +126,9 @@ def test_describer_builds_the_documented_session(onnx_dir, tmp_path, monkeypatch
     )
     monkeypatch.setattr(ort, "InferenceSession", _RecordingSession)
     _RecordingSession.calls.clear()
-    describer = Describer(model_dir, backend="tensorrt", device="cuda:0", precision=precision, batch_size=2)
+    describer = create_describer(
+        model_dir, backend="tensorrt", device="cuda:0", precision=precision, batch_size=2
+    )
     (call,) = _RecordingSession.calls
     assert call["source"] == str(model_dir / tensorrt_model_file(precision))
     fingerprint = read_model_config(model_dir)["fingerprint"]

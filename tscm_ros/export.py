@@ -9,8 +9,8 @@ fingerprint (``tscm_ros.fingerprint``), arch, descriptor_dim and provenance, so 
 ``--rgb`` also writes ``model.rgb.onnx`` (and ``model.int8.rgb.onnx`` when there is an int8 model): the
 same network behind :func:`add_rgb_input`, taking the camera image itself, ``rgb`` uint8 (B, H, W, 3) at
 any H, W, and doing the published preprocessing in the graph (bilinear resize without antialias to the
-input size, then ImageNet normalisation; equal to :func:`tscm_ros.describer.preprocess` + model within
-1e-4). ``--int8 --calibrate SOURCE`` writes ``model.int8.onnx`` and ``model.int8.trt.onnx`` and records
+input size, then ImageNet normalisation; equal to :func:`tscm_ros.models.preprocessing.preprocess` + model
+within 1e-4). ``--int8 --calibrate SOURCE`` writes ``model.int8.onnx`` and ``model.int8.trt.onnx`` and records
 the calibration in ``model.json`` (:mod:`tscm_ros.quantize`).
 """
 
@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from torch import nn
+
+from tscm_ros.model_io import LoadedModel
 
 if TYPE_CHECKING:
     import onnx
@@ -61,20 +63,31 @@ def _example_input(model: nn.Module, batch: int = 1) -> torch.Tensor:
     return torch.randn((batch, 3, height, width), generator=generator).to(device)
 
 
-def model_metadata(model: nn.Module) -> dict[str, str]:
-    """Metadata written into exported files: fingerprint, arch, options, descriptor_dim, provenance."""
+def _network(model: nn.Module | LoadedModel) -> nn.Module:
+    return model.module if isinstance(model, LoadedModel) else model
+
+
+def model_metadata(model: nn.Module | LoadedModel) -> dict[str, str]:
+    """Metadata written into exported files: fingerprint, arch, options, descriptor_dim, provenance.
+
+    A :class:`~tscm_ros.model_io.LoadedModel` gives its recorded fingerprint and provenance; a bare network
+    its computed fingerprint and no provenance.
+    """
     import json
 
     from tscm_ros.model_io import model_fingerprint
 
-    fingerprint = getattr(model, "fingerprint", None) or model_fingerprint(model)
+    if isinstance(model, LoadedModel):
+        fingerprint, provenance, model = model.fingerprint, model.provenance, model.module
+    else:
+        fingerprint, provenance = model_fingerprint(model), ""
     return {
         METADATA_PREFIX + "fingerprint": fingerprint,
         METADATA_PREFIX + "arch": str(model.arch),
         METADATA_PREFIX + "options": json.dumps(model.options, sort_keys=True),
         METADATA_PREFIX + "descriptor_dim": str(int(model.descriptor_dim)),
         METADATA_PREFIX + "input_size": json.dumps(list(getattr(model, "input_size", (224, 224)))),
-        METADATA_PREFIX + "provenance": str(getattr(model, "provenance", "") or ""),
+        METADATA_PREFIX + "provenance": provenance,
     }
 
 
@@ -94,7 +107,7 @@ def _replace_atomically(write, path: Path) -> Path:
 
 
 def export_onnx(
-    model: nn.Module,
+    model: nn.Module | LoadedModel,
     path: str | os.PathLike,
     *,
     opset: int = DEFAULT_OPSET,
@@ -111,9 +124,9 @@ def export_onnx(
     """
     import onnx
 
-    model = model.eval()
-    example = _example_input(model, batch=2 if dynamic_batch else 1)
     metadata = dict(model_metadata(model) if metadata is None else metadata)
+    model = _network(model).eval()
+    example = _example_input(model, batch=2 if dynamic_batch else 1)
 
     def write(tmp: Path) -> None:
         with warnings.catch_warnings():
@@ -144,19 +157,19 @@ def export_onnx(
     return _replace_atomically(write, Path(path))
 
 
-def export_torchscript(model: nn.Module, path: str | os.PathLike) -> Path:
+def export_torchscript(model: nn.Module | LoadedModel, path: str | os.PathLike) -> Path:
     """Trace ``model.forward`` (batch size stays dynamic for this network) and ``torch.jit.save`` it.
 
     The model metadata (:func:`model_metadata`) is stored as ``_extra_files["tscm_ros.json"]``.
     """
     import json
 
-    model = model.eval()
+    extra = {"tscm_ros.json": json.dumps(model_metadata(model))}
+    model = _network(model).eval()
     example = _example_input(model, batch=2)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, example, check_trace=False)  # parity is tested
-    extra = {"tscm_ros.json": json.dumps(model_metadata(model))}
 
     def write(tmp: Path) -> None:
         with warnings.catch_warnings():
@@ -188,7 +201,7 @@ def add_rgb_input(
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from tscm_ros.model_io import IMAGENET_MEAN, IMAGENET_STD
+    from tscm_ros.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
     mean = np.asarray(IMAGENET_MEAN if mean is None else mean, np.float64)
     std = np.asarray(IMAGENET_STD if std is None else std, np.float64)
@@ -389,7 +402,7 @@ def _onnx_fingerprint(path: Path) -> str | None:
     return {p.key: p.value for p in proto.metadata_props}.get(METADATA_PREFIX + "fingerprint")
 
 
-def _export_int8(args: argparse.Namespace, model: nn.Module, out_dir: Path) -> Path:
+def _export_int8(args: argparse.Namespace, model: LoadedModel, out_dir: Path) -> Path:
     """--int8: calibrate, quantize, check, write model.int8(.trt).onnx, record in model.json."""
     import json
 
@@ -401,7 +414,7 @@ def _export_int8(args: argparse.Namespace, model: nn.Module, out_dir: Path) -> P
         export_onnx(model, fp32, opset=args.opset)
         print(f"wrote {fp32} (the fp32 reference for int8; fingerprint {model.fingerprint})")
     calibration = load_calibration_set(
-        args.calibrate, args.calibration_images, args.held_out, input_size=tuple(model.input_size)
+        args.calibrate, args.calibration_images, args.held_out, input_size=tuple(model.module.input_size)
     )
     print(
         f"calibrating on {len(calibration.calibration)} images from {args.calibrate} "

@@ -20,7 +20,8 @@ It therefore identifies the exact weights *and* the network configuration; it do
 ``provenance``, ``created`` or the file layout, so re-saving a model keeps its fingerprint.
 
 :func:`load_model` also accepts a checkpoint published by the TSCM authors (``.pth``, ``.pth.tar``,
-``.ckpt``); those go through :mod:`tscm_ros.published` (``weights_only`` loading, never unpickled).
+``.ckpt``); :mod:`tscm_ros.published` maps their state dict to ours (``weights_only`` loading, never
+unpickled). Both return a :class:`LoadedModel`: the network plus what the file says about it.
 """
 
 from __future__ import annotations
@@ -31,18 +32,25 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from tscm_ros.models import build_model
+from tscm_ros.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from tscm_ros.published import (
+    PublishedCheckpointError,
+    convert_published_state_dict,
+    read_published_checkpoint,
+)
+
 FORMAT_NAME = "tscm_ros.model"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model.json"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 PUBLISHED_SUFFIXES = (".pth", ".pth.tar", ".ckpt", ".tar")
 
 __all__ = [
@@ -50,9 +58,11 @@ __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "WEIGHTS_FILE",
+    "LoadedModel",
     "ModelFormatError",
     "fingerprint_state_dict",
     "load_model",
+    "load_published",
     "model_fingerprint",
     "read_model_config",
     "record_export",
@@ -63,6 +73,22 @@ __all__ = [
 
 class ModelFormatError(ValueError):
     """A model file or directory is missing, malformed, corrupt or does not fit the network."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A network read from a file, in eval mode, with what the file records about it.
+
+    ``fingerprint`` identifies the weights and configuration (module docstring); ``provenance`` says where
+    the weights come from; ``trained`` is false for seeded, untrained networks saved for tests and demos.
+    """
+
+    module: nn.Module
+    arch: str
+    options: dict
+    fingerprint: str
+    provenance: str
+    trained: bool
 
 
 def canonical_config_json(arch: str, options: Mapping) -> str:
@@ -291,8 +317,6 @@ def build_from_state_dict(
     The network is built on the ``meta`` device (no random initialisation; the teacher builds ~10x faster)
     and the loaded tensors are assigned to it; if anything stays on ``meta`` it is rebuilt normally.
     """
-    from tscm_ros.models import build_model
-
     try:
         with torch.device("meta"):
             model = build_model(arch, seed=None, **dict(options))
@@ -312,37 +336,40 @@ def build_from_state_dict(
     return model.eval()
 
 
-def _finish(model: nn.Module, device: str | torch.device, fingerprint: str, provenance: str, trained: bool):
-    model = model.to(device).eval()
-    model.fingerprint = fingerprint
-    model.provenance = provenance
-    model.trained = trained
-    return model
+def load_published(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    *,
+    arch: str = "auto",
+    variance_head: bool | None = None,
+) -> LoadedModel:
+    """Load a checkpoint published by the TSCM authors (``arch``/``variance_head``: see
+    :func:`tscm_ros.published.convert_published_state_dict`); errors are :class:`ModelFormatError`."""
+    path = Path(path)
+    try:
+        state = read_published_checkpoint(path)
+        arch, options, state_dict = convert_published_state_dict(
+            state, arch=arch, variance_head=variance_head
+        )
+    except PublishedCheckpointError as error:
+        raise ModelFormatError(str(error)) from error
+    module = build_from_state_dict(arch, options, state_dict, source=f"published checkpoint {path}")
+    fingerprint = fingerprint_state_dict(state_dict, arch, options)
+    provenance = f"published TSCM checkpoint {path.name}"
+    return LoadedModel(module.to(device).eval(), arch, dict(options), fingerprint, provenance, True)
 
 
 def load_model(
     path: str | os.PathLike, device: str | torch.device = "cpu", *, verify: bool = True
-) -> nn.Module:
+) -> LoadedModel:
     """Load our model directory (or its ``model.json``) or a published checkpoint, in eval mode on ``device``.
 
-    The module gets ``.fingerprint``, ``.provenance`` and ``.trained``. With ``verify`` the weights'
-    fingerprint is recomputed and compared with ``model.json`` (detects corrupt or swapped weights).
+    With ``verify`` the weights' fingerprint is recomputed and compared with ``model.json`` (detects corrupt
+    or swapped weights).
     """
     path = Path(path)
     if path.is_file() and is_published_checkpoint(path):
-        from tscm_ros.published import (
-            PublishedCheckpointError,
-            convert_published_state_dict,
-            read_published_checkpoint,
-        )
-
-        try:
-            arch, options, state_dict = convert_published_state_dict(read_published_checkpoint(path))
-        except PublishedCheckpointError as error:
-            raise ModelFormatError(str(error)) from error
-        model = build_from_state_dict(arch, options, state_dict, source=f"published checkpoint {path}")
-        fingerprint = fingerprint_state_dict(state_dict, arch, options)
-        return _finish(model, device, fingerprint, f"published TSCM checkpoint {path.name}", True)
+        return load_published(path, device)
     if not path.exists():
         raise ModelFormatError(f"model path does not exist: {path}")
     config = read_model_config(path)
@@ -356,8 +383,9 @@ def load_model(
                 f"fingerprint mismatch in {model_dir}: model.json says {config['fingerprint'][:16]}..., "
                 f"the weights in {WEIGHTS_FILE} hash to {actual[:16]}... (corrupt or replaced weights)"
             )
-    model = build_from_state_dict(arch, options, state_dict, source=str(model_dir / WEIGHTS_FILE))
+    module = build_from_state_dict(arch, options, state_dict, source=str(model_dir / WEIGHTS_FILE))
     provenance = str(config.get("provenance", ""))
-    return _finish(
-        model, device, config["fingerprint"], provenance, bool(config.get("trained", bool(provenance)))
+    trained = bool(config.get("trained", bool(provenance)))
+    return LoadedModel(
+        module.to(device).eval(), arch, dict(options), config["fingerprint"], provenance, trained
     )

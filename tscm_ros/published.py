@@ -5,16 +5,14 @@ This is the only module that knows the authors' parameter names. A published che
 of ``TeacherNet`` (``backbone.*``) or ``StudentNet`` (``backboneS.*``, ``var_head.*`` and an unused
 teacher copy under ``backbone.*``). It is read with ``torch.load(weights_only=True)``: nothing is unpickled.
 
-Console script:
-``tscm_convert_published INPUT OUTPUT_DIR [--arch auto|student|teacher] [--no-variance-head]``.
+This module only reads and maps state dicts; :func:`tscm_ros.model_io.load_published` builds the network
+from the result, and ``tscm_convert_published`` (:mod:`tscm_ros.convert_published`) saves it in our format.
 """
 
 from __future__ import annotations
 
-import argparse
 import pickle
 import re
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tscm_ros.models import ARCHITECTURES, DescriptorNet
+from tscm_ros.models import ARCHITECTURES
 
 STUDENT_PREFIX = "backboneS."
 VARIANCE_PREFIX = "var_head."
@@ -307,53 +305,3 @@ def convert_published_state_dict(
         raise PublishedCheckpointError(f"cannot convert published {arch} state dict; " + "; ".join(parts))
     ordered = {key: converted[key].to(expected[key].dtype).contiguous() for key in expected}
     return arch, options, ordered
-
-
-def load_published_model(
-    path: str | Path, *, arch: str = "auto", variance_head: bool | None = None
-) -> DescriptorNet:
-    """Read, convert and load a published checkpoint into our network (eval mode, CPU)."""
-    arch, options, state_dict = convert_published_state_dict(
-        read_published_checkpoint(path), arch=arch, variance_head=variance_head
-    )
-    with torch.device("meta"):  # no random initialisation: every tensor comes from the checkpoint
-        model = ARCHITECTURES[arch](**options)
-    model.load_state_dict(state_dict, strict=True, assign=True)
-    left_on_meta = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if left_on_meta:  # pragma: no cover - a module with tensors outside its state dict
-        raise PublishedCheckpointError(f"entries not set from the checkpoint: {left_on_meta[:5]}")
-    return model.eval()
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="tscm_convert_published",
-        description="Convert a published TSCM checkpoint (.pth/.pth.tar) to this package's model format.",
-    )
-    parser.add_argument("input", type=Path, help="published checkpoint (ckpt_*.pth.tar)")
-    parser.add_argument("output_dir", type=Path, help="directory to write model.safetensors + model.json")
-    parser.add_argument("--arch", choices=("auto", "student", "teacher"), default="auto")
-    parser.add_argument(
-        "--no-variance-head", action="store_true", help="drop the student's var_head (not used for retrieval)"
-    )
-    args = parser.parse_args(argv)
-    try:
-        model = load_published_model(
-            args.input, arch=args.arch, variance_head=False if args.no_variance_head else None
-        )
-    except PublishedCheckpointError as error:
-        print(f"tscm_convert_published: error: {error}", file=sys.stderr)
-        return 2
-    from tscm_ros.model_io import save_model
-
-    written = save_model(model, args.output_dir, provenance=f"published TSCM checkpoint {args.input.name}")
-    params = sum(p.numel() for p in model.parameters())
-    print(
-        f"converted published {model.arch} ({params / 1e6:.2f} M parameters, "
-        f"options {model.options}) -> {written}"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,7 +5,8 @@
 1. calibration images: ``N`` (default 64) + ``held_out`` (default ``max(8, N // 4)``) frames picked evenly
    from SOURCE = a folder of images, ``bag:PATH[:TOPIC]`` (:func:`tscm_ros.bags.iter_frames`) or
    ``map:MAP_DIR`` (the keyframes of a place map, read again from the bag named in its ``source`` field,
-   looked for next to the map). Preprocessed exactly like inference (:func:`tscm_ros.describer.preprocess`).
+   looked for next to the map). Preprocessed exactly like inference
+   (:func:`tscm_ros.models.preprocessing.preprocess`).
 2. the fp32 ONNX export is prepared with ``onnxruntime.quantization.shape_inference.quant_pre_process``
    and calibrated once (MinMax, ranges merged over chunks of <= 8 images so memory stays bounded; the
    cached ranges are reused for the TensorRT model).
@@ -186,7 +187,7 @@ def load_calibration_set(
     max_pixels: int | None = None,
 ) -> CalibrationSet:
     """Read ``count`` calibration + ``held_out`` check images from ``spec`` (see module docstring)."""
-    from tscm_ros.describer import preprocess
+    from tscm_ros.models.preprocessing import preprocess
 
     if count < 1:
         raise ValueError(f"calibration image count must be >= 1, got {count}")

@@ -1,8 +1,8 @@
 """Torch datasets for training: single images (embedding caches, evaluation) and mined training tuples.
 
 Images are read with PIL (RGB) and prepared with the published preprocessing,
-:func:`tscm_ros.describer.preprocess` (ToTensor -> ImageNet normalise -> bilinear resize to the
-network input).
+:func:`tscm_ros.models.preprocessing.preprocess` (ToTensor -> ImageNet normalise -> bilinear resize to
+the network input).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
 from tscm_ros.data.mining import TrainingTuple
-from tscm_ros.describer import preprocess
 from tscm_ros.image_files import read_rgb
+from tscm_ros.models.preprocessing import preprocess
 
 
 def load_image(path: str | Path, size: tuple[int, int]) -> torch.Tensor:

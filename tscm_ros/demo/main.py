@@ -68,19 +68,19 @@ def find_default_model() -> Path | None:
 
 def make_describer(model: Path | None, *, untrained: bool, device: str, batch_size: int = 8):
     """The describer the demo uses and a sentence saying which model it is."""
-    from tscm_ros.describer import Describer
+    from tscm_ros.describer import create_describer
 
     if model is None and not untrained:
         model = find_default_model()
     if model is None:
-        describer = Describer(None, device=device, batch_size=batch_size)
+        describer = create_describer(None, device=device, batch_size=batch_size)
         why = "requested with --untrained" if untrained else "no trained model found (models/model.json)"
         note = (
             f"model: {describer.label} -- {why}; descriptors come from random weights, so expect weak "
             "place recognition"
         )
     else:
-        describer = Describer(model, device=device, batch_size=batch_size)
+        describer = create_describer(model, device=device, batch_size=batch_size)
         note = f"model: {describer.label}"
     return describer, note
 

@@ -481,9 +481,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if topic and topic.lower() != "none" and topic not in topics:
                 listing = ", ".join(f"{name} [{kind}]" for name, kind in sorted(topics.items())) or "none"
                 raise BagError(f"{option} {topic} is not in {args.bag} (topics: {listing})")
-        from tscm_ros.describer import Describer
+        from tscm_ros.describer import create_describer
 
-        describer = Describer(
+        describer = create_describer(
             args.model or options.get("model_path") or None,
             backend=args.backend or options.get("backend", "torch"),
             precision=args.precision or options.get("precision", "fp32"),

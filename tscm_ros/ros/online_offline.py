@@ -126,10 +126,10 @@ def compare_online_offline(
         node_places = len(loaded)
     dropped = [stamp for stamp in stamps if stamp not in outputs]
 
-    from tscm_ros.describer import Describer
+    from tscm_ros.describer import create_describer
 
     options = {**read_params_file(params_file), **parameters, "mode": "mapping"}
-    describer = Describer(
+    describer = create_describer(
         options.get("model_path") or None, backend=options.get("backend", "torch"),
         precision=options.get("precision", "fp32"), batch_size=1,
     )  # fmt: skip

@@ -186,14 +186,14 @@ class PlaceRecognitionNode(Node):
             )
 
     def _create_describer(self):
-        from tscm_ros.describer import Describer
+        from tscm_ros.describer import create_describer
 
         config = self._config
         model_path = config["model_path"] or None
         if model_path is not None and not Path(model_path).exists():
             raise StartupError(f"model_path {model_path!r} does not exist")
         try:
-            describer = Describer(
+            describer = create_describer(
                 model_path,
                 backend=config["backend"],
                 device=config["device"],
