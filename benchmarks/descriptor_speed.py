@@ -129,8 +129,9 @@ def accuracy_rows(runners: dict[str, Runner], spec: str, reference_name: str) ->
     """Per path: cosine to the reference path per image (min/mean, raw and centred), R@1, R@5."""
     from PIL import Image
 
-    from tscm_ros.describer import preprocess
-    from tscm_ros.evaluation import exact_search, load_dataset, recall_at_n
+    from tscm_ros.data.registry import load_dataset
+    from tscm_ros.evaluation import exact_search, recall_at_n
+    from tscm_ros.models.preprocessing import preprocess
     from tscm_ros.quantize import descriptor_agreement
 
     dataset = load_dataset(spec)
@@ -151,7 +152,7 @@ def accuracy_rows(runners: dict[str, Runner], spec: str, reference_name: str) ->
 
 def time_describe(model_dir: Path, threads: int, repeats: int) -> list[tuple[str, float]]:
     """ms for Describer.describe on one 640x480 uint8 image, per configuration (median, round-robin)."""
-    from tscm_ros.describer import Describer
+    from tscm_ros.describer import create_describer
 
     image = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
     configs = {
@@ -162,7 +163,7 @@ def time_describe(model_dir: Path, threads: int, repeats: int) -> list[tuple[str
         "ORT int8, uint8 input (preprocess in graph)": dict(backend="onnxruntime", precision="int8"),
     }
     describers = {
-        name: Describer(model_dir, num_threads=threads, batch_size=1, **options)
+        name: create_describer(model_dir, num_threads=threads, batch_size=1, **options)
         for name, options in configs.items()
     }
     medians = time_round_robin({k: d.describe for k, d in describers.items()}, image, repeats, warmup=2)
@@ -233,7 +234,7 @@ def main() -> None:
     if args.model:
         from tscm_ros.model_io import load_model
 
-        student = load_model(args.model)
+        student = load_model(args.model).module
     else:
         student = build_model("student", seed=0)
     teacher = None if args.no_teacher else build_model("teacher", seed=0)

@@ -144,8 +144,8 @@ def speed(repeats: int) -> None:
 
 
 def corridor(top_k: int, figures: Path | None) -> None:
-    from tscm_ros.describer import Describer, describe_files
-    from tscm_ros.evaluation.datasets import load_dataset
+    from tscm_ros.data.registry import load_dataset
+    from tscm_ros.describer import create_describer, describe_files
 
     folder = SHARED / "data" / "corridor"
     if not folder.is_dir():
@@ -153,7 +153,7 @@ def corridor(top_k: int, figures: Path | None) -> None:
         return
     dataset = load_dataset(f"corridor:{folder}")
     positives = dataset.positives["gt"]
-    describer = Describer(None, device="cpu")
+    describer = create_describer(None, device="cpu")
     database = describe_files(describer, dataset.database)
     queries = describe_files(describer, dataset.queries)
     _, ranked = metrics.exact_search(database, queries, top_k)
@@ -271,11 +271,11 @@ def scene_features(frames, depths, intrinsics, method: str = "sift"):
 def demo(top_k: int, figures: Path | None) -> None:
     from scipy.spatial import cKDTree
 
-    from tscm_ros.describer import Describer
+    from tscm_ros.describer import create_describer
 
     config, intrinsics, frames, depths, positions = demo_scene()
     with_points, plain = scene_features(frames, depths, intrinsics)
-    describer = Describer(None, device="cpu")
+    describer = create_describer(None, device="cpu")
     descriptors = describer.describe(frames)
     exclusion = config.frames_per_lap // 3
     n = len(frames)

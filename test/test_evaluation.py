@@ -10,15 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tscm_ros.data.benchmarks import read_vprbench_ground_truth
+from tscm_ros.data.dataset import DatasetError, RetrievalDataset
+from tscm_ros.data.registry import load_dataset, register_dataset
 from tscm_ros.evaluation import metrics
 from tscm_ros.evaluation.cli import main as evaluate_main
-from tscm_ros.evaluation.dataset import RetrievalDataset
-from tscm_ros.evaluation.datasets import (
-    DatasetError,
-    load_dataset,
-    read_vprbench_ground_truth,
-    register_dataset,
-)
 
 
 # ---------------------------------------------------------------------------- recall / mAP

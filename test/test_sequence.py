@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tscm_ros.evaluation import load_dataset
+from tscm_ros.data.registry import load_dataset
 from tscm_ros.evaluation.cli import main as evaluate_main
 from tscm_ros.evaluation.metrics import exact_search
 from tscm_ros.evaluation.sequence_eval import sequence_recall_at_n
@@ -340,10 +340,10 @@ def test_config_rejects_bad_values(field: str, value: object) -> None:
 # ---------------------------------------------------------------------------- Corridor (real images)
 @pytest.fixture(scope="module")
 def corridor_descriptors(corridor_dir: Path) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    from tscm_ros.describer import Describer, describe_files
+    from tscm_ros.describer import create_describer, describe_files
 
     dataset = load_dataset(f"corridor:{corridor_dir}")
-    describer = Describer(None, device="cpu", seed=0)  # untrained student: single-frame R@1 ~0.37
+    describer = create_describer(None, device="cpu", seed=0)  # untrained student: single-frame R@1 ~0.37
     return (
         describe_files(describer, dataset.database),
         describe_files(describer, dataset.queries),

@@ -290,14 +290,14 @@ def test_draw_matches_on_full_images_and_thumbnails(scene):
 
 @pytest.mark.shared
 def test_corridor_rerank_improves_recall(corridor_dir: Path):
-    from tscm_ros.describer import Describer, describe_files
+    from tscm_ros.data.registry import load_dataset
+    from tscm_ros.describer import create_describer, describe_files
     from tscm_ros.evaluation import metrics
-    from tscm_ros.evaluation.datasets import load_dataset
     from tscm_ros.evaluation.rerank import accepted_precision_recall, rerank_with_verification
 
     dataset = load_dataset(f"corridor:{corridor_dir}")
     positives = dataset.positives["gt"]
-    describer = Describer(None, device="cpu")
+    describer = create_describer(None, device="cpu")
     _, ranked = metrics.exact_search(
         describe_files(describer, dataset.database), describe_files(describer, dataset.queries), 10
     )
@@ -316,8 +316,8 @@ def test_evaluate_cli_verify_flag(tmp_path: Path, scene):
     """``tscm_evaluate --verify`` on a tiny folder-per-place dataset of demo-scene renders."""
     import json
 
+    from tscm_ros.data.registry import load_dataset
     from tscm_ros.evaluation import cli
-    from tscm_ros.evaluation.datasets import load_dataset
 
     world = build_world(SceneConfig())
     for place, s in enumerate((10.0, 40.0, 70.0)):

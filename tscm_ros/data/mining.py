@@ -21,8 +21,7 @@ import faiss
 import numpy as np
 import torch
 
-from tscm_ros.data.pittsburgh import positives_within
-from tscm_ros.evaluation.dataset import RetrievalDataset
+from tscm_ros.data.dataset import RetrievalDataset, positives_within
 
 
 @dataclass(frozen=True)

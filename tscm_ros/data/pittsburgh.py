@@ -28,10 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import scipy.io
-from scipy.spatial import cKDTree
 
-from tscm_ros.evaluation.dataset import RetrievalDataset
-from tscm_ros.evaluation.datasets import DatasetError, register_dataset
+from tscm_ros.data.dataset import DatasetError, RetrievalDataset, positives_within
 
 FIELD_NAMES = (
     "whichSet",
@@ -49,13 +47,6 @@ FIELD_NAMES = (
 
 class PittsburghFormatError(DatasetError):
     """The ``.mat`` file is not a Pittsburgh ``dbStruct`` file."""
-
-
-def positives_within(database_utm: np.ndarray, query_utm: np.ndarray, radius_m: float) -> list[np.ndarray]:
-    """Per query, the sorted int64 indices of database points within ``radius_m`` (inclusive)."""
-    tree = cKDTree(np.asarray(database_utm, dtype=np.float64))
-    hits = tree.query_ball_point(np.asarray(query_utm, dtype=np.float64), r=radius_m)
-    return [np.array(sorted(h), dtype=np.int64) for h in hits]
 
 
 def _strings(value: np.ndarray, field: str, path: Path) -> list[str]:
@@ -229,6 +220,3 @@ def load_pittsburgh_spec(argument: str) -> RetrievalDataset:
     if sep:
         return load_pittsburgh(mat + ".mat", root, check_images=True)
     return load_pittsburgh(argument, check_images=True)
-
-
-register_dataset("pittsburgh", load_pittsburgh_spec)

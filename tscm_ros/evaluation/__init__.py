@@ -1,7 +1,6 @@
-"""Evaluation: recall@N / mAP / PR+AP metrics, evaluation datasets and the ``tscm_evaluate`` CLI."""
+"""Evaluation: recall@N / mAP / PR+AP metrics and the ``tscm_evaluate`` CLI (datasets live in
+:mod:`tscm_ros.data`)."""
 
-from .dataset import RetrievalDataset
-from .datasets import DatasetError, load_dataset, register_dataset, registered_kinds
 from .metrics import (
     PRCurve,
     exact_search,
@@ -13,16 +12,11 @@ from .metrics import (
 )
 
 __all__ = [
-    "DatasetError",
     "PRCurve",
-    "RetrievalDataset",
     "exact_search",
-    "load_dataset",
     "loop_closure_pr_curve",
     "mean_average_precision",
     "precision_recall_curve",
     "recall_at_n",
-    "register_dataset",
-    "registered_kinds",
     "retrieval_pr_curve",
 ]

@@ -30,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
+from tscm_ros.data.dataset import DatasetError, RetrievalDataset
+from tscm_ros.data.registry import load_dataset
 from tscm_ros.descriptors import normalize_rows
 
 from . import metrics
-from .dataset import RetrievalDataset
-from .datasets import DatasetError, load_dataset
 
 LOGGER = logging.getLogger("tscm_evaluate")
 
@@ -115,9 +115,9 @@ def _load_descriptors(spec: str, dataset: RetrievalDataset) -> tuple[np.ndarray,
 
 
 def _describe(args: argparse.Namespace, dataset: RetrievalDataset) -> tuple[np.ndarray, np.ndarray, dict]:
-    from tscm_ros.describer import Describer, describe_files  # heavy (torch): import only when needed
+    from tscm_ros.describer import create_describer, describe_files  # heavy (torch): import only when needed
 
-    describer = Describer(
+    describer = create_describer(
         None if args.untrained else args.model, arch=args.arch, backend=args.backend, device=args.device,
         batch_size=args.batch_size,
     )  # fmt: skip

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tscm_ros.data.dataset import RetrievalDataset
 from tscm_ros.evaluation import metrics
-from tscm_ros.evaluation.dataset import RetrievalDataset
 
 PROTOCOLS = ("10m", "25m")
 
