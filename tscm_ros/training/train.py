@@ -1,8 +1,9 @@
 """TSCM training: the teacher with the triplet loss, the student distilled from the frozen teacher.
 
-Read top to bottom: :func:`train` sets up (distributed, seeds, data, networks, optimiser, resume), then
-per epoch mines hard negatives from an embedding cache, optimises over the mined tuples, evaluates on the
-val split, and writes checkpoints. Published protocol: see :mod:`tscm_ros.training.config`.
+Read top to bottom, as :func:`train` calls them: :func:`set_up` (distributed, seeds, data, networks,
+optimiser, resume), then per epoch :func:`train_one_epoch` (:func:`mine` hard negatives from an embedding
+cache, :func:`optimise` over the mined tuples), :func:`validate` on the val split, :func:`record_epoch`
+and :func:`checkpoint`. Published protocol: see :mod:`tscm_ros.training.config`.
 
 Run directory (``config.out_dir``)::
 
@@ -36,9 +37,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from tscm_ros.data.dataset import RetrievalDataset
 from tscm_ros.data.mining import HardNegativeMiner
 from tscm_ros.data.tuples import ImageListDataset, TupleBatch, TupleDataset, collate_tuples, split_embeddings
-from tscm_ros.evaluation.dataset import RetrievalDataset
 from tscm_ros.losses import cross_metric_loss, triplet_loss
 from tscm_ros.model_io import CONFIG_FILE, WEIGHTS_FILE, load_model, read_model_config, save_model
 from tscm_ros.models import build_model
@@ -283,34 +284,44 @@ def load_checkpoint(directory: Path, arch: str) -> tuple[nn.Module, dict]:
         raise ResumeError(f"{state_path}: not a {STATE_FORMAT} v{STATE_VERSION} file")
     if state["arch"] != arch:
         raise ResumeError(f"{state_path} is a {state['arch']} run; cannot resume it as {arch}")
-    model = load_model(directory, "cpu")
-    if model.fingerprint != state["model_fingerprint"]:
+    loaded = load_model(directory, "cpu")
+    if loaded.fingerprint != state["model_fingerprint"]:
         raise ResumeError(
             f"{directory}: model and training state come from different saves (interrupted write?)"
         )
-    return model, state
+    return loaded.module, state
 
 
-# ----------------------------------------------------------------------------------------------- train
-def train(
-    config: TrainConfig, *, resume_from: str | Path | None = None, teacher: nn.Module | None = None
-) -> dict:
-    """Train ``config.arch``; returns a summary (best score/epoch, per-epoch history, output folder).
+# ----------------------------------------------------------------------------------------------- set-up
+@dataclass
+class TrainingRun:
+    """Everything one run holds between its steps (built by :func:`set_up`)."""
 
-    ``resume_from``: a run folder to continue from its ``last/`` checkpoint. ``teacher``: an already loaded
-    teacher network for distillation (instead of loading ``config.teacher``).
-    """
-    config.validate()
-    runtime = setup_runtime(config.device)
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    seed_everything(config.seed, config.deterministic)
-    out_dir = Path(config.out_dir)
-    if runtime.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, out_dir / "config.yaml")
+    config: TrainConfig
+    runtime: Runtime
+    out_dir: Path
+    train_set: RetrievalDataset
+    val_set: RetrievalDataset
+    miner: HardNegativeMiner
+    model: nn.Module  # DDP-wrapped when distributed: the module the loss runs
+    net: nn.Module  # the bare network (embeddings, checkpoints)
+    teacher: nn.Module | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    progress: dict
+    writer: object | None = None
+    frozen_cache: dict[str, np.ndarray] = field(default_factory=dict)  # a frozen teacher's cache: embed once
 
-    # data and mining
+    @property
+    def mining_net(self) -> nn.Module:
+        """The network whose embeddings choose the hard negatives."""
+        use_teacher = self.teacher is not None and self.config.mining_model == "teacher"
+        return self.teacher if use_teacher else self.net
+
+
+def load_data(config: TrainConfig) -> tuple[RetrievalDataset, RetrievalDataset, HardNegativeMiner]:
+    """Train split, (limited) val split and the miner over the train split."""
     train_set = load_split(config, "train")
     val_set = limit_queries(load_split(config, "val"), config.max_val_queries)
     miner = HardNegativeMiner.from_dataset(
@@ -321,34 +332,72 @@ def train(
     )
     if len(miner.trainable_queries) == 0:
         raise ValueError(f"{train_set.name}: no training query has a positive within the positive radius")
+    return train_set, val_set, miner
 
-    # networks: the trained one (seeded init), the frozen teacher for distillation
+
+def build_networks(
+    config: TrainConfig, runtime: Runtime, teacher: nn.Module | None
+) -> tuple[nn.Module, nn.Module | None]:
+    """The trained network (seeded init) and, for a student, the frozen teacher on the device."""
     model = build_model(config.arch, seed=config.seed, pretrained=config.pretrained, **config.model_options)
     if config.arch != "student":
-        teacher = None
-    elif teacher is None:
-        teacher = load_model(config.teacher, runtime.device)
-    if teacher is not None:
-        teacher = teacher.to(runtime.device)
-        if teacher.arch != "teacher":
-            raise ValueError(f"teacher={config.teacher} holds a {teacher.arch!r} network, not a teacher")
-        teacher.eval().requires_grad_(False)
-        if tuple(teacher.input_size) != tuple(model.input_size):
-            raise ValueError(
-                f"teacher input {teacher.input_size} differs from student input {model.input_size}"
-            )
+        return model, None
+    if teacher is None:
+        teacher = load_model(config.teacher, runtime.device).module
+    teacher = teacher.to(runtime.device)
+    if teacher.arch != "teacher":
+        raise ValueError(f"teacher={config.teacher} holds a {teacher.arch!r} network, not a teacher")
+    teacher.eval().requires_grad_(False)
+    if tuple(teacher.input_size) != tuple(model.input_size):
+        raise ValueError(f"teacher input {teacher.input_size} differs from student input {model.input_size}")
+    return model, teacher
 
-    # resume, optimiser (created after the move to the device so that its state lives there too)
-    state = None
-    if resume_from is not None:
-        saved, state = load_checkpoint(Path(resume_from) / "last", config.arch)
-        model.load_state_dict(saved.state_dict())
-    model.to(runtime.device)
+
+def build_optimisation(config: TrainConfig, model: nn.Module, runtime: Runtime):
+    """Adam, its exponential schedule and the AMP grad scaler (after the move to the device, so that the
+    optimiser state lives there too)."""
     optimizer = torch.optim.Adam(  # fused: one kernel over all parameters (CPU and CUDA), same maths
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
     )
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_gamma)
     scaler = torch.amp.GradScaler("cuda", enabled=config.amp and runtime.device.type == "cuda")
+    return optimizer, scheduler, scaler
+
+
+def wrap_distributed(config: TrainConfig, model: nn.Module, runtime: Runtime) -> nn.Module:
+    """DDP (with SyncBatchNorm on CUDA when configured) when distributed, else ``model`` itself."""
+    if config.batch_size % runtime.world_size:
+        raise ValueError(
+            f"batch_size={config.batch_size} is not divisible by the {runtime.world_size} processes"
+        )
+    if not runtime.distributed:
+        return model
+    if config.sync_batchnorm and runtime.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return DistributedDataParallel(
+        model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None
+    )
+
+
+def set_up(config: TrainConfig, resume_from: str | Path | None, teacher: nn.Module | None) -> TrainingRun:
+    """Distributed runtime, seeds, run folder, data, networks, optimiser and (when resuming) their state."""
+    config.validate()
+    runtime = setup_runtime(config.device)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    seed_everything(config.seed, config.deterministic)
+    out_dir = Path(config.out_dir)
+    if runtime.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, out_dir / "config.yaml")
+    train_set, val_set, miner = load_data(config)
+    model, teacher = build_networks(config, runtime, teacher)
+    state = None
+    if resume_from is not None:
+        saved, state = load_checkpoint(Path(resume_from) / "last", config.arch)
+        model.load_state_dict(saved.state_dict())
+    model.to(runtime.device)
+    optimizer, scheduler, scaler = build_optimisation(config, model, runtime)
     progress = {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "epochs_without_improvement": 0, "step": 0}
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -360,148 +409,190 @@ def train(
         LOGGER.info(
             "resumed %s after epoch %d (best %.4f)", resume_from, progress["epoch"], progress["best_score"]
         )
-
-    ddp_model: nn.Module = model
-    if runtime.distributed:
-        if config.sync_batchnorm and runtime.device.type == "cuda":
-            ddp_model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        ddp_model = DistributedDataParallel(
-            ddp_model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None
-        )
+    ddp_model = wrap_distributed(config, model, runtime)
     net = ddp_model.module if runtime.distributed else ddp_model
-    if config.batch_size % runtime.world_size:
-        raise ValueError(
-            f"batch_size={config.batch_size} is not divisible by the {runtime.world_size} processes"
-        )
     writer = None
     if runtime.is_main:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out_dir / "tensorboard"))
-    mining_net = teacher if teacher is not None and config.mining_model == "teacher" else net
-    frozen_cache: dict[str, np.ndarray] = {}  # a frozen teacher's cache never changes: embed it once
+    return TrainingRun(
+        config, runtime, out_dir, train_set, val_set, miner, ddp_model, net, teacher,
+        optimizer, scheduler, scaler, progress, writer,
+    )  # fmt: skip
 
-    history = []
-    for epoch in range(progress["epoch"], config.epochs):
-        rng = np.random.default_rng([config.seed, epoch])
-        queries = rng.permutation(miner.trainable_queries)
-        if config.max_queries_per_epoch:
-            queries = queries[: config.max_queries_per_epoch]
-        chunk = config.cache_refresh_queries or len(queries)
-        epoch_parts: list[dict[str, float]] = []
-        epoch_tuples = 0
-        for chunk_index, start in enumerate(range(0, len(queries), chunk)):
-            # 1. embedding cache (database + this chunk's queries) and hard-negative mining
-            chunk_queries = queries[start : start + chunk]
-            if mining_net is teacher and frozen_cache:
-                db_emb, q_emb = frozen_cache["db"], frozen_cache["q"]
-            else:
-                embed = dict(
-                    batch_size=config.cache_batch_size, num_workers=config.num_workers, amp=config.amp
-                )
-                wanted = miner.trainable_queries if mining_net is teacher else np.sort(chunk_queries)
-                db_emb = embed_images(mining_net, train_set.database, runtime, **embed)
-                q_emb = np.zeros((len(train_set.queries), db_emb.shape[1]), np.float32)
-                q_emb[wanted] = embed_images(
-                    mining_net, [train_set.queries[i] for i in wanted], runtime, **embed
-                )
-                if mining_net is teacher:
-                    frozen_cache.update(db=db_emb, q=q_emb)
-            tuples = miner.mine(db_emb, q_emb, rng, chunk_queries)
-            if not tuples:
-                continue
-            # 2. optimise over the mined tuples
-            dataset = TupleDataset(tuples, train_set.database, train_set.queries, net.input_size)
-            sampler = DistributedSampler(
-                dataset, num_replicas=runtime.world_size, rank=runtime.rank, shuffle=True, seed=config.seed
-            )
-            sampler.set_epoch(epoch * 100_000 + chunk_index)
-            loader = DataLoader(
-                dataset,
-                batch_size=config.batch_size // runtime.world_size,
-                sampler=sampler,
-                collate_fn=collate_tuples,
-                num_workers=config.num_workers,
-                pin_memory=runtime.device.type == "cuda",
-            )
-            set_train_mode(ddp_model, config.freeze_batchnorm)
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}", disable=not (config.progress and runtime.is_main))
-            for batch in bar:
-                optimizer.zero_grad(set_to_none=True)
-                loss, parts = batch_loss(ddp_model, batch, config, runtime, teacher)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                progress["step"] += 1
-                epoch_parts.append(parts)
-                epoch_tuples += batch.batch_size * runtime.world_size
-                bar.set_postfix(loss=f"{parts['loss']:.4f}")
-                if writer is not None:
-                    for name, value in parts.items():
-                        writer.add_scalar(f"train/{name}", value, progress["step"])
-        scheduler.step()
 
-        # 3. validation, early stopping, checkpoints
-        val_db = embed_images(net, val_set.database, runtime, batch_size=config.eval_batch_size,
-                              num_workers=config.num_workers, amp=config.amp)  # fmt: skip
-        val_q = embed_images(net, val_set.queries, runtime, batch_size=config.eval_batch_size,
-                             num_workers=config.num_workers, amp=config.amp)  # fmt: skip
-        metrics = retrieval_metrics(val_db, val_q, val_set, tuple(config.recall_ns))
-        score = metrics[config.early_stop_metric]
-        improved = score > progress["best_score"]
-        if improved:
-            progress.update(best_score=score, best_epoch=epoch + 1, epochs_without_improvement=0)
-        else:
-            progress["epochs_without_improvement"] += 1
-        progress["epoch"] = epoch + 1
-        record = {
-            "epoch": epoch + 1,
-            "lr": optimizer.param_groups[0]["lr"],
-            "tuples": epoch_tuples,
-            **{f"train/{k}": float(np.mean([p[k] for p in epoch_parts])) for k in (epoch_parts or [{}])[0]},
-            **{f"val/{k}": v for k, v in metrics.items()},
+# ----------------------------------------------------------------------------------------------- mine
+def mine(run: TrainingRun, rng: np.random.Generator, chunk_queries: np.ndarray) -> list:
+    """Embedding cache (database + this chunk's queries; a frozen teacher's once) -> hard-negative tuples."""
+    config, mining_net, train_set = run.config, run.mining_net, run.train_set
+    frozen = mining_net is run.teacher
+    if frozen and run.frozen_cache:
+        db_emb, q_emb = run.frozen_cache["db"], run.frozen_cache["q"]
+    else:
+        embed = dict(batch_size=config.cache_batch_size, num_workers=config.num_workers, amp=config.amp)
+        wanted = run.miner.trainable_queries if frozen else np.sort(chunk_queries)
+        db_emb = embed_images(mining_net, train_set.database, run.runtime, **embed)
+        q_emb = np.zeros((len(train_set.queries), db_emb.shape[1]), np.float32)
+        q_emb[wanted] = embed_images(mining_net, [train_set.queries[i] for i in wanted], run.runtime, **embed)
+        if frozen:
+            run.frozen_cache.update(db=db_emb, q=q_emb)
+    return run.miner.mine(db_emb, q_emb, rng, chunk_queries)
+
+
+# ----------------------------------------------------------------------------------------------- one epoch
+def optimise(run: TrainingRun, tuples: list, epoch: int, chunk_index: int) -> tuple[list[dict], int]:
+    """One pass over the mined tuples; returns the per-batch loss parts and the number of tuples seen."""
+    config, runtime = run.config, run.runtime
+    dataset = TupleDataset(tuples, run.train_set.database, run.train_set.queries, run.net.input_size)
+    sampler = DistributedSampler(
+        dataset, num_replicas=runtime.world_size, rank=runtime.rank, shuffle=True, seed=config.seed
+    )
+    sampler.set_epoch(epoch * 100_000 + chunk_index)
+    loader = DataLoader(
+        dataset,
+        batch_size=config.batch_size // runtime.world_size,
+        sampler=sampler,
+        collate_fn=collate_tuples,
+        num_workers=config.num_workers,
+        pin_memory=runtime.device.type == "cuda",
+    )
+    set_train_mode(run.model, config.freeze_batchnorm)
+    parts_seen: list[dict[str, float]] = []
+    seen = 0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}", disable=not (config.progress and runtime.is_main))
+    for batch in bar:
+        run.optimizer.zero_grad(set_to_none=True)
+        loss, parts = batch_loss(run.model, batch, config, runtime, run.teacher)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.progress["step"] += 1
+        parts_seen.append(parts)
+        seen += batch.batch_size * runtime.world_size
+        bar.set_postfix(loss=f"{parts['loss']:.4f}")
+        if run.writer is not None:
+            for name, value in parts.items():
+                run.writer.add_scalar(f"train/{name}", value, run.progress["step"])
+    return parts_seen, seen
+
+
+def train_one_epoch(run: TrainingRun, epoch: int) -> tuple[list[dict], int]:
+    """Mine and optimise chunk by chunk over this epoch's queries, then step the learning rate."""
+    config = run.config
+    rng = np.random.default_rng([config.seed, epoch])
+    queries = rng.permutation(run.miner.trainable_queries)
+    if config.max_queries_per_epoch:
+        queries = queries[: config.max_queries_per_epoch]
+    chunk = config.cache_refresh_queries or len(queries)
+    epoch_parts: list[dict[str, float]] = []
+    epoch_tuples = 0
+    for chunk_index, start in enumerate(range(0, len(queries), chunk)):
+        tuples = mine(run, rng, queries[start : start + chunk])
+        if not tuples:
+            continue
+        parts, seen = optimise(run, tuples, epoch, chunk_index)
+        epoch_parts += parts
+        epoch_tuples += seen
+    run.scheduler.step()
+    return epoch_parts, epoch_tuples
+
+
+# ----------------------------------------------------------------------------------------------- validate
+def validate(run: TrainingRun) -> dict[str, float]:
+    """Recall@N and mAP of the current network on the val split."""
+    config, val_set = run.config, run.val_set
+    embed = dict(batch_size=config.eval_batch_size, num_workers=config.num_workers, amp=config.amp)
+    val_db = embed_images(run.net, val_set.database, run.runtime, **embed)
+    val_q = embed_images(run.net, val_set.queries, run.runtime, **embed)
+    return retrieval_metrics(val_db, val_q, val_set, tuple(config.recall_ns))
+
+
+def record_epoch(
+    run: TrainingRun, epoch: int, metrics: dict, parts: list[dict], tuples: int
+) -> tuple[dict, bool]:
+    """Update best score / patience and return the epoch's history record and whether it improved."""
+    progress = run.progress
+    score = metrics[run.config.early_stop_metric]
+    improved = score > progress["best_score"]
+    if improved:
+        progress.update(best_score=score, best_epoch=epoch + 1, epochs_without_improvement=0)
+    else:
+        progress["epochs_without_improvement"] += 1
+    progress["epoch"] = epoch + 1
+    record = {
+        "epoch": epoch + 1,
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "tuples": tuples,
+        **{f"train/{k}": float(np.mean([p[k] for p in parts])) for k in (parts or [{}])[0]},
+        **{f"val/{k}": v for k, v in metrics.items()},
+    }
+    return record, improved
+
+
+# ----------------------------------------------------------------------------------------------- checkpoint
+def checkpoint(run: TrainingRun, record: dict, improved: bool) -> None:
+    """Rank 0: log the record (logger, tensorboard, history.jsonl), save ``last/`` and, if improved,
+    ``best/``; then every rank waits for it."""
+    config, epoch = run.config, record["epoch"]
+    if run.runtime.is_main:
+        LOGGER.info("epoch %d: %s", epoch, json.dumps(record))
+        for name, value in record.items():
+            if name.startswith(("train/", "val/")) or name == "lr":
+                run.writer.add_scalar(name, value, epoch)
+        run.writer.flush()
+        with (run.out_dir / "history.jsonl").open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        score = record[f"val/{config.early_stop_metric}"]
+        provenance = (
+            f"tscm_train {config.arch}: epoch {epoch}, {run.train_set.name}, "
+            f"val {config.early_stop_metric}={score:.4f}"
+        )
+        state = {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "arch": config.arch,
+            **run.progress,
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "scaler": run.scaler.state_dict(),
+            "miner": run.miner.state_dict(),
+            "rng": rng_state(),
         }
+        save_checkpoint(run.out_dir / "last", run.net, state, provenance)
+        if improved:
+            copy_model(run.out_dir / "last", run.out_dir / "best")
+    if run.runtime.distributed:
+        dist.barrier()
+
+
+# ----------------------------------------------------------------------------------------------- train
+def train(
+    config: TrainConfig, *, resume_from: str | Path | None = None, teacher: nn.Module | None = None
+) -> dict:
+    """Train ``config.arch``; returns a summary (best score/epoch, per-epoch history, output folder).
+
+    ``resume_from``: a run folder to continue from its ``last/`` checkpoint. ``teacher``: an already loaded
+    teacher network for distillation (instead of loading ``config.teacher``).
+    """
+    run = set_up(config, resume_from, teacher)
+    history = []
+    for epoch in range(run.progress["epoch"], config.epochs):
+        parts, tuples = train_one_epoch(run, epoch)
+        record, improved = record_epoch(run, epoch, validate(run), parts, tuples)
         history.append(record)
-        if runtime.is_main:
-            LOGGER.info("epoch %d: %s", epoch + 1, json.dumps(record))
-            for name, value in record.items():
-                if name.startswith(("train/", "val/")) or name == "lr":
-                    writer.add_scalar(name if name != "lr" else "lr", value, epoch + 1)
-            writer.flush()
-            with (out_dir / "history.jsonl").open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
-            provenance = (
-                f"tscm_train {config.arch}: epoch {epoch + 1}, {train_set.name}, "
-                f"val {config.early_stop_metric}={score:.4f}"
-            )
-            state = {
-                "format": STATE_FORMAT,
-                "version": STATE_VERSION,
-                "arch": config.arch,
-                **progress,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "miner": miner.state_dict(),
-                "rng": rng_state(),
-            }
-            save_checkpoint(out_dir / "last", net, state, provenance)
-            if improved:
-                copy_model(out_dir / "last", out_dir / "best")
-        if runtime.distributed:
-            dist.barrier()
-        if config.patience and progress["epochs_without_improvement"] > config.patience:
+        checkpoint(run, record, improved)
+        if config.patience and run.progress["epochs_without_improvement"] > config.patience:
             LOGGER.info(
-                "no val improvement for %d epochs: early stop", progress["epochs_without_improvement"]
+                "no val improvement for %d epochs: early stop", run.progress["epochs_without_improvement"]
             )
             break
-
-    if writer is not None:
-        writer.close()
+    if run.writer is not None:
+        run.writer.close()
     return {
-        "out_dir": str(out_dir),
-        "epochs": progress["epoch"],
-        "best_score": progress["best_score"],
-        "best_epoch": progress["best_epoch"],
+        "out_dir": str(run.out_dir),
+        "epochs": run.progress["epoch"],
+        "best_score": run.progress["best_score"],
+        "best_epoch": run.progress["best_epoch"],
         "history": history,
     }
