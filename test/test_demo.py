@@ -99,7 +99,11 @@ def test_short_demo_run(tmp_path: Path, capsys):
     assert evaluation.keyframes == 32
     # every lap-2 keyframe has lap-1 places within 3 m; lap-1 keyframes only near the loop closure
     assert 16 <= evaluation.revisits <= 20
-    assert 0.0 <= evaluation.precision <= 1.0 and 0.0 <= evaluation.recall <= 1.0
+    # the scores are the counts the console shows (verified mode: each keyframe's best verified closure)
+    assert evaluation.reported == sum(1 for c in result.build.closures if c.rank == 0)
+    assert evaluation.precision == (evaluation.correct / evaluation.reported if evaluation.reported else 0.0)
+    assert evaluation.recall == evaluation.correct / evaluation.revisits
+    assert f"{evaluation.reported} closures, {evaluation.correct} correct" in printed
     assert evaluation.correct <= min(evaluation.reported, evaluation.revisits)
     summary = json.loads((tmp_path / "demo" / "demo_summary.json").read_text())
     assert summary["precision"] == evaluation.precision and summary["frames"] == 32

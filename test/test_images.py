@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-import tscm_ros.images as images_module
 from tscm_ros.images import (
     MAX_PIXELS_ENV,
     MAX_ROW_PADDING,
@@ -26,16 +25,6 @@ from tscm_ros.images import (
     rgb_to_compressed_bytes,
     rgb_to_image_fields,
 )
-
-
-@pytest.fixture(autouse=True, params=["opencv", "numpy"])
-def decoder_path(request, monkeypatch) -> str:
-    """Every test runs on the OpenCV fast path and on the numpy/PIL fallback (no cv2 installed)."""
-    if request.param == "numpy":
-        monkeypatch.setattr(images_module, "_CV2", False)
-    else:
-        assert images_module._cv2() is not None, "opencv-python-headless is a runtime dependency"
-    return request.param
 
 
 def smooth_rgb(height: int = 24, width: int = 32) -> np.ndarray:

@@ -252,10 +252,15 @@ def _damaged(
     stats.partial = True
 
 
-def _default_typestore():
+def typestore(ros1: bool = False) -> Any:
+    """The ``rosbags`` typestore every bag reader and writer of the package uses.
+
+    ROS 2 Kilted definitions (the fallback for rosbag2 bags that store no definitions, and the types of bags
+    we write); ``ros1`` gives ROS 1 Noetic's (for ROS 1 bags we write; ROS 1 bags carry their definitions).
+    """
     from rosbags.typesys import Stores, get_typestore
 
-    return get_typestore(Stores.ROS2_KILTED)
+    return get_typestore(Stores.ROS1_NOETIC if ros1 else Stores.ROS2_KILTED)
 
 
 _OPENED_BAG_CLASS = None
@@ -299,7 +304,7 @@ def open_bag(path: str | Path) -> AnyReader:
     if path.is_file() and path.suffix not in (".bag", ".db3", ".mcap"):
         raise BagError(f"{path}: unknown bag file type {path.suffix!r} (expected .bag, .db3, .mcap)")
     try:
-        reader = _opened_reader_class()([path], default_typestore=_default_typestore())
+        reader = _opened_reader_class()([path], default_typestore=typestore())
         reader.open()
     except FileNotFoundError:
         raise
@@ -457,6 +462,128 @@ def _depth_topic(reader: AnyReader, requested: str | None, image_topic: str) -> 
     return depth[0] if len(depth) == 1 else None
 
 
+@dataclass
+class _Streams:
+    """The topics one :func:`iter_frames` read uses, and what was read ahead of the images."""
+
+    image_topic: str
+    depth_topic: str | None
+    track: PoseTrack | None
+    intrinsics: CameraIntrinsics | None
+
+
+def _open_streams(
+    reader: AnyReader,
+    path: str | Path,
+    requested: dict[str, str | None],
+    stats: BagReadStats,
+    allow_partial: bool,
+) -> _Streams:
+    """Choose the image / pose / camera_info / depth topics (``requested`` by role, see :func:`iter_frames`)
+    and read the whole pose track and the intrinsics before the images."""
+    topic = _choose_topic(reader, requested["image"], IMAGE_TYPES, "image")
+    if topic is None:
+        available = ", ".join(f"{t.name} [{t.msgtype}]" for t in _summaries(reader)) or "none"
+        raise BagError(f"{path}: no sensor_msgs Image/CompressedImage topic (topics: {available})")
+    stats.image_topic = topic
+    track = None
+    pose_topic = _optional_topic(reader, requested["pose"], POSE_TYPES.values(), "pose")
+    if pose_topic:
+        stats.pose_topic = pose_topic
+        track = read_pose_track(reader, pose_topic, stats, allow_partial=allow_partial, path=path)
+    intrinsics = None
+    info_topic = _optional_topic(reader, requested["camera_info"], (CAMERA_INFO_TYPE,), "camera_info")
+    if info_topic:
+        intrinsics = read_camera_intrinsics(reader, info_topic, stats, allow_partial=allow_partial, path=path)
+        stats.camera_info_topic = info_topic if intrinsics is not None else None
+    depth_topic = _depth_topic(reader, requested["depth"], topic)
+    stats.depth_topic = depth_topic
+    return _Streams(topic, depth_topic, track, intrinsics)
+
+
+class _DepthPairing:
+    """Holds decoded frames back until the depth image stamped within ``DEPTH_PAIRING_S`` arrives.
+
+    A frame leaves when it has its depth, when the log time has moved ten pairing windows past it, when more
+    than eight frames wait, or at the end of the bag; the last eight depth images are kept for pairing.
+    """
+
+    def __init__(self, stats: BagReadStats, max_pixels: int | None) -> None:
+        self.stats = stats
+        self.max_pixels = max_pixels
+        self.tolerance_ns = round(DEPTH_PAIRING_S * NS_PER_S)
+        self.depths: list[tuple[int, Any]] = []  # recent (stamp, depth message)
+        self.pending: list[BagFrame] = []  # frames waiting for their depth image, in order
+
+    def _pair(self, frame: BagFrame) -> bool:
+        from tscm_ros.depth import DepthDecodeError, depth_msg_to_metres
+
+        for stamp, message in self.depths:
+            if abs(stamp - frame.stamp_ns) <= self.tolerance_ns:
+                try:
+                    frame.depth = depth_msg_to_metres(message, self.max_pixels)
+                    self.stats.frames_with_depth += 1
+                except DepthDecodeError as error:
+                    self.stats.errors["bad_depth"] += 1
+                    LOGGER.debug("unusable depth at %d: %s", stamp, error)
+                return True
+        return False
+
+    def ready(self, now_ns: int, flush: bool) -> Iterator[BagFrame]:
+        """The frames that may leave at log time ``now_ns`` (all of them with ``flush``)."""
+        pending = self.pending
+        while pending and (
+            flush or pending[0].depth is not None or now_ns - pending[0].log_time_ns > 10 * self.tolerance_ns
+            or len(pending) > 8
+        ):  # fmt: skip
+            self.stats.decoded += 1
+            yield pending.pop(0)
+
+    def add_depth(self, stamp_ns: int, message: Any, log_time_ns: int) -> Iterator[BagFrame]:
+        self.depths.append((stamp_ns, message))
+        del self.depths[:-8]
+        for frame in self.pending:
+            if frame.depth is None:
+                self._pair(frame)
+        yield from self.ready(log_time_ns, flush=False)
+
+    def add_frame(self, frame: BagFrame) -> Iterator[BagFrame]:
+        self._pair(frame)
+        self.pending.append(frame)
+        yield from self.ready(frame.log_time_ns, flush=False)
+
+
+def _decode_frame(
+    message: Any,
+    msgtype: str,
+    stamp_ns: int,
+    log_time_ns: int,
+    streams: _Streams,
+    stats: BagReadStats,
+    max_pixels: int | None,
+) -> BagFrame | None:
+    """The frame of one image message, with its interpolated pose (None: the image is unusable, counted)."""
+    try:
+        if msgtype == COMPRESSED_TYPE:
+            rgb = compressed_msg_to_rgb(message, max_pixels=max_pixels)
+        else:
+            rgb = image_msg_to_rgb(message, max_pixels=max_pixels)
+    except ImageDecodeError as error:
+        stats.errors[error.reason] += 1
+        LOGGER.debug("skipping image at %d: %s", log_time_ns, error)
+        return None
+    pose = None
+    if streams.track is not None:
+        sample = streams.track.at(stamp_ns)
+        if sample is None:
+            stats.frames_without_pose += 1
+        else:
+            stats.frames_with_pose += 1
+            pose = make_pose(sample[0], sample[1], streams.track.frame_id)
+    return BagFrame(stamp_ns, str(message.header.frame_id), streams.image_topic, rgb, pose, log_time_ns,
+                    intrinsics=streams.intrinsics)  # fmt: skip
+
+
 def iter_frames(
     path: str | Path,
     image_topic: str | None = None,
@@ -491,59 +618,23 @@ def iter_frames(
         BagDamagedError: the image / depth / pose messages cannot all be read (corrupt storage, fewer
             messages than the bag lists): when the read fails, or after the last frame.
     """
-    from tscm_ros.depth import DepthDecodeError, depth_msg_to_metres
-
     stats = stats if stats is not None else BagReadStats()
+    requested = {
+        "image": image_topic,
+        "pose": pose_topic,
+        "depth": depth_topic,
+        "camera_info": camera_info_topic,
+    }
     reader = open_bag(path)
     with reader:
-        topic = _choose_topic(reader, image_topic, IMAGE_TYPES, "image")
-        if topic is None:
-            available = ", ".join(f"{t.name} [{t.msgtype}]" for t in _summaries(reader)) or "none"
-            raise BagError(f"{path}: no sensor_msgs Image/CompressedImage topic (topics: {available})")
-        stats.image_topic = topic
-        track = None
-        chosen_pose_topic = _optional_topic(reader, pose_topic, POSE_TYPES.values(), "pose")
-        if chosen_pose_topic:
-            stats.pose_topic = chosen_pose_topic
-            track = read_pose_track(reader, chosen_pose_topic, stats, allow_partial=allow_partial, path=path)
-        intrinsics = None
-        info_topic = _optional_topic(reader, camera_info_topic, (CAMERA_INFO_TYPE,), "camera_info")
-        if info_topic:
-            intrinsics = read_camera_intrinsics(
-                reader, info_topic, stats, allow_partial=allow_partial, path=path
-            )
-            stats.camera_info_topic = info_topic if intrinsics is not None else None
-        depth_name = _depth_topic(reader, depth_topic, topic)
-        stats.depth_topic = depth_name
-        tolerance_ns = round(DEPTH_PAIRING_S * NS_PER_S)
-        depths: list[tuple[int, Any]] = []  # recent (stamp, depth message)
-        pending: list[BagFrame] = []  # frames waiting for their depth image, in order
-
-        def pair(frame: BagFrame) -> bool:
-            for stamp, message in depths:
-                if abs(stamp - frame.stamp_ns) <= tolerance_ns:
-                    try:
-                        frame.depth = depth_msg_to_metres(message, max_pixels)
-                        stats.frames_with_depth += 1
-                    except DepthDecodeError as error:
-                        stats.errors["bad_depth"] += 1
-                        LOGGER.debug("unusable depth at %d: %s", stamp, error)
-                    return True
-            return False
-
-        def ready(now_ns: int, flush: bool) -> Iterator[BagFrame]:
-            while pending and (
-                flush or pending[0].depth is not None or now_ns - pending[0].log_time_ns > 10 * tolerance_ns
-                or len(pending) > 8
-            ):  # fmt: skip
-                stats.decoded += 1
-                yield pending.pop(0)
-
-        wanted = {topic, depth_name} - {None}
+        streams = _open_streams(reader, path, requested, stats, allow_partial)
+        pairing = _DepthPairing(stats, max_pixels)
+        wanted = {streams.image_topic, streams.depth_topic} - {None}
         connections = [connection for connection in reader.connections if connection.topic in wanted]
-        messages = read_messages(reader, connections, stats, allow_partial=allow_partial, path=path)
-        for connection, log_time, raw in messages:
-            is_depth = connection.topic == depth_name
+        for connection, log_time, raw in read_messages(
+            reader, connections, stats, allow_partial=allow_partial, path=path
+        ):
+            is_depth = connection.topic == streams.depth_topic
             if not is_depth:
                 stats.image_messages += 1
             try:
@@ -554,40 +645,19 @@ def iter_frames(
                 continue
             stamp = _stamp_ns(message.header) or int(log_time)
             if is_depth:
-                depths.append((stamp, message))
-                del depths[:-8]
-                for frame in pending:
-                    if frame.depth is None:
-                        pair(frame)
-                yield from ready(int(log_time), flush=False)
+                yield from pairing.add_depth(stamp, message, int(log_time))
                 continue
-            try:
-                if connection.msgtype == COMPRESSED_TYPE:
-                    rgb = compressed_msg_to_rgb(message, max_pixels=max_pixels)
-                else:
-                    rgb = image_msg_to_rgb(message, max_pixels=max_pixels)
-            except ImageDecodeError as error:
-                stats.errors[error.reason] += 1
-                LOGGER.debug("skipping image at %d: %s", log_time, error)
+            frame = _decode_frame(
+                message, connection.msgtype, stamp, int(log_time), streams, stats, max_pixels
+            )
+            if frame is None:
                 continue
-            pose = None
-            if track is not None:
-                sample = track.at(stamp)
-                if sample is None:
-                    stats.frames_without_pose += 1
-                else:
-                    stats.frames_with_pose += 1
-                    pose = make_pose(sample[0], sample[1], track.frame_id)
-            frame = BagFrame(stamp, str(message.header.frame_id), topic, rgb, pose, int(log_time),
-                             intrinsics=intrinsics)  # fmt: skip
-            if depth_name is None:
+            if streams.depth_topic is None:
                 stats.decoded += 1
                 yield frame
-                continue
-            pair(frame)
-            pending.append(frame)
-            yield from ready(int(log_time), flush=False)
-        yield from ready(0, flush=True)
+            else:
+                yield from pairing.add_frame(frame)
+        yield from pairing.ready(0, flush=True)
 
 
 def _summaries(reader: AnyReader) -> list[TopicSummary]:
@@ -614,10 +684,8 @@ class _MessageFactory:
     """Builds rosbags message objects for one typestore (ROS 2 CDR or ROS 1)."""
 
     def __init__(self, ros1: bool) -> None:
-        from rosbags.typesys import Stores, get_typestore
-
         self.ros1 = ros1
-        self.store = get_typestore(Stores.ROS1_NOETIC if ros1 else Stores.ROS2_KILTED)
+        self.store = typestore(ros1)
         self.types = self.store.types
         self.seq = 0
 
@@ -728,6 +796,76 @@ class _BagSink:
         self.writer.close()
 
 
+def _new_bag_path(path: str | Path, storage: str, pose_type: str) -> Path:
+    """The path a new bag is written to (``.bag`` added for ros1), after checking the options.
+
+    Raises:
+        FileExistsError: the path exists (bags are never overwritten).
+        ValueError: unknown storage / pose type.
+    """
+    if storage not in STORAGES:
+        raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
+    if pose_type not in POSE_TYPES:
+        raise ValueError(f"pose_type must be one of {tuple(POSE_TYPES)}, got {pose_type!r}")
+    path = Path(path)
+    if storage == "ros1" and path.suffix != ".bag":
+        path = path.with_name(path.name + ".bag")
+    if path.exists():
+        raise FileExistsError(f"{path} exists; bags are never overwritten")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass(frozen=True)
+class _CameraTopics:
+    """Where and how :func:`write_image_bag` writes each frame."""
+
+    topic: str
+    frame_id: str
+    encoding: str
+    compressed: str | None
+    camera_info: CameraIntrinsics | None
+    camera_info_topic: str
+    depth_topic: str
+
+    def write(self, sink: _BagSink, stamp_ns: int, rgb: np.ndarray, depth: np.ndarray | None) -> None:
+        """One frame: its CameraInfo, depth image and colour image (in this order), stamped ``stamp_ns``."""
+        factory = sink.factory
+        if self.camera_info is not None:
+            info = factory.camera_info(stamp_ns, self.frame_id, self.camera_info)
+            sink.write(self.camera_info_topic, CAMERA_INFO_TYPE, stamp_ns, info)
+        if depth is not None:
+            sink.write(self.depth_topic, IMAGE_TYPE, stamp_ns, factory.depth(stamp_ns, self.frame_id, depth))
+        if self.compressed:
+            message = factory.compressed(stamp_ns, self.frame_id, rgb, self.compressed)
+            sink.write(self.topic, COMPRESSED_TYPE, stamp_ns, message)
+        else:
+            message = factory.image(stamp_ns, self.frame_id, rgb, self.encoding)
+            sink.write(self.topic, IMAGE_TYPE, stamp_ns, message)
+
+
+class _PoseStream:
+    """Poses written in stamp order, interleaved with the frames (each pose before the frames after it)."""
+
+    def __init__(
+        self, poses: Iterable[tuple[int, Any]], topic: str, pose_type: str, frame_id: str, child_frame_id: str
+    ) -> None:
+        self.pending = sorted(poses, key=lambda item: int(item[0]))
+        self.next = 0
+        self.topic, self.pose_type = topic, pose_type
+        self.frame_id, self.child_frame_id = frame_id, child_frame_id
+
+    def flush(self, sink: _BagSink, until_ns: int | None) -> None:
+        """Write the poses stamped up to ``until_ns`` (all that are left with None)."""
+        while self.next < len(self.pending) and (
+            until_ns is None or int(self.pending[self.next][0]) <= until_ns
+        ):
+            stamp, pose = self.pending[self.next]
+            message = sink.factory.pose(int(stamp), pose, self.pose_type, self.frame_id, self.child_frame_id)
+            sink.write(self.topic, POSE_TYPES[self.pose_type], int(stamp), message)
+            self.next += 1
+
+
 def write_image_bag(
     path: str | Path,
     frames: Iterable[tuple[int, np.ndarray] | tuple[int, np.ndarray, np.ndarray]],
@@ -766,50 +904,15 @@ def write_image_bag(
         FileExistsError: ``path`` exists (bags are never overwritten).
         ValueError: unknown storage / pose type / encoding.
     """
-    if storage not in STORAGES:
-        raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
-    if pose_type not in POSE_TYPES:
-        raise ValueError(f"pose_type must be one of {tuple(POSE_TYPES)}, got {pose_type!r}")
-    path = Path(path)
-    if storage == "ros1" and path.suffix != ".bag":
-        path = path.with_name(path.name + ".bag")
-    if path.exists():
-        raise FileExistsError(f"{path} exists; bags are never overwritten")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    factory = _MessageFactory(ros1=storage == "ros1")
-    pending_poses = sorted(poses or [], key=lambda item: int(item[0]))
-    next_pose = 0
-    sink = _BagSink(path, storage, factory)
+    path = _new_bag_path(path, storage, pose_type)
+    camera = _CameraTopics(topic, frame_id, encoding, compressed, camera_info, camera_info_topic, depth_topic)
+    pose_stream = _PoseStream(poses or [], pose_topic, pose_type, pose_frame_id, child_frame_id)
+    sink = _BagSink(path, storage, _MessageFactory(ros1=storage == "ros1"))
     try:
-
-        def flush_poses(until_ns: int | None) -> None:
-            nonlocal next_pose
-            while next_pose < len(pending_poses) and (
-                until_ns is None or int(pending_poses[next_pose][0]) <= until_ns
-            ):
-                stamp, pose = pending_poses[next_pose]
-                message = factory.pose(int(stamp), pose, pose_type, pose_frame_id, child_frame_id)
-                sink.write(pose_topic, POSE_TYPES[pose_type], int(stamp), message)
-                next_pose += 1
-
         for stamp_ns, rgb, *depth in frames:
-            flush_poses(int(stamp_ns))
-            if camera_info is not None:
-                info = factory.camera_info(int(stamp_ns), frame_id, camera_info)
-                sink.write(camera_info_topic, CAMERA_INFO_TYPE, int(stamp_ns), info)
-            if depth and depth[0] is not None:
-                sink.write(
-                    depth_topic, IMAGE_TYPE, int(stamp_ns), factory.depth(int(stamp_ns), frame_id, depth[0])
-                )
-            if compressed:
-                message = factory.compressed(int(stamp_ns), frame_id, rgb, compressed)
-                sink.write(topic, COMPRESSED_TYPE, int(stamp_ns), message)
-            else:
-                message = factory.image(int(stamp_ns), frame_id, rgb, encoding)
-                sink.write(topic, IMAGE_TYPE, int(stamp_ns), message)
-        flush_poses(None)
-    except BaseException:
+            pose_stream.flush(sink, int(stamp_ns))
+            camera.write(sink, int(stamp_ns), rgb, depth[0] if depth else None)
+        pose_stream.flush(sink, None)
+    finally:
         sink.close()
-        raise
-    sink.close()
     return path

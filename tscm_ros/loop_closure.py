@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from .config_ranges import check_ranges, ranged
 from .placemap import Match, PlaceMap, PlaceMeta, Pose, Utm
 from .poses import NS_PER_S
 
@@ -48,21 +49,24 @@ AUTO_QUANTILE = 0.95
 
 @dataclass(frozen=True)
 class LoopClosureConfig:
-    """Keyframe, query and filtering settings. Invalid values raise ``ValueError`` naming the field."""
+    """Keyframe, query and filtering settings. Invalid values raise ``ValueError`` naming the field.
 
-    min_interval_s: float = 0.15
-    min_descriptor_change: float = 0.0
-    min_travel_m: float = 0.2
-    exclusion_window_s: float = 10.0
-    exclusion_travel_m: float = 10.0
-    exclusion_keyframes: int = 0
-    top_k: int = 5
+    The ranges of the numeric fields (``ranged``) are also those of the node's ROS parameters.
+    """
+
+    min_interval_s: float = ranged(0.15, 0.0, 3600.0)
+    min_descriptor_change: float = ranged(0.0, 0.0, 2.0)
+    min_travel_m: float = ranged(0.2, 0.0, 1.0e4)
+    exclusion_window_s: float = ranged(10.0, 0.0, 1.0e6)
+    exclusion_travel_m: float = ranged(10.0, 0.0, 1.0e6)
+    exclusion_keyframes: int = ranged(0, 0, 1_000_000)
+    top_k: int = ranged(5, 1, 100)
     similarity_threshold: float | str = "auto"
-    consistency_n: int = 1
-    consistency_tolerance_keyframes: int = 3
-    consistency_tolerance_s: float = 0.0
-    nms_window_keyframes: int = 0
-    nms_window_s: float = 0.0
+    consistency_n: int = ranged(1, 1, 100)
+    consistency_tolerance_keyframes: int = ranged(3, 0, 1_000_000)
+    consistency_tolerance_s: float = ranged(0.0, 0.0, 1.0e6)
+    nms_window_keyframes: int = ranged(0, 0, 1_000_000)
+    nms_window_s: float = ranged(0.0, 0.0, 1.0e6)
     mode: Literal["mapping", "localization"] = "mapping"
 
     def __post_init__(self) -> None:
@@ -98,6 +102,7 @@ class LoopClosureConfig:
             )
         if self.mode not in ("mapping", "localization"):
             raise ValueError(f"LoopClosureConfig.mode must be 'mapping' or 'localization', got {self.mode!r}")
+        check_ranges(self)
 
 
 @dataclass(frozen=True)

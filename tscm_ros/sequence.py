@@ -57,6 +57,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .config_ranges import check_ranges, ranged
 from .poses import NS_PER_S as _NS_PER_S
 
 _MAX_AUTO_SPEED_STEPS = 64
@@ -74,9 +75,9 @@ class SequenceConfig:
     ``tolerance_keyframes`` apart, plus the range ends (at most 64 speeds); N = N speeds evenly spaced.
     """
 
-    length: int = 0
-    min_speed: float = 0.5
-    max_speed: float = 2.0
+    length: int = ranged(0, 0, 1000)
+    min_speed: float = ranged(0.5, 0.05, 20.0)
+    max_speed: float = ranged(2.0, 0.05, 20.0)
     speed_steps: int = 0
     reverse: bool = False
     candidates_per_keyframe: int = 50
@@ -117,6 +118,7 @@ class SequenceConfig:
         for name in ("reverse", "place_normalisation"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"SequenceConfig.{name} must be a bool, got {getattr(self, name)!r}")
+        check_ranges(self)
 
     @property
     def window(self) -> int:

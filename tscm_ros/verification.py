@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from tscm_ros.config_ranges import check_ranges, ranged
 from tscm_ros.features import CameraIntrinsics, LocalFeatures
 
 __all__ = [
@@ -86,8 +87,8 @@ class VerifierConfig:
     ``pnp_min_points``: matches with a valid 3-D point needed to try PnP.
     """
 
-    min_inliers: int = 25
-    min_inlier_ratio: float = 0.3
+    min_inliers: int = 25  # the node accepts 5..100000; benchmarks/verification.py counts from 1
+    min_inlier_ratio: float = ranged(0.3, 0.0, 1.0)
     ratio_test: float = 0.8
     mutual: bool = True
     ransac_threshold_px: float = 1.0
@@ -126,6 +127,7 @@ class VerifierConfig:
             raise bad("confidence", "in (0, 1)")
         if not isinstance(self.mutual, bool):
             raise bad("mutual", "a bool")
+        check_ranges(self)
 
 
 @dataclass(frozen=True, eq=False)

@@ -80,6 +80,122 @@ def assign_splits(
     return ["train" if p < train_end else "val" if p < 1.0 - test_fraction else "test" for p in progress]
 
 
+def _check_options(
+    every_n: int,
+    min_distance_m: float,
+    val_fraction: float,
+    test_fraction: float,
+    split: str,
+    role: str,
+    image_format: str,
+) -> None:
+    if every_n < 1 or min_distance_m < 0:
+        raise ValueError("every_n must be >= 1 and min_distance_m >= 0")
+    if min(val_fraction, test_fraction) < 0 or val_fraction + test_fraction >= 1:
+        raise ValueError("need val_fraction, test_fraction >= 0 and val_fraction + test_fraction < 1")
+    if split not in ("train", "val", "test") or role not in ("", "database", "query", "both"):
+        raise ValueError(f"bad split {split!r} or role {role!r}")
+    if image_format not in ("jpg", "png"):
+        raise ValueError(f"image_format must be jpg or png, not {image_format!r}")
+
+
+def _existing_rows(csv_path: Path, append: bool) -> list[dict]:
+    """Rows of the dataset.csv an ``append`` adds to ([] for a new dataset)."""
+    if csv_path.exists() and not append:
+        raise FileExistsError(f"{csv_path} exists; pass --append to add this bag's frames to it")
+    if not (append and csv_path.exists()):
+        return []
+    with csv_path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if tuple(reader.fieldnames or ()) != COLUMNS:
+            raise ValueError(
+                f"{csv_path} was not written by tscm_export_dataset (columns {reader.fieldnames})"
+            )
+        return list(reader)
+
+
+def _export_frames(
+    bag: Path,
+    image_dir: Path,
+    image_path: str,
+    frames: list[ExportedFrame],
+    read: dict,
+    every_n: int,
+    min_distance_m: float,
+    image_format: str,
+) -> int:
+    """Save the kept frames of ``bag`` that have a pose into ``image_dir`` and append them to ``frames``.
+
+    ``read`` holds the keyword arguments of :func:`tscm_ros.bags.iter_frames` (topics, stats, allow_partial).
+    Returns the number of decoded frames with a pose.
+    """
+    from tscm_ros.bags import iter_frames
+
+    last_kept: np.ndarray | None = None
+    decoded_with_pose = 0
+    for frame in iter_frames(bag, **read):
+        if frame.pose is None:
+            continue
+        decoded_with_pose += 1
+        if (decoded_with_pose - 1) % every_n:
+            continue
+        position = np.array(frame.pose.position[:2], dtype=np.float64)
+        if last_kept is not None and np.linalg.norm(position - last_kept) < min_distance_m:
+            continue
+        last_kept = position
+        name = f"{len(frames):06d}.{image_format}"
+        Image.fromarray(frame.rgb).save(
+            image_dir / name, **({"quality": 95} if image_format == "jpg" else {})
+        )
+        frames.append(
+            ExportedFrame(
+                image=f"{image_path}/{name}",
+                x=float(position[0]),
+                y=float(position[1]),
+                heading=yaw_degrees(frame.pose.orientation),
+                stamp_ns=int(frame.stamp_ns),
+                frame_id=frame.pose.frame_id,
+            )
+        )
+    return decoded_with_pose
+
+
+def _new_image_dir(image_dir: Path) -> Path:
+    """Create ``image_dir``; an existing one must be empty (a bag never overwrites another's images)."""
+    if image_dir.exists() and any(image_dir.iterdir()):
+        raise FileExistsError(f"{image_dir} already holds images; choose another --prefix")
+    image_dir.mkdir(parents=True, exist_ok=True)
+    return image_dir
+
+
+def _rows(frames: list[ExportedFrame], splits: list[str], role: str, bag_name: str) -> list[dict]:
+    """The dataset.csv rows of the exported frames."""
+    return [
+        {
+            "image": f.image,
+            "x": repr(f.x),
+            "y": repr(f.y),
+            "heading": f"{f.heading:.3f}",
+            "split": s,
+            "role": role,
+            "stamp_ns": str(f.stamp_ns),
+            "frame_id": f.frame_id,
+            "bag": bag_name,
+        }
+        for f, s in zip(frames, splits, strict=True)
+    ]
+
+
+def _write_csv(csv_path: Path, rows: list[dict]) -> None:
+    """Write ``rows`` to ``csv_path`` atomically (a temporary file renamed over it)."""
+    tmp = csv_path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, csv_path)
+
+
 def export_bag(
     bag: str | Path,
     out: str | Path,
@@ -103,66 +219,27 @@ def export_bag(
     Raises:
         BagDamagedError: damaged bag, unless ``allow_partial`` (then ``result["partial"]`` is True).
     """
-    from tscm_ros.bags import BagReadStats, iter_frames
+    from tscm_ros.bags import BagReadStats
 
-    if every_n < 1 or min_distance_m < 0:
-        raise ValueError("every_n must be >= 1 and min_distance_m >= 0")
-    if min(val_fraction, test_fraction) < 0 or val_fraction + test_fraction >= 1:
-        raise ValueError("need val_fraction, test_fraction >= 0 and val_fraction + test_fraction < 1")
-    if split not in ("train", "val", "test") or role not in ("", "database", "query", "both"):
-        raise ValueError(f"bad split {split!r} or role {role!r}")
-    if image_format not in ("jpg", "png"):
-        raise ValueError(f"image_format must be jpg or png, not {image_format!r}")
+    _check_options(every_n, min_distance_m, val_fraction, test_fraction, split, role, image_format)
     bag = Path(bag)
     out = Path(out)
     csv_path = out / CSV_NAME
-    if csv_path.exists() and not append:
-        raise FileExistsError(f"{csv_path} exists; pass --append to add this bag's frames to it")
-    if append and csv_path.exists():
-        with csv_path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            if tuple(reader.fieldnames or ()) != COLUMNS:
-                raise ValueError(
-                    f"{csv_path} was not written by tscm_export_dataset (columns {reader.fieldnames})"
-                )
-            existing = list(reader)
-    else:
-        existing = []
+    existing = _existing_rows(csv_path, append)
     prefix = prefix or bag.name.removesuffix(".bag")
-    image_dir = out / "images" / prefix
-    if image_dir.exists() and any(image_dir.iterdir()):
-        raise FileExistsError(f"{image_dir} already holds images; choose another --prefix")
-    image_dir.mkdir(parents=True, exist_ok=True)
-
+    image_dir = _new_image_dir(out / "images" / prefix)
     stats = BagReadStats()
     frames: list[ExportedFrame] = []
-    last_kept: np.ndarray | None = None
-    decoded_with_pose = 0
+    read = {
+        "image_topic": image_topic,
+        "pose_topic": pose_topic,
+        "stats": stats,
+        "allow_partial": allow_partial,
+    }
     try:
-        for frame in iter_frames(bag, image_topic, pose_topic, stats=stats, allow_partial=allow_partial):
-            if frame.pose is None:
-                continue
-            decoded_with_pose += 1
-            if (decoded_with_pose - 1) % every_n:
-                continue
-            position = np.array(frame.pose.position[:2], dtype=np.float64)
-            if last_kept is not None and np.linalg.norm(position - last_kept) < min_distance_m:
-                continue
-            last_kept = position
-            name = f"{len(frames):06d}.{image_format}"
-            Image.fromarray(frame.rgb).save(
-                image_dir / name, **({"quality": 95} if image_format == "jpg" else {})
-            )
-            frames.append(
-                ExportedFrame(
-                    image=f"images/{prefix}/{name}",
-                    x=float(position[0]),
-                    y=float(position[1]),
-                    heading=yaw_degrees(frame.pose.orientation),
-                    stamp_ns=int(frame.stamp_ns),
-                    frame_id=frame.pose.frame_id,
-                )
-            )
+        decoded_with_pose = _export_frames(
+            bag, image_dir, f"images/{prefix}", frames, read, every_n, min_distance_m, image_format
+        )
         if stats.pose_topic is None:
             raise ValueError(
                 f"{bag}: no pose topic found; give --pose-topic "
@@ -179,26 +256,7 @@ def export_bag(
     splits = assign_splits(
         np.array([[f.x, f.y] for f in frames]), split_by, val_fraction, test_fraction, split
     )
-    rows = existing + [
-        {
-            "image": f.image,
-            "x": repr(f.x),
-            "y": repr(f.y),
-            "heading": f"{f.heading:.3f}",
-            "split": s,
-            "role": role,
-            "stamp_ns": str(f.stamp_ns),
-            "frame_id": f.frame_id,
-            "bag": bag.name,
-        }
-        for f, s in zip(frames, splits, strict=True)
-    ]
-    tmp = csv_path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, csv_path)
+    _write_csv(csv_path, existing + _rows(frames, splits, role, bag.name))
     return {
         "csv": csv_path,
         "exported": len(frames),

@@ -354,6 +354,95 @@ def _emit(lines: list[str], text: str) -> None:
     print(text, flush=True)
 
 
+def _demo_config(
+    params_file: Path | None,
+    verify: bool,
+    threshold: float | None,
+    exclusion_window_s: float | None,
+    sequence_length: int | None,
+) -> tuple[RecognitionConfig, Path]:
+    """The session settings of a demo run: the params file (the shipped one by default) in mapping mode,
+    with the given overrides; and the params file used."""
+    params_file = params_file or shipped_params_file()
+    options = {**read_params_file(params_file), "mode": "mapping", "verify": verify}
+    if threshold is not None:
+        options["similarity_threshold"] = threshold
+    if exclusion_window_s is not None:
+        options["exclusion_window_s"] = exclusion_window_s
+    if sequence_length is not None:
+        options["sequence_length"] = sequence_length
+    return RecognitionConfig.from_options(options), params_file
+
+
+def _score(
+    build: BuildResult,
+    config: RecognitionConfig,
+    is_match: Callable[[int, int], bool],
+    threshold: float | None,
+    verify: bool,
+    output: list[str],
+) -> tuple[float, Evaluation, Evaluation | None]:
+    """Score retrieval alone at ``threshold`` (calibrated without ground truth when None or "auto") and,
+    with ``verify``, the verified closures. Returns (threshold, retrieval, verified or None)."""
+    detector = config.detector
+    if threshold is None or threshold == "auto":
+        calibrated = calibrate_threshold(top1_per_keyframe(build, detector))
+        threshold = calibrated if calibrated is not None else 1.0
+        how = (
+            "95th percentile of the first half's top-1 similarities, no ground truth used"
+            if calibrated is not None
+            else "the first half had no candidates: nothing is reported"
+        )
+        _emit(output, f"similarity threshold {threshold:.6f} (auto: {how})")
+    retrieval = evaluate(build, detector, is_match, threshold)
+    verified = None
+    if verify:
+        verified = evaluate_verified(build, detector, is_match, config.verifier.min_inliers)
+    return threshold, retrieval, verified
+
+
+def _report_scores(
+    output: list[str], truth_text: str, retrieval: Evaluation, verified: Evaluation | None, min_inliers: int
+) -> None:
+    _emit(output, f"ground truth: {truth_text}")
+    _emit(output, "-- retrieval alone (top-1 cosine similarity at the threshold):")
+    for line in retrieval.lines():
+        _emit(output, "   " + line)
+    if verified is not None:
+        _emit(output, f"-- with geometric verification (best verified candidate, min_inliers {min_inliers}):")
+        _emit(
+            output,
+            f"   {verified.reported} closures, {verified.correct} correct -> "
+            f"precision {verified.precision:.3f}, recall {verified.recall:.3f}; "
+            f"R@1 after re-rank {verified.recall_at_1:.3f}; "
+            f"AP over min_inliers {verified.average_precision:.3f}",
+        )
+
+
+def _write_demo_plots(
+    build: BuildResult,
+    out_dir: Path,
+    is_match: Callable[[int, int], bool],
+    threshold: float,
+    evaluation: Evaluation,
+    title: str,
+    verify: bool,
+) -> list[Path]:
+    """Map plot of what the console scores (each keyframe's best verified candidate, or its top-1 at the
+    threshold), precision-recall plot and, with ``verify``, the match pictures."""
+    shown = (
+        [c for c in build.closures if c.rank == 0]
+        if verify
+        else [c for c in build.candidates if c.rank == 0 and c.similarity >= threshold]
+    )
+    correct = [is_match(c.query_stamp_ns, c.match_stamp_ns) for c in shown]
+    plots = write_plots(out_dir, build.keyframes, shown, title=title, correct=correct, truth_band=is_match)
+    plots.append(write_pr_plot(out_dir / PR_PNG, evaluation, title))
+    if verify:
+        plots.extend(write_match_pictures(build, is_match))
+    return plots
+
+
 def _detect_and_score(
     bag: Path,
     out_dir: Path,
@@ -379,70 +468,29 @@ def _detect_and_score(
     calibrated without ground truth) and, with ``verify``, the verified loop closures; write
     csv/plots/pictures/summary."""
     _emit(output, note)
-    params_file = params_file or shipped_params_file()
-    options = {**read_params_file(params_file), "mode": "mapping", "verify": verify}
-    if threshold is not None:
-        options["similarity_threshold"] = threshold
-    if exclusion_window_s is not None:
-        options["exclusion_window_s"] = exclusion_window_s
-    if sequence_length is not None:
-        options["sequence_length"] = sequence_length
-    config = RecognitionConfig.from_options(options)
-    detector = config.detector
+    config, params_file = _demo_config(params_file, verify, threshold, exclusion_window_s, sequence_length)
     override = f" (exclusion_window_s {exclusion_window_s:g} s for this data)" if exclusion_window_s else ""
     _emit(output, f"settings: {params_file}{override}")
     build = build_map_from_bag(bag, out_dir, describer=describer, config=config, progress=progress)
     _emit(output, build.summary())
     is_match = make_truth(build)
-    if threshold is None or threshold == "auto":
-        calibrated = calibrate_threshold(top1_per_keyframe(build, detector))
-        threshold = calibrated if calibrated is not None else 1.0
-        how = (
-            "95th percentile of the first half's top-1 similarities, no ground truth used"
-            if calibrated is not None
-            else "the first half had no candidates: nothing is reported"
-        )
-        _emit(output, f"similarity threshold {threshold:.6f} (auto: {how})")
-    retrieval = evaluate(build, detector, is_match, threshold)
-    _emit(output, f"ground truth: {truth_text}")
-    _emit(output, "-- retrieval alone (top-1 cosine similarity at the threshold):")
-    for line in retrieval.lines():
-        _emit(output, "   " + line)
-    evaluation, verified = retrieval, None
-    if verify:
-        min_inliers = config.verifier.min_inliers
-        verified = evaluate_verified(build, detector, is_match, min_inliers)
-        _emit(output, f"-- with geometric verification (best verified candidate, min_inliers {min_inliers}):")
-        _emit(
-            output,
-            f"   {verified.reported} closures, {verified.correct} correct -> "
-            f"precision {verified.precision:.3f}, recall {verified.recall:.3f}; "
-            f"R@1 after re-rank {verified.recall_at_1:.3f}; "
-            f"AP over min_inliers {verified.average_precision:.3f}",
-        )
-        evaluation = verified
-    # what the console scores: each keyframe's best verified candidate (or its top-1 at the threshold)
-    shown = (
-        [c for c in build.closures if c.rank == 0]
-        if verify
-        else [c for c in build.candidates if c.rank == 0 and c.similarity >= threshold]
-    )
-    correct = [is_match(c.query_stamp_ns, c.match_stamp_ns) for c in shown]
-    plots = write_plots(out_dir, build.keyframes, shown, title=title, correct=correct, truth_band=is_match)
-    plots.append(write_pr_plot(out_dir / PR_PNG, evaluation, title))
-    if verify:
-        plots.extend(write_match_pictures(build, is_match))
+    threshold, retrieval, verified = _score(build, config, is_match, threshold, verify, output)
+    _report_scores(output, truth_text, retrieval, verified, config.verifier.min_inliers)
+    evaluation = verified if verified is not None else retrieval
+    plots = _write_demo_plots(build, out_dir, is_match, threshold, evaluation, title, verify)
     for plot in plots:
         _emit(output, f"plot: {plot}")
     seconds = time.perf_counter() - started
     _emit(output, f"finished in {seconds:.1f} s")
+
+    def scores(result: Evaluation) -> dict:
+        return {k: v for k, v in dataclasses.asdict(result).items() if k != "pr_curve"}
+
     summary = {
         "model": note,
-        **{k: v for k, v in dataclasses.asdict(evaluation).items() if k != "pr_curve"},
-        "retrieval": {k: v for k, v in dataclasses.asdict(retrieval).items() if k != "pr_curve"},
-        "verified": (
-            {k: v for k, v in dataclasses.asdict(verified).items() if k != "pr_curve"} if verified else None
-        ),
+        **scores(evaluation),
+        "retrieval": scores(retrieval),
+        "verified": scores(verified) if verified else None,
         "sequence_length": config.sequence.length,
         "params_file": str(params_file),
         "frames": build.frames,

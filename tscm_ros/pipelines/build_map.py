@@ -104,6 +104,69 @@ def _progress(total: int | None, enabled: bool, description: str):
     return tqdm(total=total, disable=not enabled, desc=description, unit="frame", dynamic_ncols=True)
 
 
+class _MapBuilder:
+    """One build's running state: the session (created with the first batch, when the descriptor size is
+    known) and what it produced, frame by frame."""
+
+    def __init__(self, describer: Describer, index_spec: str, config: RecognitionConfig) -> None:
+        self.describer = describer
+        self.index_spec = index_spec
+        self.config = config
+        self.session: RecognitionSession | None = None
+        self.source = ""
+        self.records: list[tuple[int, Pose | None]] = []
+        self.descriptors: list[np.ndarray] = []
+        self.keyframes: list[Keyframe] = []
+        self.candidates: list[LoopCandidate] = []
+        self.describe_seconds = 0.0
+
+    def add_batch(self, batch: list, bar: Any) -> None:
+        """Describe ``batch`` and run its frames through the session, in order; empties ``batch``."""
+        tick = time.perf_counter()
+        described = np.asarray(self.describer.describe([frame.rgb for frame in batch]), dtype=np.float32)
+        self.describe_seconds += time.perf_counter() - tick
+        if self.session is None:
+            dim, fingerprint = described.shape[1], self.describer.fingerprint
+            place_map = PlaceMap.create(dim, self.index_spec, model_fingerprint=fingerprint)
+            self.session = RecognitionSession(place_map, self.config)
+        for frame, descriptor in zip(batch, described, strict=True):
+            result = self.session.process(
+                descriptor, frame.stamp_ns, image=frame.rgb if self.config.verify else None,
+                depth=frame.depth, intrinsics=frame.intrinsics, frame_id=frame.frame_id, source=self.source,
+                pose=frame.pose,
+            )  # fmt: skip
+            if result.is_keyframe:
+                self.keyframes.append(Keyframe(int(result.place_id), frame.stamp_ns, frame.pose))
+                self.candidates.extend(result.candidates)
+        self.descriptors.append(described)
+        self.records.extend((frame.stamp_ns, frame.pose) for frame in batch)
+        bar.update(len(batch))
+        batch.clear()
+
+    def finish(self, bag: Path, out_dir: Path, stats: BagReadStats, started: float) -> BuildResult:
+        """Save the map, the candidates CSV and the plots to ``out_dir``; close the session."""
+        session = self.session
+        if session is None:
+            raise ValueError(f"{bag}: no frame could be decoded ({stats.summary()})")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        map_dir = out_dir / MAP_DIR
+        session.save(str(map_dir))
+        reasons = dict(session.reasons)
+        session.close()
+        csv_path = write_candidates_csv(out_dir / CSV_FILE, self.candidates)
+        label = self.describer.label
+        plots = write_plots(out_dir, self.keyframes, self.candidates, title=f"{bag.name} - {label}")
+        return BuildResult(
+            out_dir=out_dir, map_dir=map_dir, csv_path=csv_path, plots=plots, frames=len(self.records),
+            keyframes=self.keyframes, candidates=self.candidates, stats=stats, describer_label=label,
+            describe_seconds=self.describe_seconds, total_seconds=time.perf_counter() - started,
+            descriptors=np.concatenate(self.descriptors),
+            frame_stamps_ns=np.array([stamp for stamp, _ in self.records], dtype=np.int64),
+            frame_poses=[pose for _, pose in self.records], verification=self.config.verify,
+            unverified_reasons=reasons,
+        )  # fmt: skip
+
+
 def build_map_from_bag(
     bag: str | Path,
     out_dir: str | Path,
@@ -153,87 +216,31 @@ def build_map_from_bag(
         bag, image_topic, pose_topic, depth_topic=depth_topic, camera_info_topic=camera_info_topic,
         max_pixels=max_pixels, stats=stats, allow_partial=allow_partial,
     )  # fmt: skip
-    session: RecognitionSession | None = None
-    records: list[tuple[int, Pose | None]] = []
-    descriptors: list[np.ndarray] = []
-    keyframes: list[Keyframe] = []
-    candidates: list[LoopCandidate] = []
-    describe_seconds = 0.0
+    builder = _MapBuilder(describer, index_spec, config)
     batch: list = []
     bar = None
-
-    def flush() -> None:
-        nonlocal describe_seconds, session
-        tick = time.perf_counter()
-        described = np.asarray(describer.describe([frame.rgb for frame in batch]), dtype=np.float32)
-        describe_seconds += time.perf_counter() - tick
-        if session is None:
-            dim, fingerprint = described.shape[1], describer.fingerprint
-            place_map = PlaceMap.create(dim, index_spec, model_fingerprint=fingerprint)
-            session = RecognitionSession(place_map, config)
-        for frame, descriptor in zip(batch, described, strict=True):
-            result = session.process(
-                descriptor, frame.stamp_ns, image=frame.rgb if config.verify else None, depth=frame.depth,
-                intrinsics=frame.intrinsics, frame_id=frame.frame_id, source=source, pose=frame.pose,
-            )  # fmt: skip
-            if result.is_keyframe:
-                keyframes.append(Keyframe(int(result.place_id), frame.stamp_ns, frame.pose))
-                candidates.extend(result.candidates)
-        descriptors.append(described)
-        records.extend((frame.stamp_ns, frame.pose) for frame in batch)
-        bar.update(len(batch))
-        batch.clear()
-
-    source = ""
     try:
         skip = set(skip_stamps)
         for frame in frames:
             if frame.stamp_ns in skip:
                 continue
-            if bar is None:
+            if bar is None:  # the image topic is known once the first frame is read
                 total = counts.get(stats.image_topic)
                 total = min(total, max_frames) if max_frames and total else total
                 bar = _progress(total, progress, f"describe {stats.image_topic}")
-                source = f"{bag.name}:{stats.image_topic}"
+                builder.source = f"{bag.name}:{stats.image_topic}"
             batch.append(frame)
             if len(batch) >= batch_size:
-                flush()
-            if max_frames is not None and len(records) + len(batch) >= max_frames:
+                builder.add_batch(batch, bar)
+            if max_frames is not None and len(builder.records) + len(batch) >= max_frames:
                 break
         if batch:
-            flush()
+            builder.add_batch(batch, bar)
     finally:
         frames.close()
         if bar is not None:
             bar.close()
-    if session is None:
-        raise ValueError(f"{bag}: no frame could be decoded ({stats.summary()})")
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    map_dir = out_dir / MAP_DIR
-    session.save(str(map_dir))
-    reasons = dict(session.reasons)
-    session.close()
-    csv_path = write_candidates_csv(out_dir / CSV_FILE, candidates)
-    plots = write_plots(out_dir, keyframes, candidates, title=f"{bag.name} - {describer.label}")
-    return BuildResult(
-        out_dir=out_dir,
-        map_dir=map_dir,
-        csv_path=csv_path,
-        plots=plots,
-        frames=len(records),
-        keyframes=keyframes,
-        candidates=candidates,
-        stats=stats,
-        describer_label=describer.label,
-        describe_seconds=describe_seconds,
-        total_seconds=time.perf_counter() - started,
-        descriptors=np.concatenate(descriptors),
-        frame_stamps_ns=np.array([stamp for stamp, _ in records], dtype=np.int64),
-        frame_poses=[pose for _, pose in records],
-        verification=config.verify,
-        unverified_reasons=reasons,
-    )
+    return builder.finish(bag, out_dir, stats, started)
 
 
 def add_features_from_bag(

@@ -34,7 +34,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.utilities import remove_ros_args
 
-from tscm_ros.bags import BagDamagedError, BagReadStats, read_messages
+from tscm_ros.bags import BagDamagedError, BagError, BagReadStats, open_bag, read_messages
 from tscm_ros.ros.shutdown import run_until_shutdown
 
 NODE_NAME = "bag_player"
@@ -211,22 +211,17 @@ class BagPlayer(Node):
 
 
 def open_reader(path: Path) -> Any:
-    """Open a rosbag2 directory / .db3 / .mcap file or a ROS 1 .bag with rosbags' AnyReader."""
-    from rosbags.highlevel import AnyReader, AnyReaderError
-    from rosbags.typesys import Stores, get_typestore
-
+    """Open a rosbag2 directory / .db3 / .mcap file or a ROS 1 .bag with :func:`tscm_ros.bags.open_bag`
+    (the package's one opener and typestore); a .db3/.mcap file inside a rosbag2 directory plays the
+    whole directory."""
     if not path.exists():
         raise BagPlayerError(f"bag {path} does not exist")
-    if path.is_file() and path.suffix in (".db3", ".mcap"):
+    if path.is_file() and path.suffix in (".db3", ".mcap") and (path.parent / "metadata.yaml").is_file():
         path = path.parent  # rosbag2 readers open the directory holding metadata.yaml
-    reader = AnyReader([path], default_typestore=get_typestore(Stores.LATEST))
     try:
-        reader.open()
-    except (AnyReaderError, OSError) as error:
-        raise BagPlayerError(f"cannot read bag {path}: {error}") from error
-    except Exception as error:  # a damaged bag: rosbags' reader errors, apsw, struct, yaml ...
-        raise BagPlayerError(f"cannot read bag {path} (damaged?): {type(error).__name__}: {error}") from error
-    return reader
+        return open_bag(path)
+    except (BagError, OSError) as error:
+        raise BagPlayerError(str(error)) from error
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:

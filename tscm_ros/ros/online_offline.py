@@ -22,13 +22,14 @@ import numpy as np
 from sensor_msgs.msg import PointCloud2
 
 from tscm_ros.bags import iter_frames
-from tscm_ros.pipelines.build_map import build_map_from_bag
+from tscm_ros.pipelines.build_map import BuildResult, build_map_from_bag
 from tscm_ros.placemap import PlaceMap
 from tscm_ros.recognition import RecognitionConfig, read_params_file
 from tscm_ros.ros.messages import cloud_to_array, stamp_to_ns
 from tscm_ros.ros.testing import NodeProcess, RosProbe, reliable_qos
 
 NODE = "/place_recognition_node"
+BAG_PLAYER_MODULE = "tscm_ros.ros.bag_player"  # run with python -m
 Pair = tuple[
     int, int, int, int, int, int
 ]  # query stamp (us), match stamp (us), match id, verified, inliers, rank
@@ -66,6 +67,61 @@ def _microseconds(stamp_ns: int) -> int:
     return round(stamp_ns / 1000)
 
 
+def _replay_into_node(
+    bag: Path,
+    params_file: Path,
+    node_parameters: dict,
+    topics: dict[str, str],
+    rate: float,
+    timeout_s: float,
+) -> dict[int, np.ndarray]:
+    """Start the node, play ``bag`` into it with bag_player, stop it: ~/loop_candidates per image stamp."""
+    outputs: dict[int, np.ndarray] = {}
+    with RosProbe("online_offline_probe") as probe:
+        candidates = probe.subscribe(PointCloud2, f"{NODE}/loop_candidates", reliable_qos(1000))
+        with NodeProcess(parameters=node_parameters, remappings=topics, params_file=params_file) as node:
+            if not node.wait_for_output("ready:", 300.0):
+                raise RuntimeError(f"node did not start:\n{node.output()}")
+            if not probe.wait_for_publishers(f"{NODE}/loop_candidates", 1, 30.0):
+                raise RuntimeError("no ~/loop_candidates publisher")
+            player = subprocess.run(
+                [sys.executable, "-m", BAG_PLAYER_MODULE, str(bag), "--rate", str(rate),
+                 "--start-delay", "2.0", "--no-progress", "--topics", *topics.values()],
+                capture_output=True, text=True, timeout=timeout_s,
+            )  # fmt: skip
+            if player.returncode != 0:
+                raise RuntimeError(f"bag_player failed: {player.stderr[-2000:]}")
+            quiet_since, count = time.monotonic(), -1
+            while time.monotonic() - quiet_since < 5.0:  # the node finishes its last frame
+                if len(candidates.items) != count:
+                    count, quiet_since = len(candidates.items), time.monotonic()
+                time.sleep(0.2)
+            code = node.stop(timeout=60.0)
+            if code != 0:
+                raise RuntimeError(f"node did not stop cleanly (exit {code}):\n{node.output()}")
+        for message in candidates.messages:
+            outputs[stamp_to_ns(message.header.stamp)] = cloud_to_array(message)
+    return outputs
+
+
+def _build_offline(
+    bag: Path, out_dir: Path, options: dict, topics: dict[str, str], dropped: list[int]
+) -> BuildResult:
+    """tscm_build_map on ``bag`` with the node's ``options``, one frame at a time, without ``dropped``."""
+    from tscm_ros.describer import create_describer
+
+    describer = create_describer(
+        options.get("model_path") or None, backend=options.get("backend", "torch"),
+        precision=options.get("precision", "fp32"), batch_size=1,
+    )  # fmt: skip
+    return build_map_from_bag(
+        bag, out_dir, image_topic=topics["image"], pose_topic=topics.get("odom", ""),
+        depth_topic=topics.get("depth", ""), camera_info_topic=topics.get("camera_info", ""),
+        describer=describer, index_spec=options.get("index_spec", "flat"),
+        config=RecognitionConfig.from_options(options), batch_size=1, progress=False, skip_stamps=dropped,
+    )  # fmt: skip
+
+
 def compare_online_offline(
     bag: Path,
     params_file: Path,
@@ -92,31 +148,7 @@ def compare_online_offline(
     stamps = [frame.stamp_ns for frame in iter_frames(bag, topics["image"], "")]
     node_map = out_dir / "node_map"
     node_parameters = {**parameters, "map_path": str(node_map), "save_on_shutdown": True, "mode": "mapping"}
-    outputs: dict[int, np.ndarray] = {}
-    with RosProbe("online_offline_probe") as probe:
-        candidates = probe.subscribe(PointCloud2, f"{NODE}/loop_candidates", reliable_qos(1000))
-        with NodeProcess(parameters=node_parameters, remappings=topics, params_file=params_file) as node:
-            if not node.wait_for_output("ready:", 300.0):
-                raise RuntimeError(f"node did not start:\n{node.output()}")
-            if not probe.wait_for_publishers(f"{NODE}/loop_candidates", 1, 30.0):
-                raise RuntimeError("no ~/loop_candidates publisher")
-            player = subprocess.run(
-                [sys.executable, "-m", "tscm_ros.ros.bag_player", str(bag), "--rate", str(rate),
-                 "--start-delay", "2.0", "--no-progress", "--topics", *topics.values()],
-                capture_output=True, text=True, timeout=timeout_s,
-            )  # fmt: skip
-            if player.returncode != 0:
-                raise RuntimeError(f"bag_player failed: {player.stderr[-2000:]}")
-            quiet_since, count = time.monotonic(), -1
-            while time.monotonic() - quiet_since < 5.0:  # the node finishes its last frame
-                if len(candidates.items) != count:
-                    count, quiet_since = len(candidates.items), time.monotonic()
-                time.sleep(0.2)
-            code = node.stop(timeout=60.0)
-            if code != 0:
-                raise RuntimeError(f"node did not stop cleanly (exit {code}):\n{node.output()}")
-        for message in candidates.messages:
-            outputs[stamp_to_ns(message.header.stamp)] = cloud_to_array(message)
+    outputs = _replay_into_node(bag, params_file, node_parameters, topics, rate, timeout_s)
     node_pairs = {
         (_microseconds(stamp), round(float(row["match_stamp"]) * 1e6), int(row["match_id"]),
          int(row["verified"]), int(row["inliers"]), int(row["rank"]))
@@ -125,20 +157,8 @@ def compare_online_offline(
     with PlaceMap.load(node_map) as loaded:
         node_places = len(loaded)
     dropped = [stamp for stamp in stamps if stamp not in outputs]
-
-    from tscm_ros.describer import create_describer
-
     options = {**read_params_file(params_file), **parameters, "mode": "mapping"}
-    describer = create_describer(
-        options.get("model_path") or None, backend=options.get("backend", "torch"),
-        precision=options.get("precision", "fp32"), batch_size=1,
-    )  # fmt: skip
-    result = build_map_from_bag(
-        bag, out_dir / "offline", image_topic=topics["image"], pose_topic=topics.get("odom", ""),
-        depth_topic=topics.get("depth", ""), camera_info_topic=topics.get("camera_info", ""),
-        describer=describer, index_spec=options.get("index_spec", "flat"),
-        config=RecognitionConfig.from_options(options), batch_size=1, progress=False, skip_stamps=dropped,
-    )  # fmt: skip
+    result = _build_offline(bag, out_dir / "offline", options, topics, dropped)
     offline_pairs = {
         (_microseconds(c.query_stamp_ns), _microseconds(c.match_stamp_ns), c.match_id, int(c.verified),
          c.inliers, c.rank)

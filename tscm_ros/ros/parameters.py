@@ -14,6 +14,7 @@ from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
+from tscm_ros.config_ranges import field_range
 from tscm_ros.loop_closure import LoopClosureConfig
 from tscm_ros.placemap import IndexSpec, IndexSpecError
 from tscm_ros.recognition import RecognitionConfig
@@ -275,24 +276,21 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         DETECTOR_DEFAULTS.min_interval_s,
         "minimum time between keyframes (header stamps), seconds",
         False,
-        0.0,
-        3600.0,
+        *field_range(LoopClosureConfig, "min_interval_s"),
     ),
     ParameterSpec(
         "min_descriptor_change",
         DETECTOR_DEFAULTS.min_descriptor_change,
         "minimum 1 - cosine similarity to the previous keyframe for a new keyframe",
         False,
-        0.0,
-        2.0,
+        *field_range(LoopClosureConfig, "min_descriptor_change"),
     ),
     ParameterSpec(
         "min_travel_m",
         DETECTOR_DEFAULTS.min_travel_m,
         "minimum travel since the previous keyframe (needs odom), metres",
         False,
-        0.0,
-        1.0e4,
+        *field_range(LoopClosureConfig, "min_travel_m"),
     ),
     # candidate search
     ParameterSpec(
@@ -300,26 +298,29 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         DETECTOR_DEFAULTS.exclusion_window_s,
         "places whose stamps are closer than this to the query are not candidates",
         False,
-        0.0,
-        1.0e6,
+        *field_range(LoopClosureConfig, "exclusion_window_s"),
     ),
     ParameterSpec(
         "exclusion_travel_m",
         DETECTOR_DEFAULTS.exclusion_travel_m,
         "with odometry: places of this run added less than this travel ago are not candidates (metres)",
         False,
-        0.0,
-        1.0e6,
+        *field_range(LoopClosureConfig, "exclusion_travel_m"),
     ),
     ParameterSpec(
         "exclusion_keyframes",
         DETECTOR_DEFAULTS.exclusion_keyframes,
         "the most recent N keyframes are not candidates",
         False,
-        0,
-        1_000_000,
+        *field_range(LoopClosureConfig, "exclusion_keyframes"),
     ),
-    ParameterSpec("top_k", DETECTOR_DEFAULTS.top_k, "maximum candidates per keyframe", False, 1, 100),
+    ParameterSpec(
+        "top_k",
+        DETECTOR_DEFAULTS.top_k,
+        "maximum candidates per keyframe",
+        False,
+        *field_range(LoopClosureConfig, "top_k"),
+    ),
     ParameterSpec(
         "similarity_threshold",
         DETECTOR_DEFAULTS.similarity_threshold,
@@ -333,40 +334,35 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         DETECTOR_DEFAULTS.consistency_n,
         "a candidate is reported after this many consecutive keyframes match consistently",
         False,
-        1,
-        100,
+        *field_range(LoopClosureConfig, "consistency_n"),
     ),
     ParameterSpec(
         "consistency_tolerance_keyframes",
         DETECTOR_DEFAULTS.consistency_tolerance_keyframes,
         "candidates of consecutive keyframes agree when their matches are within N keyframe indices",
         False,
-        0,
-        1_000_000,
+        *field_range(LoopClosureConfig, "consistency_tolerance_keyframes"),
     ),
     ParameterSpec(
         "consistency_tolerance_s",
         DETECTOR_DEFAULTS.consistency_tolerance_s,
         "... or within this many seconds of each other (0 = off)",
         False,
-        0.0,
-        1.0e6,
+        *field_range(LoopClosureConfig, "consistency_tolerance_s"),
     ),
     ParameterSpec(
         "nms_window_keyframes",
         DETECTOR_DEFAULTS.nms_window_keyframes,
         "non-maximum suppression: drop a candidate within N keyframe indices of a better one (0 = off)",
         False,
-        0,
-        1_000_000,
+        *field_range(LoopClosureConfig, "nms_window_keyframes"),
     ),
     ParameterSpec(
         "nms_window_s",
         DETECTOR_DEFAULTS.nms_window_s,
         "... or within this many seconds of a better one (0 = off)",
         False,
-        0.0,
-        1.0e6,
+        *field_range(LoopClosureConfig, "nms_window_s"),
     ),
     # geometric verification and sequence matching
     ParameterSpec(
@@ -396,15 +392,19 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         8192,
     ),
     ParameterSpec(
-        "min_inliers", VERIFIER_DEFAULTS.min_inliers, "inliers needed to accept a candidate", False, 5, 100000
+        "min_inliers",
+        VERIFIER_DEFAULTS.min_inliers,
+        "inliers needed to accept a candidate",
+        False,
+        5,  # the core accepts >= 1 (benchmarks/verification.py counts model inliers from 1)
+        100000,
     ),
     ParameterSpec(
         "min_inlier_ratio",
         VERIFIER_DEFAULTS.min_inlier_ratio,
         "inliers / mutual matches needed to accept a candidate",
         False,
-        0.0,
-        1.0,
+        *field_range(VerifierConfig, "min_inlier_ratio"),
     ),
     ParameterSpec(
         "camera_intrinsics",
@@ -427,8 +427,7 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         SEQUENCE_DEFAULTS.length,
         "match sequences of N keyframes (SeqSLAM-style) instead of single frames (0 = off)",
         False,
-        0,
-        1000,
+        *field_range(SequenceConfig, "length"),
     ),
     ParameterSpec(
         "sequence_confirm_inliers",
@@ -444,16 +443,14 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         SEQUENCE_DEFAULTS.min_speed,
         "slowest relative speed (map keyframes per query keyframe) a sequence may have",
         False,
-        0.05,
-        20.0,
+        *field_range(SequenceConfig, "min_speed"),
     ),
     ParameterSpec(
         "sequence_max_speed",
         SEQUENCE_DEFAULTS.max_speed,
         "fastest relative speed (map keyframes per query keyframe) a sequence may have",
         False,
-        0.05,
-        20.0,
+        *field_range(SequenceConfig, "max_speed"),
     ),
     # input
     ParameterSpec(

@@ -1,4 +1,5 @@
-"""Harness for exercising ROS nodes from tests and benchmarks over real DDS (no rclpy mocks).
+"""Harness for exercising ROS nodes from tests, benchmarks and tscm_online_offline over real DDS (no rclpy
+mocks); a supported helper, documented in docs/ROS_INTERFACES.md.
 
 ``NodeProcess`` starts a node as its own process (``python -m module --ros-args ...``); ``RosProbe`` is an
 in-process rclpy node, spun on a background thread, that publishes, collects messages, calls services and
