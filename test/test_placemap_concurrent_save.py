@@ -18,14 +18,22 @@ from tscm_ros.recognition import RecognitionSession
 WRITE_DELAY_S = 0.6
 
 
+class _Windows(list):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writing = threading.Event()
+
+
 @pytest.fixture
 def slow_writes(monkeypatch):
-    """Every save's write phase (outside the lock) starts with a sleep; records when writes run."""
+    """Every save's write phase (outside the lock) starts with a sleep; records when writes run
+    (``windows``; ``writing`` is set once a write phase, i.e. after its snapshot, began)."""
     original = PlaceMap._write_job
-    windows: list[tuple[float, float]] = []
+    windows = _Windows()
 
     def slow(self, job):
         started = time.monotonic()
+        windows.writing.set()
         time.sleep(WRITE_DELAY_S)
         try:
             return original(self, job)
@@ -48,11 +56,10 @@ def test_inserts_during_a_save_are_not_blocked_and_the_map_reloads_consistently(
         place_map.save(root)
         place_map.add(data[100:150], metas(50, start=100))
     saved_before = len(place_map)
+    slow_writes.writing.clear()
     saver = threading.Thread(target=place_map.save, args=(root,))
     saver.start()
-    while not place_map.saving:
-        time.sleep(0.001)
-    time.sleep(0.05)  # the snapshot is taken; the write sleeps
+    assert slow_writes.writing.wait(10.0)  # the snapshot is taken; the write sleeps
     add_s, added = [], []
     for i in range(150, 250):  # concurrent inserts, removals and feature changes while it writes
         started = time.monotonic()
@@ -195,8 +202,7 @@ def test_session_save_does_not_hold_the_session_and_a_reset_meanwhile_is_safe(
     saved: list[int] = []
     saver = threading.Thread(target=lambda: saved.append(session.save(str(root))))
     saver.start()
-    while not session.place_map.saving:
-        time.sleep(0.001)
+    assert slow_writes.writing.wait(10.0)
     started = time.monotonic()
     for i in range(30, 40):  # frames go on during the write
         assert session.process(data[i], 1_000_000_000 * (i + 1)).place_id == i

@@ -224,6 +224,8 @@ class RecognitionSession:
         self._control: list[tuple[str, Any]] = []  # requests for the next frame boundary, in order
         self._save_mutex = threading.RLock()  # one save at a time; retired maps close under it
         self._retired: list[PlaceMap] = []  # maps replaced by a reset, closed once no save uses them
+        self._spare: PlaceMap | None = None  # an empty map made ahead for request_reset (prepare_reset)
+        self._closed = False
         self._counters = SessionCounters()
         self._publish_counters()
 
@@ -392,7 +394,25 @@ class RecognitionSession:
         frame boundary (the frame in flight still goes to the old map, which is discarded).
         RecognitionError at once on a fleet store."""
         self._check_resettable()
-        return self._request("reset", self._empty_map())  # built here, outside every lock
+        with self._control_lock:
+            fresh, self._spare = self._spare, None
+        if fresh is None:
+            fresh = self._empty_map()  # built here, outside every lock
+        return self._request("reset", fresh)  # the next spare is made after the old map is closed
+
+    def prepare_reset(self) -> None:
+        """Build the empty map of the next :meth:`request_reset` in the background (creating one costs
+        tens of ms of disk work: the working database), so the request itself only swaps maps."""
+        if self._fleet is None:
+            threading.Thread(target=self._make_spare, name="placemap-spare", daemon=True).start()
+
+    def _make_spare(self) -> None:
+        fresh = self._empty_map()
+        with self._control_lock:
+            if self._spare is None and not self._closed:
+                self._spare, fresh = fresh, None
+        if fresh is not None:
+            fresh.close()
 
     def _empty_map(self) -> PlaceMap:
         """A new empty map like the current one (dimension, spec, fingerprint, budget never change)."""
@@ -707,7 +727,11 @@ class RecognitionSession:
         self._run_start = self._run_marker()
         with self._control_lock:
             self._retired.append(old)
-        threading.Thread(target=self._close_retired, name="placemap-retire", daemon=True).start()
+        threading.Thread(target=self._after_reset, name="placemap-retire", daemon=True).start()
+
+    def _after_reset(self) -> None:
+        self._close_retired()
+        self._make_spare()
 
     def _close_retired(self, keep: PlaceMap | None = None) -> None:
         """Close maps replaced by a reset (but ``keep``); under the save mutex, so never while a save
@@ -728,7 +752,10 @@ class RecognitionSession:
         with self._save_mutex, self._lock:
             with self._control_lock:
                 unused = [argument for kind, argument in self._control if kind == "reset"]
+                if self._spare is not None:
+                    unused.append(self._spare)
                 self._control.clear()
+                self._spare, self._closed = None, True
             for place_map in (*unused, self._map):
                 place_map.close()
 

@@ -127,6 +127,7 @@ class PlaceRecognitionNode(Node):
 
         self._describer = self._create_describer()
         self._places = self._create_session()
+        self._places.prepare_reset()  # ~/reset_map then only swaps maps
         self._parameter_lock = threading.Lock()  # concurrent parameter sets (service + set_mapping)
         self._saver = MapSaver(self._save_now, self._on_save_done)
         self._decode = image_msg_to_rgb if self._config["image_transport"] == "raw" else compressed_msg_to_rgb
