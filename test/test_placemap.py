@@ -254,6 +254,7 @@ def test_round_trip_keeps_everything(tmp_path: Path, db: np.ndarray) -> None:
     np.testing.assert_array_equal(loaded.search_arrays(db[:40], 5)[1], place_map.search_arrays(db[:40], 5)[1])
     assert loaded.get(7) == place_map.get(7)
     shutil.copytree(version, tmp_path / "copy")
+    place_map.close()  # one writer per map directory (test_placemap_writer_lock.py)
     # saving again without a path writes a new version, loadable; older versions get pruned
     loaded.add(db[40:41], metas(1, start=40))
     loaded.save()
@@ -425,7 +426,8 @@ def test_sigkill_during_saves_leaves_old_or_new_map(tmp_path: Path) -> None:
     final = PlaceMap.load(root)
     final.save()
     final.close()  # waits for a background compaction the save may have started
-    assert sorted(p.name.startswith("v") for p in root.iterdir() if p.name != "current") == [True, True]
+    names = [p.name for p in root.iterdir() if p.name not in ("current", ".lock")]
+    assert sorted(name.startswith("v") for name in names) == [True, True]
 
 
 def test_search_params_can_be_tuned_and_are_saved(tmp_path: Path, db: np.ndarray) -> None:

@@ -67,6 +67,7 @@ def test_features_and_thumbnails_round_trip(tmp_path: Path) -> None:
     database = version_dir(tmp_path / "m") / "places.sqlite"
     assert {"features", "thumbnails"} <= table_names(database) and schema_version(database) == SCHEMA_VERSION
 
+    place_map.close()  # one writer per map directory
     loaded = PlaceMap.load(tmp_path / "m")
     assert loaded.get_features(ids) == got and loaded.get_thumbnail(0) == thumb(0)
     assert loaded.feature_stats() == stats

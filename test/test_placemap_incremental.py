@@ -71,11 +71,13 @@ def test_incremental_saves_round_trip(tmp_path: Path, spec: str) -> None:
     assert loaded.delta_count == 3 and loaded.spec == place_map.spec
     same_state(loaded, place_map, data[:160:7])
     assert loaded.get_features([7, 8]) == {7: b"new features"} and loaded.get_thumbnail(7) == b"thumb"
-    # the loaded map continues the chain
+    # the loaded map continues the chain (once the first writer is closed: one writer per directory)
+    expected_len = len(place_map)
+    place_map.close()
     loaded.add(data[160:170], metas(10, start=160))
     loaded.save()
     again = PlaceMap.load(root)
-    assert again.delta_count == 4 and len(again) == len(place_map) + 10
+    assert again.delta_count == 4 and len(again) == expected_len + 10
     assert again.add(data[:1], metas(1))[0] == 170
 
 
@@ -115,13 +117,15 @@ def test_large_pending_change_is_saved_in_full(tmp_path: Path) -> None:
 
 def test_another_writer_forces_a_full_save(tmp_path: Path) -> None:
     data = unit_vectors(30, seed=24)
-    ours = PlaceMap.create(DIM)
-    ours.add(data[:10], metas(10))
-    ours.save(tmp_path / "m")
+    first = PlaceMap.create(DIM)
+    first.add(data[:10], metas(10))
+    first.save(tmp_path / "m")
+    first.close()
+    ours = PlaceMap.load(tmp_path / "m")  # loading takes no writer lock
     theirs = PlaceMap.load(tmp_path / "m")
     theirs.add(data[10:20], metas(10))
     theirs.save()  # 'current' moved under our feet
-    theirs.close()
+    theirs.close()  # while open it is the directory's writer: ours could not save (MapLockedError)
     ours.add(data[20:25], metas(5))
     ours.save()
     assert ours.delta_count == 0 and len(PlaceMap.load(tmp_path / "m")) == 15  # last writer wins, whole

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from .config_ranges import check_ranges, ranged
-from .placemap import Match, PlaceMap, PlaceMeta, Pose, Utm
+from .placemap import MapFullError, Match, PlaceMap, PlaceMeta, Pose, Utm
 from .poses import NS_PER_S
 
 if TYPE_CHECKING:
@@ -181,6 +181,7 @@ class LoopClosureDetector:
         self._keyframe_count = 0
         self._previous_chain: list[_ChainEntry] = []
         self.time_jumps = 0
+        self.refused_full = 0  # keyframes not added because the map is at its max_places budget
         self.verification_gates = False  # set by the session: an automatic threshold then filters nothing
         self._travel_m = 0.0  # odometry travel of this run, summed over keyframes
         self._run_place_ids: list[int] = []  # places added in this run with a pose ...
@@ -345,7 +346,9 @@ class LoopClosureDetector:
         features: bytes | None = None,
         thumbnail: bytes | None = None,
     ) -> int | None:
-        """End the keyframe: add it to the map in mapping mode (returns its place id) and remember it."""
+        """End the keyframe: add it to the map in mapping mode (returns its place id) and remember it.
+
+        A map at its ``max_places`` budget refuses the add (None, counted in :attr:`refused_full`)."""
         with self._lock:
             place_id = None
             if self.config.mode == "mapping":
@@ -354,7 +357,10 @@ class LoopClosureDetector:
                 extra = {}
                 if features is not None or thumbnail is not None:
                     extra = {"features": [features], "thumbnails": [thumbnail]}
-                place_id = int(self.place_map.add(vector[None, :], [meta], **extra)[0])
+                try:
+                    place_id = int(self.place_map.add(vector[None, :], [meta], **extra)[0])
+                except MapFullError:  # at the budget: the keyframe is still matched, just not added
+                    self.refused_full += 1
             self._travel_m = self._travel_to(pose)
             if place_id is not None and pose is not None:
                 self._run_place_ids.append(place_id)

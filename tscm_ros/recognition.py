@@ -17,8 +17,14 @@ into the node and the same bag mapped offline go through the same steps. Per key
    accepted candidates get inliers and a relative pose and are ranked first, by inliers.
 6. **Commit**: in mapping mode the keyframe becomes a place, with its features and thumbnail.
 
-Everything that changes state holds one lock; feature extraction and verification of the candidates of one
-keyframe run while it is held only as long as they touch the map.
+**Locking.** Everything that changes state holds one lock, for short sections only: the keyframe gate, then
+retrieval + ranking + commit, then recording the verified closures. Feature extraction and the verification
+of the candidates run outside it. Control requests from other threads (:meth:`request_configure`,
+:meth:`request_reset`) never wait for a frame: they are applied at once when the lock is free within
+``CONTROL_WAIT_S``, else at the next frame boundary (the start of the next :meth:`process` / :meth:`wants`,
+or :meth:`apply_pending`), in the order they were made. :meth:`save` holds the lock only to apply those
+requests; the map's own save holds the map's lock only for its snapshot (:meth:`PlaceMap.save`).
+:attr:`counters` is a lock-free snapshot for diagnostics.
 
 **Place stores.** The map is a :class:`~tscm_ros.placemap.PlaceMap` (the default: a local faiss map) or, when
 :meth:`RecognitionSession.open` gets a PostgreSQL ``map_uri``, a fleet store
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+import sqlite3
 import threading
 import time
 from collections import Counter, deque
@@ -58,6 +65,7 @@ from tscm_ros.sequence import SequenceConfig, SequenceMatcher, SequenceScore
 from tscm_ros.verification import Verification, Verifier, VerifierConfig
 
 MAX_CLOSURES = 2000  # accepted loop closures kept in memory (markers, statistics)
+CONTROL_WAIT_S = 0.02  # a control request waits this long for the lock, then takes effect at the next frame
 DEFAULT_MAP_SCHEMA = "tscm"
 SESSION_AXIS_STRIDE = 1 << 32  # sequence axis: distance between fleet sessions (exact in float64)
 QUERY_FILTERS = {  # RecognitionConfig field -> keyword of FleetStore.search
@@ -153,6 +161,23 @@ class RecognitionConfig:
 
 
 @dataclass(frozen=True)
+class SessionCounters:
+    """A consistent snapshot of the session's counters, read without its lock (diagnostics)."""
+
+    places: int = 0
+    max_places: int | None = None  # the map's budget (None = unlimited)
+    refused_full: int = 0  # keyframes not added because the map was at max_places
+    reasons: Mapping[str, int] = field(default_factory=dict)  # why candidates stayed unverified
+    time_jumps: int = 0
+    pending_requests: int = 0  # control requests waiting for the next frame boundary
+
+    @property
+    def utilisation(self) -> float | None:
+        """``places / max_places`` (None when unlimited)."""
+        return None if not self.max_places else self.places / self.max_places
+
+
+@dataclass(frozen=True)
 class RecognitionResult:
     """What the session did with one frame. ``candidates``: verified first (by inliers), then the rest."""
 
@@ -195,6 +220,14 @@ class RecognitionSession:
         self.reasons: Counter[str] = Counter()  # why candidates stayed unverified, and feature problems
         self.last_feature_error = ""
         self._session_codes: dict[tuple[str, str], int] = {}  # fleet identities on the sequence axis
+        self._control_lock = threading.Lock()  # guards _control only (never held while waiting)
+        self._control: list[tuple[str, Any]] = []  # requests for the next frame boundary, in order
+        self._save_mutex = threading.RLock()  # one save at a time; retired maps close under it
+        self._retired: list[PlaceMap] = []  # maps replaced by a reset, closed once no save uses them
+        self._spare: PlaceMap | None = None  # an empty map made ahead for request_reset (prepare_reset)
+        self._closed = False
+        self._counters = SessionCounters()
+        self._publish_counters()
 
     @classmethod
     def open(
@@ -210,8 +243,12 @@ class RecognitionSession:
         map_schema: str = DEFAULT_MAP_SCHEMA,
         robot_id: str = "",
         session_id: str = "",
+        max_places: int | None = None,
     ) -> RecognitionSession:
         """Load ``map_path`` (``load``) or create an empty map; RecognitionError has one clear line.
+
+        ``max_places``: growth budget of a local map (None = unlimited; not used with ``map_uri``): at the
+        budget keyframes are still matched but no longer added (:attr:`SessionCounters.refused_full`).
 
         ``map_uri``: '' (default) = the local faiss map at ``map_path``, exactly as without it. A
         ``postgresql://`` / ``postgres://`` URI or libpq conninfo (``service=fleet``) = the fleet map in
@@ -239,12 +276,14 @@ class RecognitionSession:
                     f"map_path {map_path!r} does not exist (set load_map:=false to start an empty map)"
                 )
             try:
-                place_map = PlaceMap.load(map_path, dim=dim, model_fingerprint=model_fingerprint)
+                place_map = PlaceMap.load(
+                    map_path, dim=dim, model_fingerprint=model_fingerprint, max_places=max_places
+                )
             except MapError as error:
                 raise RecognitionError(f"cannot load map: {error}") from error
         else:
             try:
-                place_map = PlaceMap.create(dim, index_spec, model_fingerprint)
+                place_map = PlaceMap.create(dim, index_spec, model_fingerprint, max_places=max_places)
             except (MapError, ValueError) as error:
                 raise RecognitionError(
                     f"cannot create a map with index_spec {index_spec!r}: {error}"
@@ -307,9 +346,27 @@ class RecognitionSession:
 
     @property
     def dirty(self) -> bool:
-        """True when places were added or the map was reset since the last save."""
-        with self._lock:
-            return self._changes > 0
+        """True when places were added or the map was reset since the last save (lock-free read)."""
+        return self._changes > 0 or any(kind == "reset" for kind, _ in list(self._control))
+
+    @property
+    def counters(self) -> SessionCounters:
+        """The latest counter snapshot (lock-free: never waits for a frame)."""
+        return self._counters
+
+    def _publish_counters(self) -> None:
+        """Refresh :attr:`counters` (called with the lock held, after every change)."""
+        self._counters = SessionCounters(
+            places=len(self._map),
+            max_places=getattr(self._map, "max_places", None),
+            refused_full=self._refused_full_total(),
+            reasons=dict(self.reasons),
+            time_jumps=self._detector.time_jumps,
+            pending_requests=len(self._control),
+        )
+
+    def _refused_full_total(self) -> int:
+        return getattr(self, "_refused_before_reset", 0) + self._detector.refused_full
 
     @property
     def time_jumps(self) -> int:
@@ -319,7 +376,80 @@ class RecognitionSession:
         """Apply new settings (keeps the map and the histories unless the sequence settings change)."""
         config = RecognitionConfig.from_options(options)
         with self._lock:
+            self._apply_pending()
             self._apply(config)
+            self._publish_counters()
+
+    def request_configure(self, config: RecognitionConfig | Mapping[str, Any]) -> bool:
+        """Hand new settings over without waiting for a frame (see the module docstring, Locking).
+
+        ``config``: a validated :class:`RecognitionConfig` or flat options (ValueError at once when bad).
+        True when applied already, False when it takes effect at the next frame boundary."""
+        if not isinstance(config, RecognitionConfig):
+            config = RecognitionConfig.from_options(config)
+        return self._request("configure", config)
+
+    def request_reset(self) -> bool:
+        """:meth:`reset` without waiting for a frame: True when done, False when it takes effect at the next
+        frame boundary (the frame in flight still goes to the old map, which is discarded).
+        RecognitionError at once on a fleet store."""
+        self._check_resettable()
+        with self._control_lock:
+            fresh, self._spare = self._spare, None
+        if fresh is None:
+            fresh = self._empty_map()  # built here, outside every lock
+        return self._request("reset", fresh)  # the next spare is made after the old map is closed
+
+    def prepare_reset(self) -> None:
+        """Build the empty map of the next :meth:`request_reset` in the background (creating one costs
+        tens of ms of disk work: the working database), so the request itself only swaps maps."""
+        if self._fleet is None:
+            threading.Thread(target=self._make_spare, name="placemap-spare", daemon=True).start()
+
+    def _make_spare(self) -> None:
+        fresh = self._empty_map()
+        with self._control_lock:
+            if self._spare is None and not self._closed:
+                self._spare, fresh = fresh, None
+        if fresh is not None:
+            fresh.close()
+
+    def _empty_map(self) -> PlaceMap:
+        """A new empty map like the current one (dimension, spec, fingerprint, budget never change)."""
+        old = self._map
+        return PlaceMap.create(old.dim, old.spec, old.model_fingerprint, max_places=old.max_places)
+
+    def _request(self, kind: str, argument: Any) -> bool:
+        with self._control_lock:
+            self._control.append((kind, argument))
+        self._counters = dataclasses.replace(self._counters, pending_requests=len(self._control))
+        if not self._lock.acquire(timeout=CONTROL_WAIT_S):
+            return False
+        try:
+            self._apply_pending()
+            self._publish_counters()
+        finally:
+            self._lock.release()
+        return True
+
+    def apply_pending(self) -> None:
+        """Apply the waiting control requests now (a frame boundary; e.g. from an idle inference loop)."""
+        if self._control:
+            with self._lock:
+                self._apply_pending()
+                self._publish_counters()
+
+    def _apply_pending(self) -> None:
+        """Apply the queued requests in order; the caller holds the lock."""
+        while True:
+            with self._control_lock:
+                if not self._control:
+                    return
+                kind, argument = self._control.pop(0)
+            if kind == "configure":
+                self._apply(argument)
+            else:
+                self._reset_locked(argument)
 
     def _apply(self, config: RecognitionConfig) -> None:
         if config.sequence != self._config.sequence:
@@ -341,6 +471,7 @@ class RecognitionSession:
     def wants(self, stamp_ns: int) -> bool:
         """False when ``min_interval_s`` would reject a frame stamped ``stamp_ns`` (skip describing it)."""
         with self._lock:
+            self._apply_pending()
             wanted = not self._detector.interval_gate(int(stamp_ns))
             self._follow_time_jumps()
             return wanted
@@ -370,6 +501,7 @@ class RecognitionSession:
         vector = self._map.normalize(descriptor)
         timings: dict[str, float] = {}
         with self._lock:
+            self._apply_pending()
             reason = self._detector.keyframe_gate(vector, stamp_ns, pose)
             self._follow_time_jumps()
             if reason:
@@ -403,11 +535,17 @@ class RecognitionSession:
                 dataclasses.replace(c, sequence_score=s.score, sequence_length=s.length) if s else c
                 for c, s in zip(candidates, sequence_scores, strict=True)
             ]
-            if config.verify:
-                started = time.perf_counter()
-                candidates = self._verify(candidates, features, intrinsics, config)
-                timings["verify"] = _ms_since(started)
-            self.closures.extend(c for c in candidates if c.verified)
+            verifiers = (self._map, self._verifier, self._confirmer)
+            self._publish_counters()
+        if config.verify:  # outside the lock: control requests and saves never wait for it
+            started = time.perf_counter()
+            reasons: Counter[str] = Counter()
+            candidates = self._verify(candidates, features, intrinsics, config, verifiers, reasons)
+            timings["verify"] = _ms_since(started)
+            with self._lock:
+                self.reasons.update(reasons)
+                self.closures.extend(c for c in candidates if c.verified)
+                self._publish_counters()
         return RecognitionResult(
             is_keyframe=True, place_id=place_id, keyframe_index=keyframe_index, candidates=candidates,
             sequence_partial=partial, query_features=features, timings_ms=timings,
@@ -482,21 +620,28 @@ class RecognitionSession:
         features: LocalFeatures | None,
         intrinsics: CameraIntrinsics | None,
         config: RecognitionConfig,
+        verifiers: tuple[PlaceMap, Verifier, Verifier],
+        reasons: Counter[str],
     ) -> list[LoopCandidate]:
         """Verify the first ``verify_top_k`` candidates; verified ones first (the confirmed best sequence,
-        then by inliers), then the rest."""
+        then by inliers), then the rest. ``verifiers``: (map, verifier, confirmer) as of the retrieval;
+        rejection reasons are counted into ``reasons``."""
+        place_map, plain, confirming = verifiers
         head, tail = candidates[: config.verify_top_k], candidates[config.verify_top_k :]
         if not head:
             return candidates
-        stored = self._map.get_features([c.match_id for c in head]) if features is not None else {}
+        try:
+            stored = place_map.get_features([c.match_id for c in head]) if features is not None else {}
+        except sqlite3.Error:  # the map was reset and closed while this frame was in flight
+            stored = {}
         checked, confirmed = [], set()
         length = config.sequence.length
         for candidate in head:
             confirm = length and candidate.rank == 0 and candidate.sequence_length >= length
-            verifier = self._confirmer if confirm else self._verifier
+            verifier = confirming if confirm else plain
             verification = self._verify_one(verifier, features, stored, candidate.match_id, intrinsics)
             if not verification.verified:
-                self.reasons[verification.reason] += 1
+                reasons[verification.reason] += 1
             elif confirm:
                 confirmed.add(candidate.match_id)  # the best sequence, confirmed: it stays the best closure
             checked.append(dataclasses.replace(candidate, verification=verification))
@@ -530,35 +675,89 @@ class RecognitionSession:
     def save(self, path: str) -> int:
         """Atomically save the map to ``path``; returns the number of places saved.
 
-        On a fleet store: the robot's local copy (the outbox is always durable, the server commits every
-        flush)."""
-        with self._lock:
-            self._map.save(path)
-            self._changes = 0
-            return len(getattr(self._map, "local", self._map))
+        Applies the waiting control requests first (a save after a reset request saves the reset map),
+        then saves without the session lock: frames go on while it writes (see :meth:`PlaceMap.save`).
+        Saves run one at a time. On a fleet store: the robot's local copy (the outbox is always durable,
+        the server commits every flush)."""
+        with self._save_mutex:
+            with self._lock:
+                self._apply_pending()
+                self._publish_counters()
+                place_map, changes = self._map, self._changes
+            # maps retired before this one may hold the directory's writer lock; a reset requested from now
+            # on retires place_map itself, which is then closed after this save
+            self._close_retired(keep=place_map)
+            try:
+                place_map.save(path)
+            finally:
+                self._close_retired()
+            with self._lock:
+                if self._map is place_map:  # changes made during the write stay dirty
+                    self._changes = max(0, self._changes - changes)
+            local = getattr(place_map, "local", place_map)
+            saved = getattr(local, "last_saved_places", None)
+            return int(saved) if saved is not None else len(local)
+
+    def _check_resettable(self) -> None:
+        if self._fleet is not None:
+            raise RecognitionError(
+                "reset is not available on a fleet map (map_uri): the server keeps every robot's places; "
+                "use query_exclude_sessions to ignore sessions, or restart with an empty map_uri"
+            )
 
     def reset(self) -> None:
-        """Replace the map by an empty one (same dimension, index spec and model fingerprint).
+        """Replace the map by an empty one (same dimension, index spec, model fingerprint and budget).
 
-        Not on a fleet store (RecognitionError): robots cannot delete the fleet's places."""
+        Not on a fleet store (RecognitionError): robots cannot delete the fleet's places. The old map is
+        closed once no save is writing it (in the background)."""
+        self._check_resettable()
         with self._lock:
-            if self._fleet is not None:
-                raise RecognitionError(
-                    "reset is not available on a fleet map (map_uri): the server keeps every robot's places; "
-                    "use query_exclude_sessions to ignore sessions, or restart with an empty map_uri"
-                )
-            old = self._map
-            self._map = PlaceMap.create(old.dim, old.spec, old.model_fingerprint)
-            self._detector = self._new_detector(self._map)
-            self._sequence.reset()
-            self.closures.clear()
-            self._changes += 1
-            self._run_start = self._run_marker()
-            old.close()
+            self._apply_pending()
+            self._reset_locked(self._empty_map())
+            self._publish_counters()
+
+    def _reset_locked(self, fresh: PlaceMap) -> None:
+        old = self._map
+        self._refused_before_reset = self._refused_full_total()
+        self._map = fresh
+        self._detector = self._new_detector(self._map)
+        self._sequence.reset()
+        self.closures.clear()
+        self._changes += 1
+        self._run_start = self._run_marker()
+        with self._control_lock:
+            self._retired.append(old)
+        threading.Thread(target=self._after_reset, name="placemap-retire", daemon=True).start()
+
+    def _after_reset(self) -> None:
+        self._close_retired()
+        self._make_spare()
+
+    def _close_retired(self, keep: PlaceMap | None = None) -> None:
+        """Close maps replaced by a reset (but ``keep``); under the save mutex, so never while a save
+        writes one. A frame in flight may still verify against one: that frame's candidates then stay
+        unverified (``no_match_features``)."""
+        with self._save_mutex:
+            while True:
+                with self._control_lock:
+                    closable = [m for m in self._retired if m is not keep]
+                    if not closable:
+                        return
+                    old = closable[0]
+                    self._retired.remove(old)
+                old.close()
 
     def close(self) -> None:
-        with self._lock:
-            self._map.close()
+        self._close_retired()
+        with self._save_mutex, self._lock:
+            with self._control_lock:
+                unused = [argument for kind, argument in self._control if kind == "reset"]
+                if self._spare is not None:
+                    unused.append(self._spare)
+                self._control.clear()
+                self._spare, self._closed = None, True
+            for place_map in (*unused, self._map):
+                place_map.close()
 
 
 def default_robot_id() -> str:
@@ -682,6 +881,7 @@ __all__ = [
     "RecognitionError",
     "RecognitionResult",
     "RecognitionSession",
+    "SessionCounters",
     "default_robot_id",
     "default_session_id",
     "read_params_file",

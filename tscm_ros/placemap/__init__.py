@@ -9,6 +9,7 @@ from .errors import (
     MapFingerprintError,
     MapFormatError,
     MapFullError,
+    MapLockedError,
     MapNotFoundError,
 )
 from .map import FORMAT, FORMAT_VERSION, PlaceMap
@@ -28,6 +29,7 @@ __all__ = [
     "MapFingerprintError",
     "MapFormatError",
     "MapFullError",
+    "MapLockedError",
     "MapNotFoundError",
     "Match",
     "PlaceMap",

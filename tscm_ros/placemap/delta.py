@@ -29,6 +29,7 @@ _TABLE_COLUMNS = {
     "tombstones": "place_id",
 }
 _TOUCHED = "CREATE TABLE touched (place_id INTEGER PRIMARY KEY);"
+_CHUNK = 500  # stay below SQLite's bound-variable limit
 
 
 def write_vectors(path: Path, add_ids: np.ndarray, add_vectors: np.ndarray, removed: np.ndarray) -> None:
@@ -68,8 +69,24 @@ def read_vectors(path: Path, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return ids, vectors, removed
 
 
-def write_rows(conn: sqlite3.Connection, path: Path, touched: np.ndarray) -> None:
-    """Write the current rows of the ``touched`` place ids from ``conn`` (the working copy) to ``path``."""
+def read_rows(conn: sqlite3.Connection, touched: np.ndarray) -> dict[str, list[tuple]]:
+    """The current rows of the ``touched`` place ids in every table of ``conn`` (the working copy): what
+    a delta writes. Taken under the map's lock (cost proportional to the delta); see :func:`write_rows`."""
+    ids = [int(i) for i in touched]
+    rows: dict[str, list[tuple]] = {}
+    for table, columns in _TABLE_COLUMNS.items():
+        found: list[tuple] = []
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT {columns} FROM {table} WHERE place_id IN ({marks})"
+            found += conn.execute(query, chunk).fetchall()
+        rows[table] = found
+    return rows
+
+
+def write_rows(path: Path, touched: np.ndarray, rows: dict[str, list[tuple]]) -> None:
+    """Write a delta database: the ``touched`` ids and their ``rows`` (from :func:`read_rows`)."""
     # No journal and no syncs while writing: the file is new, in a staging folder that a crash discards,
     # and the caller fsyncs it once complete.
     target = sqlite3.connect(str(path), isolation_level=None)
@@ -80,22 +97,14 @@ def write_rows(conn: sqlite3.Connection, path: Path, touched: np.ndarray) -> Non
             "BEGIN;" + SCHEMA_V1 + SCHEMA_V2 + _TOUCHED
             + f"INSERT INTO info VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;"
         )  # fmt: skip
+        target.execute("BEGIN")
+        target.executemany("INSERT INTO touched VALUES (?)", [(int(i),) for i in touched])
+        for table, columns in _TABLE_COLUMNS.items():
+            marks = ",".join("?" * len(columns.split(",")))
+            target.executemany(f"INSERT INTO {table} ({columns}) VALUES ({marks})", rows.get(table, []))
+        target.execute("COMMIT")
     finally:
         target.close()
-    conn.execute("ATTACH DATABASE ? AS delta", (str(path),))
-    try:
-        conn.execute("PRAGMA delta.journal_mode=OFF")
-        conn.execute("PRAGMA delta.synchronous=OFF")
-        with conn:
-            conn.execute("BEGIN")
-            conn.executemany("INSERT INTO delta.touched VALUES (?)", [(int(i),) for i in touched])
-            for table, columns in _TABLE_COLUMNS.items():
-                conn.execute(
-                    f"INSERT INTO delta.{table} ({columns}) SELECT {columns} FROM main.{table} "
-                    "WHERE place_id IN (SELECT place_id FROM delta.touched)"
-                )
-    finally:
-        conn.execute("DETACH DATABASE delta")
 
 
 def read_only_uri(path: Path) -> str:

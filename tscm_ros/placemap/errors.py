@@ -35,6 +35,10 @@ class MapFingerprintError(MapError):
     """The map was built with another model (descriptor fingerprint mismatch)."""
 
 
+class MapLockedError(MapError):
+    """Another live place map (this process or another) is the writer of the map directory."""
+
+
 class MapFullError(MapError):
     """An add() would take the map past its ``max_places`` budget; nothing was added."""
 

@@ -19,12 +19,18 @@ it by renaming a fresh symlink over the old one (``rename(2)`` is atomic; fsync 
 any instant therefore leaves ``current`` on either the old or the new complete version. Saved files are
 never modified in place (hard links are shared between versions). Leftover ``.tmp-*`` folders and
 versions older than the previous one are deleted by the next save. A folder holding ``map.json``
-directly (e.g. a copied version) also loads. One writer per map directory at a time.
+directly (e.g. a copied version) also loads.
+
+One writer per map directory: a map that saves into a directory first takes an exclusive advisory lock
+(``flock``) on its ``.lock`` file and keeps it until it is closed (:class:`WriterLock`); a second writer,
+in this process or another, gets :class:`MapLockedError` naming the holder's pid. Loading (reading) takes
+no lock.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import os
 import re
@@ -33,12 +39,13 @@ import tempfile
 import threading
 from pathlib import Path
 
-from .errors import MapCorruptError, MapError, MapNotFoundError, one_line
+from .errors import MapCorruptError, MapError, MapLockedError, MapNotFoundError, one_line
 
 CURRENT_LINK = "current"
 MAP_JSON = "map.json"
 INDEX_FILE = "index.faiss"
 DB_FILE = "places.sqlite"
+LOCK_FILE = ".lock"  # the writer's advisory lock (flock); holds the writer's pid as text
 _VERSION_RE = re.compile(r"^v(\d{8})$")
 _STAGING_RE = re.compile(r"^\.tmp-(\d+)-")
 _ACTIVE: set[str] = set()  # staging folders in use by this process (absolute paths)
@@ -102,6 +109,15 @@ def new_staging_dir(root: Path, kind: str = "") -> Path:
     The folder is ``.tmp-<pid>-<kind><random>`` and registered as in use until :func:`release_staging`
     (or the commit): pruning never deletes a folder in use by this process or by another live process.
     """
+    root = prepare_root(root)
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-{kind}", dir=root))
+    with _ACTIVE_LOCK:
+        _ACTIVE.add(str(staging.absolute()))
+    return staging
+
+
+def prepare_root(root: Path) -> Path:
+    """Create the map directory ``root`` if needed; MapError when it is a file or holds foreign files."""
     root = Path(root)
     if root.exists():
         if not root.is_dir():
@@ -110,7 +126,9 @@ def new_staging_dir(root: Path, kind: str = "") -> Path:
             raise MapError(f"{root} holds a single-version map copy; save to a new directory instead")
         entries = [e.name for e in root.iterdir()]
         foreign = [
-            n for n in entries if n != CURRENT_LINK and not _VERSION_RE.match(n) and not n.startswith(".tmp-")
+            n
+            for n in entries
+            if n not in (CURRENT_LINK, LOCK_FILE) and not _VERSION_RE.match(n) and not n.startswith(".tmp-")
         ]
         if foreign:
             raise MapError(
@@ -119,10 +137,54 @@ def new_staging_dir(root: Path, kind: str = "") -> Path:
     else:
         root.mkdir(parents=True)
         fsync_path(root.parent)
-    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-{kind}", dir=root))
-    with _ACTIVE_LOCK:
-        _ACTIVE.add(str(staging.absolute()))
-    return staging
+    return root
+
+
+class WriterLock:
+    """The single-writer lock of one map directory, held by one PlaceMap from its first save there until
+    :meth:`release` (its close). ``flock`` locks belong to the open file, so a second PlaceMap in the same
+    process conflicts exactly like another process; the kernel drops the lock when the holder dies."""
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+        self._owner_pid = os.getpid()
+        self.root: Path | None = None
+
+    def claim(self, root: Path) -> None:
+        """Hold the lock of ``root`` (created if needed), releasing any other directory's lock first.
+        MapLockedError when another writer holds it."""
+        root = prepare_root(root).resolve()
+        if self._fd is not None and root == self.root:
+            return
+        path = root / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            try:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            finally:
+                os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise MapError(f"cannot lock {path} for writing ({one_line(exc)})") from None
+            raise MapLockedError(
+                f"{root} is being written by another open place map (pid {holder}): one writer per map "
+                "directory; close that map or stop that process first, or save to another directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.release()
+        self._fd, self.root = fd, root
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        """Drop the lock (a forked child that inherited the descriptor leaves it alone)."""
+        if self._fd is not None and os.getpid() == self._owner_pid:
+            os.close(self._fd)
+        self._fd, self.root = None, None
 
 
 def release_staging(staging: Path, *, remove: bool = True) -> None:

@@ -131,13 +131,15 @@ class PlaceMap:
         max_places: int | None = None,
     ) -> None:
         self._lock = threading.RLock()
+        self._save_lock = threading.Lock()  # one save (or compaction commit) at a time; taken before _lock
+        self._writer = layout.WriterLock()
         self._dim = dim
         self._spec = spec
         self._index = index
         self._trained = trained
         self._store = store
         self._workdir = workdir
-        self._finalizer = weakref.finalize(self, _cleanup, store, workdir)
+        self._finalizer = weakref.finalize(self, _cleanup, store, workdir, self._writer)
         self._info = info  # persisted map.json fields: fingerprint, created, next ids
         ids, stamps, keyframes = store.arrays()
         self._ids, self._stamps, self._keyframes = _Column(ids), _Column(stamps), _Column(keyframes)
@@ -151,7 +153,9 @@ class PlaceMap:
         self._chain: _Chain | None = None
         self._generation = 0
         self._pending = _Pending()
+        self._tracking = False  # a saved version exists (or is being written) that deltas can extend
         self._needs_full = False
+        self.last_saved_places: int | None = None  # places in the version last saved (None: not saved)
         self.compact_after_deltas: int | None = COMPACT_AFTER_DELTAS  # None: never compact automatically
         self._compactor: threading.Thread | None = None
 
@@ -300,6 +304,7 @@ class PlaceMap:
         if store.migrated_from is None and version_dir != root.resolve():  # loaded through 'current'
             place_map._generation += 1
             place_map._chain = _Chain(root.resolve(), version_dir.name, meta, place_map._generation)
+            place_map._tracking = True
         return place_map
 
     # ------------------------------------------------------------------ properties
@@ -373,12 +378,14 @@ class PlaceMap:
     def close(self) -> None:
         """Release the working metadata copy (the saved map on disk is untouched).
 
-        Waits for a background compaction to finish first.
+        Waits for a save in progress and a background compaction to finish first, then releases the map
+        directory's writer lock.
         """
         thread = self._compactor
         if thread is not None and thread is not threading.current_thread():
             thread.join()
-        self._finalizer()
+        with self._save_lock:  # a save in progress finishes first
+            self._finalizer()
 
     def set_search_params(self, *, ef_search: int | None = None, nprobe: int | None = None) -> None:
         """Change HNSW ``efSearch`` / IVF ``nprobe`` without rebuilding (saved with the spec)."""
@@ -438,7 +445,7 @@ class PlaceMap:
             self._track(ids, added=vectors)
             if not self._trained and len(self) >= self._spec.train_threshold:
                 self._train_from_buffer()
-            self._maybe_autosave()
+        self._maybe_autosave()
         return ids
 
     def remove(self, place_ids: Iterable[int]) -> int:
@@ -461,8 +468,8 @@ class PlaceMap:
             keep = ~np.isin(self._ids.values, present)
             for column in (self._ids, self._stamps, self._keyframes):
                 column.keep(keep)
-            self._maybe_autosave()
-            return int(present.size)
+        self._maybe_autosave()
+        return int(present.size)
 
     def _train_from_buffer(self) -> None:
         flat = faiss.downcast_index(self._index.index)
@@ -512,7 +519,7 @@ class PlaceMap:
             self._track(np.array([place_id], np.int64))
             for table in values:
                 self._damaged[table].discard(place_id)
-            self._maybe_autosave()
+        self._maybe_autosave()
 
     def feature_stats(self) -> FeatureStats:
         """How many places have features / thumbnails and their total payload bytes."""
@@ -661,18 +668,39 @@ class PlaceMap:
         long chain write everything. Long chains are compacted into a full version in a background
         thread (:meth:`compact`). See :mod:`tscm_ros.placemap.layout` for the layout and the crash
         guarantee. Returns the version folder written.
+
+        Only the *snapshot* holds the map's lock: for a delta the rows and vectors changed since the last
+        save (proportional to them), for a full save the serialised index (in memory) and a read
+        transaction on the working database (copy-on-write through its WAL). Writing, hashing and fsyncing
+        run outside the lock, so adds and searches go on meanwhile; what they change goes into the next
+        save. Saves of one map run one at a time. The first save into a directory takes its writer lock
+        (:class:`~tscm_ros.placemap.layout.WriterLock`, held until :meth:`close`): MapLockedError when
+        another open map holds it.
         """
-        with self._lock:
+        with self._save_lock:
             root = Path(path) if path is not None else self.path
             if root is None:
                 raise MapError("save() needs a path: this map was never saved or loaded")
-            version = None
-            if not full and self._delta_possible(root):
-                version = self._save_delta(root)
-            if version is None:
-                version = self._save_full(root)
-            self.path = root
-            self._last_save = time.monotonic()
+            self._writer.claim(root)
+            job = self._snapshot(root, full=full)
+            try:
+                written = self._write_job(job)
+                if written is None:  # no hard links here: write everything
+                    job.close()
+                    job = self._snapshot(root, full=True)
+                    written = self._write_job(job)
+            except BaseException:
+                with self._lock:
+                    self._needs_full = True  # what the snapshot took is not on disk: the next save is full
+                raise
+            finally:
+                job.close()
+            version, chain = written
+            with self._lock:
+                self._chain = chain
+                self.path = root
+                self._last_save = time.monotonic()
+                self.last_saved_places = job.head["counts"]["places"]
             self._maybe_compact()
             return version
 
@@ -681,6 +709,11 @@ class PlaceMap:
         """Deltas on top of the base in the version last saved or loaded (0 after a full save)."""
         with self._lock:
             return len(self._chain.meta["deltas"]) if self._chain else 0
+
+    @property
+    def saving(self) -> bool:
+        """True while a save (or a compaction's commit) is writing."""
+        return self._save_lock.locked()
 
     def _delta_possible(self, root: Path) -> bool:
         chain = self._chain
@@ -691,92 +724,95 @@ class PlaceMap:
         except OSError:
             return False
 
-    def _meta(self, files: dict, deltas: list[dict], base_seq: int) -> dict:
-        meta = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "dim": self._dim,
-            "metric": "ip",
-            "index_spec": str(self._spec),
-            "index_trained": self._trained,
-            "train_threshold": self._spec.train_threshold,
-            **self._info,
-            "counts": {
-                "places": len(self),
-                "index_ntotal": int(self._index.ntotal),
-                "tombstones": len(self._tombstones),
-            },
-            "files": files,
-            "base_seq": base_seq,
-            "deltas": deltas,
-            "faiss_version": faiss.__version__,
-        }
-        return meta
+    def _snapshot(self, root: Path, *, full: bool) -> _SaveJob:
+        """What the save writes, taken under the lock (see :meth:`save`); the caller holds _save_lock."""
+        incremental = not full and self._delta_possible(root)  # the chain only changes under _save_lock
+        with self._lock:
+            self._info["updated_utc"] = _utc_now()
+            head = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "dim": self._dim,
+                "metric": "ip",
+                "index_spec": str(self._spec),
+                "index_trained": self._trained,
+                "train_threshold": self._spec.train_threshold,
+                **self._info,
+                "counts": {
+                    "places": len(self),
+                    "index_ntotal": int(self._index.ntotal),
+                    "tombstones": len(self._tombstones),
+                },
+            }
+            if incremental and not self._needs_full:
+                pending, self._pending = self._pending, _Pending()
+                touched = np.array(sorted(pending.touched), np.int64)
+                cat = np.concatenate
+                no_vectors = np.zeros((0, self._dim), np.float32)
+                return _SaveJob(
+                    root=root, head=head, chain=self._chain, touched=touched,
+                    rows=delta.read_rows(self._store.conn, touched) if len(touched) else {},
+                    add_ids=cat(pending.add_ids) if pending.add_ids else np.zeros(0, np.int64),
+                    add_vectors=cat(pending.add_vectors) if pending.add_vectors else no_vectors,
+                    removed=cat(pending.removed) if pending.removed else np.zeros(0, np.int64),
+                )  # fmt: skip
+            index_bytes = faiss.serialize_index(self._index)
+            reader = self._store.read_snapshot()
+            self._pending = _Pending()
+            self._needs_full = False
+            self._tracking = True  # changes from now on go into the next (incremental) save
+            return _SaveJob(root=root, head=head, chain=None, index_bytes=index_bytes, reader=reader)
+
+    def _write_job(self, job: _SaveJob) -> tuple[Path, _Chain] | None:
+        """Write a snapshot as a new version (no map lock held); None when a delta cannot hard-link."""
+        root = job.root
+        staging = layout.new_staging_dir(root)
+        try:
+            if job.chain is None:  # full
+                job.index_bytes.tofile(staging / layout.INDEX_FILE)
+                self._store.snapshot(staging / layout.DB_FILE, source=job.reader)
+                files = persist.file_entries(staging, [layout.INDEX_FILE, layout.DB_FILE])
+                deltas: list[dict] = []
+                base_seq = _last_seq(self._chain.meta) if self._chain else 0
+                generation = self._generation + 1
+            else:
+                chain = job.chain
+                try:
+                    layout.link_files(root / chain.version, staging, persist.all_files(chain.meta))
+                except OSError as exc:
+                    _LOG.info("incremental save not possible in %s (%s): saving in full", root, one_line(exc))
+                    layout.release_staging(staging)
+                    return None
+                files, deltas = dict(chain.meta["files"]), list(chain.meta["deltas"])
+                if len(job.touched):
+                    seq = _last_seq(chain.meta) + 1
+                    vec_name, db_name = layout.delta_names(seq)
+                    delta.write_vectors(staging / vec_name, job.add_ids, job.add_vectors, job.removed)
+                    delta.write_rows(staging / db_name, job.touched, job.rows)
+                    files.update(persist.file_entries(staging, [vec_name, db_name]))
+                    deltas.append({"seq": seq, "added": len(job.add_ids), "removed": len(job.removed)})
+                base_seq = chain.meta["base_seq"]
+                generation = chain.generation
+            meta = {**job.head, "files": files, "base_seq": base_seq, "deltas": deltas,
+                    "faiss_version": faiss.__version__}  # fmt: skip
+            _write_map_json(staging, meta)
+            version = layout.commit_staging_dir(root, staging)
+        except BaseException:
+            layout.release_staging(staging)
+            raise
+        self._generation = generation
+        return version, _Chain(root.resolve(), version.name, meta, generation)
 
     def _commit(self, root: Path, staging: Path, meta: dict, generation: int) -> Path:
         _write_map_json(staging, meta)
         version = layout.commit_staging_dir(root, staging)
-        self._chain = _Chain(root.resolve(), version.name, meta, generation)
-        return version
-
-    def _save_full(self, root: Path) -> Path:
-        staging = layout.new_staging_dir(root)
-        try:
-            faiss.write_index(self._index, str(staging / layout.INDEX_FILE))
-            self._store.snapshot(staging / layout.DB_FILE)
-            self._info["updated_utc"] = _utc_now()
-            files = persist.file_entries(staging, [layout.INDEX_FILE, layout.DB_FILE])
-            base_seq = _last_seq(self._chain.meta) if self._chain else 0
-            self._generation += 1
-            version = self._commit(root, staging, self._meta(files, [], base_seq), self._generation)
-        except BaseException:
-            layout.release_staging(staging)
-            raise
-        self._pending.clear()
-        self._needs_full = False
-        return version
-
-    def _save_delta(self, root: Path) -> Path | None:
-        """Write the pending changes as one delta; None when hard links are not possible here."""
-        chain = self._chain
-        staging = layout.new_staging_dir(root)
-        try:
-            try:
-                layout.link_files(root / chain.version, staging, persist.all_files(chain.meta))
-            except OSError as exc:
-                _LOG.info("incremental save not possible in %s (%s): saving in full", root, one_line(exc))
-                layout.release_staging(staging)
-                return None
-            files, deltas = dict(chain.meta["files"]), list(chain.meta["deltas"])
-            pending = self._pending
-            if pending.touched:
-                seq = _last_seq(chain.meta) + 1
-                vec_name, db_name = layout.delta_names(seq)
-                cat = np.concatenate
-                add_ids = cat(pending.add_ids) if pending.add_ids else np.zeros(0, np.int64)
-                add_vectors = (
-                    cat(pending.add_vectors) if pending.add_vectors else np.zeros((0, self._dim), np.float32)
-                )
-                removed = cat(pending.removed) if pending.removed else np.zeros(0, np.int64)
-                delta.write_vectors(staging / vec_name, add_ids, add_vectors, removed)
-                delta.write_rows(
-                    self._store.conn, staging / db_name, np.array(sorted(pending.touched), np.int64)
-                )
-                files.update(persist.file_entries(staging, [vec_name, db_name]))
-                deltas.append({"seq": seq, "added": len(add_ids), "removed": len(removed)})
-            self._info["updated_utc"] = _utc_now()
-            version = self._commit(
-                root, staging, self._meta(files, deltas, chain.meta["base_seq"]), chain.generation
-            )
-        except BaseException:
-            layout.release_staging(staging)
-            raise
-        self._pending.clear()
+        with self._lock:
+            self._chain = _Chain(root.resolve(), version.name, meta, generation)
         return version
 
     def _track(self, ids: np.ndarray, *, added: np.ndarray | None = None, removed: bool = False) -> None:
         """Record a change for the next incremental save (only while there is a saved version to extend)."""
-        if self._chain is None or self._needs_full:
+        if not self._tracking or self._needs_full:
             return
         pending = self._pending
         pending.touched.update(int(i) for i in ids)
@@ -795,7 +831,7 @@ class PlaceMap:
         """Fold the saved deltas into a new full version, in a background thread (from the saved files,
         without blocking adds or saves for the heavy part). ``wait``: return once it is done.
         Returns False when there is nothing to compact or a compaction is already running."""
-        with self._lock:
+        with self._save_lock:
             started = self._start_compaction()
             thread = self._compactor
         if wait and thread is not None and thread is not threading.current_thread():
@@ -843,7 +879,7 @@ class PlaceMap:
         try:
             started = time.monotonic()
             entries = persist.build_base(work / "src", snapshot.meta, work / "out")
-            with self._lock:
+            with self._save_lock:  # never while a save writes; adds and searches go on
                 self._commit_compaction(snapshot, work, entries)
             _LOG.info("compacted %s in %.2f s", snapshot.root, time.monotonic() - started)
         except Exception as exc:  # noqa: BLE001 - a failed compaction must never take the map down
@@ -881,19 +917,42 @@ class PlaceMap:
             raise
 
     def _maybe_autosave(self) -> None:
-        if self.autosave_period_s is None or self.path is None:
+        """Save when ``autosave_period_s`` elapsed (called after an update, without the map's lock)."""
+        if self.autosave_period_s is None or self.path is None or self._save_lock.locked():
             return
         if time.monotonic() - self._last_save >= self.autosave_period_s:
             self.save()
 
 
-def _cleanup(store: MetadataStore, workdir: WorkDir) -> None:
+@dataclass
+class _SaveJob:
+    """A save's snapshot (see :meth:`PlaceMap.save`): ``chain`` None = a full save."""
+
+    root: Path
+    head: dict  # map.json fields as of the snapshot (all but files / base_seq / deltas / faiss_version)
+    chain: _Chain | None
+    touched: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    rows: dict = field(default_factory=dict)
+    add_ids: np.ndarray | None = None
+    add_vectors: np.ndarray | None = None
+    removed: np.ndarray | None = None
+    index_bytes: np.ndarray | None = None
+    reader: sqlite3.Connection | None = None
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
+
+
+def _cleanup(store: MetadataStore, workdir: WorkDir, writer: layout.WriterLock) -> None:
     if workdir.owner_pid != os.getpid():  # a forked child must not close or delete its parent's copy
         return
     try:
         store.close()
     finally:
         workdir.release()
+        writer.release()
 
 
 def _is_current(chain: _Chain) -> bool:

@@ -238,11 +238,25 @@ class MetadataStore:
         )
 
     # ------------------------------------------------------------------ persistence
-    def snapshot(self, destination: Path) -> None:
-        """Write a consistent, self-contained copy (rollback journal, no -wal file) to ``destination``."""
+    def read_snapshot(self) -> sqlite3.Connection:
+        """A second connection holding a read transaction: it sees the database as of now, whatever is
+        written afterwards (WAL), until closed. Copy it with ``backup`` (e.g. from another thread)."""
+        uri = f"file:{quote(str(self.path.absolute()))}"
+        reader = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+        try:
+            reader.execute("BEGIN")
+            reader.execute("SELECT COUNT(*) FROM places").fetchone()  # starts the read transaction
+        except BaseException:
+            reader.close()
+            raise
+        return reader
+
+    def snapshot(self, destination: Path, source: sqlite3.Connection | None = None) -> None:
+        """Write a consistent, self-contained copy (rollback journal, no -wal file) to ``destination``;
+        ``source``: a :meth:`read_snapshot` connection to copy instead of the live database."""
         target = sqlite3.connect(str(destination))
         try:
-            self.conn.backup(target)
+            (source or self.conn).backup(target)
             target.execute("PRAGMA journal_mode=DELETE")
             target.commit()
         finally:

@@ -210,6 +210,15 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ),
     ParameterSpec("save_on_shutdown", True, "save the map to map_path on a clean shutdown when it changed"),
     ParameterSpec(
+        "max_places",
+        0,
+        "growth budget of the local map: at this many places keyframes are still matched but no longer "
+        "added (/diagnostics WARN from 90 %); 0 = unlimited",
+        True,
+        0,
+        1_000_000_000,
+    ),
+    ParameterSpec(
         "mode",
         "mapping",
         "mapping: keyframes are added to the map; localization: the map is only searched",

@@ -12,6 +12,14 @@ Image callbacks (executor threads) only drop the message into a one-frame slot; 
 main thread decodes, describes and matches the newest frame, so the backlog never grows and overwritten
 frames are counted as dropped. All stamps come
 from message headers (``use_sim_time`` only affects the diagnostics stamp).
+
+Executor: services, parameter callbacks and /diagnostics never wait on inference or disk. Each kind of
+callback has its own callback group (subscriptions; parameters; reset/set_mapping; save_map; timers) and
+the executor has a thread per group, so a flood of images cannot starve them. Saves run on a dedicated
+saver thread (:class:`~tscm_ros.ros.map_saver.MapSaver`; the map's lock is held only for the snapshot);
+``~/save_map`` answers once its save is on disk, autosave never waits. Parameter changes and
+``~/reset_map`` are handed to the session without waiting for a frame (applied at once when the session is
+between frames, else at the next frame boundary). /diagnostics reads lock-free counter snapshots.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -57,6 +65,7 @@ from tscm_ros.poses import NS_PER_S, PoseBuffer
 from tscm_ros.recognition import RecognitionConfig, RecognitionError, RecognitionResult, RecognitionSession
 from tscm_ros.ros import messages
 from tscm_ros.ros.latest_slot import LatestSlot
+from tscm_ros.ros.map_saver import MapSaver, SaveOutcome
 from tscm_ros.ros.parameters import (
     PARAMETERS,
     PARAMETERS_BY_NAME,
@@ -81,6 +90,10 @@ DEPTH_BUFFER = 10  # depth images kept for pairing with colour images by stamp
 STAGES = ("decode", "inference", "features", "retrieve", "select", "sequence", "verify", "publish")
 LOST_FRAMES_WARN = 0.1  # diagnostics WARN when this fraction of the camera's frames never reached the node
 FLEET_PREFIXED_KEYS = ("backend", "target", "schema", "last_error")  # /diagnostics: map_<key>
+MAP_NEARLY_FULL = 0.9  # diagnostics WARN when the map holds this fraction of max_places
+SAVE_SERVICE_TIMEOUT_S = 300.0  # ~/save_map answers "still running" after this long
+# executor threads: one per callback group (subscriptions, parameters, control services, save_map, timers)
+EXECUTOR_THREADS = 5
 
 __all__ = ["PARAMETERS", "PlaceRecognitionNode", "StartupError", "main"]
 
@@ -114,6 +127,9 @@ class PlaceRecognitionNode(Node):
 
         self._describer = self._create_describer()
         self._places = self._create_session()
+        self._places.prepare_reset()  # ~/reset_map then only swaps maps
+        self._parameter_lock = threading.Lock()  # concurrent parameter sets (service + set_mapping)
+        self._saver = MapSaver(self._save_now, self._on_save_done)
         self._decode = image_msg_to_rgb if self._config["image_transport"] == "raw" else compressed_msg_to_rgb
 
         # state shared between the executor threads and the inference loop
@@ -138,8 +154,11 @@ class PlaceRecognitionNode(Node):
         self._started = time.monotonic()
         self._fleet_ids: dict[str, str] = {}  # "robot/<hash>" / "session/<hash>" -> id, for ~/fleet_ids
 
-        self._subscription_group = ReentrantCallbackGroup()
-        self._service_group = MutuallyExclusiveCallbackGroup()
+        # parameters use the node's default group; each other kind gets its own (see EXECUTOR_THREADS)
+        self._subscription_group = MutuallyExclusiveCallbackGroup()  # cheap callbacks: header check, slot
+        self._service_group = MutuallyExclusiveCallbackGroup()  # reset_map, set_mapping: never wait
+        self._save_group = MutuallyExclusiveCallbackGroup()  # save_map: waits for its save, nothing else
+        self._timer_group = MutuallyExclusiveCallbackGroup()  # /diagnostics, autosave: never wait
         self._create_interfaces()
         if hasattr(self, "add_post_set_parameters_callback"):
             self.add_post_set_parameters_callback(self._apply_parameters)
@@ -232,10 +251,13 @@ class PlaceRecognitionNode(Node):
                 map_schema=config["map_schema"],
                 robot_id=self._robot_id() if config["map_uri"] else "",
                 session_id=config["session_id"],
+                max_places=config["max_places"] or None,
             )
         except RecognitionError as error:
             raise StartupError(str(error)) from error
         if places.is_fleet:
+            if config["max_places"]:
+                self.get_logger().warning("max_places applies to a local map only: ignored with map_uri")
             return places
         if config["map_path"] and not config["load_map"] and Path(config["map_path"]).exists():
             self.get_logger().warning(
@@ -296,10 +318,10 @@ class PlaceRecognitionNode(Node):
         self._diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
         group = self._service_group
-        self.create_service(Trigger, "~/save_map", self._on_save_map, callback_group=group)
+        self.create_service(Trigger, "~/save_map", self._on_save_map, callback_group=self._save_group)
         self.create_service(Trigger, "~/reset_map", self._on_reset_map, callback_group=group)
         self.create_service(SetBool, "~/set_mapping", self._on_set_mapping, callback_group=group)
-        self.create_timer(1.0, self._publish_diagnostics, callback_group=group)
+        self.create_timer(1.0, self._publish_diagnostics, callback_group=self._timer_group)
         self._autosave_timer = None
         self._schedule_autosave(config["autosave_period_s"])
 
@@ -344,11 +366,14 @@ class PlaceRecognitionNode(Node):
         return SetParametersResult(successful=True)
 
     def _apply_parameters(self, parameters: Sequence[Parameter]) -> None:
+        """Hand validated values over without waiting: the node's config dict is replaced (never changed in
+        place), the session gets an immutable RecognitionConfig at its next frame boundary."""
         changed = {
             parameter.name: parameter.value for parameter in parameters if parameter.name in self._config
         }
-        self._config.update(changed)
-        self._places.configure(self._config)
+        with self._parameter_lock:
+            self._config = {**self._config, **changed}
+            self._places.request_configure(RecognitionConfig.from_options(self._config))
         if "autosave_period_s" in changed:
             self._schedule_autosave(changed["autosave_period_s"])
         if "mode" in changed:
@@ -413,20 +438,38 @@ class PlaceRecognitionNode(Node):
         return info if info.size == (width, height) else info.scaled_to(width, height)
 
     def _on_save_map(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        response.success, response.message = self._save("service")
+        """Answers once the save is on disk (the saver thread writes; this waits in its own callback group,
+        so nothing else waits for it)."""
+        if not self._config["map_path"]:
+            response.success = False
+            response.message = "map_path is empty: start the node with map_path set to save the map"
+            return response
+        future = self._saver.request("service")
+        try:
+            outcome = future.result(timeout=SAVE_SERVICE_TIMEOUT_S)
+        except TimeoutError:
+            response.success = False
+            response.message = (
+                f"the save is still running after {SAVE_SERVICE_TIMEOUT_S:.0f} s; its outcome is logged"
+            )
+            return response
+        except Exception as error:
+            response.success, response.message = False, str(error)
+            return response
+        response.success, response.message = True, outcome.message
         return response
 
     def _on_reset_map(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        """Never waits for a frame: done at once, or before the next frame is processed."""
         try:
-            self._places.reset()
+            applied = self._places.request_reset()
         except RecognitionError as error:  # a fleet map: places on the server are not deleted
             response.success, response.message = False, str(error)
             return response
         self._edges.clear()
-        response.success, response.message = (
-            True,
-            "map emptied (the file at map_path is untouched until saved)",
-        )
+        when = "" if applied else " at the next frame boundary (the frame in flight goes to the old map)"
+        response.success = True
+        response.message = f"map emptied{when} (the file at map_path is untouched until saved)"
         self.get_logger().info(response.message)
         return response
 
@@ -438,8 +481,9 @@ class PlaceRecognitionNode(Node):
         return response
 
     def _autosave(self) -> None:
-        if self._places.dirty:
-            self._save("autosave")
+        """Queue a save on the saver thread (never waits; joins a save already queued)."""
+        if self._places.dirty and not self._saver.busy:
+            self._saver.request("autosave")
 
     def _schedule_autosave(self, period_s: float) -> None:
         if self._autosave_timer is not None:
@@ -447,25 +491,27 @@ class PlaceRecognitionNode(Node):
             self._autosave_timer = None
         if period_s > 0:
             self._autosave_timer = self.create_timer(
-                period_s, self._autosave, callback_group=self._service_group
+                period_s, self._autosave, callback_group=self._timer_group
             )
 
-    def _save(self, why: str) -> tuple[bool, str]:
+    def _save_now(self) -> str:
+        """One save (on the saver thread): "saved N places to PATH", or raises with a clear message."""
         path = self._config["map_path"]
-        if not path:
-            return False, "map_path is empty: start the node with map_path set to save the map"
         try:
             count = self._places.save(path)
         except Exception as error:
-            message = f"saving the map to {path} failed ({why}): {error}"
-            self._record_error(message)
-            return False, message
-        message = f"saved {count} places to {path}"
-        if why == "autosave":
-            self.get_logger().debug(message)
+            raise RuntimeError(f"saving the map to {path} failed: {error}") from error
+        return f"saved {count} places to {path}"
+
+    def _on_save_done(self, why: str, outcome: SaveOutcome | BaseException) -> None:
+        if isinstance(outcome, SaveOutcome):
+            message = f"{outcome.message} ({why}, {outcome.duration_s * 1000:.0f} ms)"
+            if why == "autosave":
+                self.get_logger().debug(message)
+            else:
+                self.get_logger().info(message)
         else:
-            self.get_logger().info(message)
-        return True, message
+            self._record_error(f"{outcome} ({why})")
 
     # ------------------------------------------------------------------ inference loop
     def run_inference_loop(self) -> None:
@@ -478,6 +524,7 @@ class PlaceRecognitionNode(Node):
         while not self._slot.closed and rclpy.ok(context=self.context):
             item = self._slot.take(timeout=0.5)
             if item is None:
+                self._places.apply_pending()  # idle: a frame boundary for waiting control requests
                 continue
             msg, _received = item
             try:
@@ -636,6 +683,7 @@ class PlaceRecognitionNode(Node):
         """The node's health as one DiagnosticStatus (also used by /diagnostics)."""
         now = time.monotonic()
         bad = self._bad_messages.snapshot()
+        counters = self._places.counters  # lock-free snapshot: never waits for a frame
         values: dict[str, object] = {
             "input_rate_hz": f"{self._input_rate.rate(now):.2f}",
             "processed_rate_hz": f"{self._processed_rate.rate(now):.2f}",
@@ -650,17 +698,24 @@ class PlaceRecognitionNode(Node):
             "closures_published": self._closures_published,
             "inference_ms_p50": f"{self._inference_ms.percentile(50):.1f}",
             "inference_ms_p95": f"{self._inference_ms.percentile(95):.1f}",
-            "map_size": len(self._places),
+            "map_size": counters.places,
+            "max_places": counters.max_places or 0,
+            "map_utilisation": f"{counters.utilisation:.3f}" if counters.utilisation is not None else "",
+            "places_refused_full": counters.refused_full,
+            "save_in_progress": self._saver.busy,
+            "saves_completed": self._saver.completed,
+            "saves_failed": self._saver.failed,
+            "last_save_ms": f"{(self._saver.last_duration_s or float('nan')) * 1000:.0f}",
             "mode": self._config["mode"],
             "model": self._describer.label,
             "bad_messages": sum(bad.values()),
         }
         for reason in (*REASONS, "bad_depth", "bad_camera_info"):
             values[f"bad_{reason.removeprefix('bad_')}"] = bad.get(reason, 0)
-        for reason, count in sorted(self._places.reasons.items()):
+        for reason, count in sorted(counters.reasons.items()):
             values[f"unverified_{reason}"] = count
         values["verification"] = "on" if self._config["verify"] else "off"
-        values["time_jumps"] = self._places.time_jumps
+        values["time_jumps"] = counters.time_jumps
         fleet = self._places.map_diagnostics()  # fleet map: connection_state, outbox_depth, ... (no password)
         for key, value in fleet.items():
             values[f"map_{key}" if key in FLEET_PREFIXED_KEYS else key] = value
@@ -687,6 +742,15 @@ class PlaceRecognitionNode(Node):
             problems.append("untrained model")
         if fleet and fleet["connection_state"] != "connected":
             problems.append(f"fleet map {fleet['connection_state']}: answering from the local map")
+        if (utilisation := counters.utilisation) is not None and utilisation >= MAP_NEARLY_FULL:
+            if counters.places >= counters.max_places:
+                problems.append(
+                    f"map full ({counters.places}/{counters.max_places} places, max_places): keyframes are "
+                    "matched but no longer added"
+                )
+            else:
+                full = f"{counters.places}/{counters.max_places}"
+                problems.append(f"map at {utilisation:.0%} of max_places ({full})")
         if problems and level == DiagnosticStatus.OK:
             level = DiagnosticStatus.WARN
         message = "; ".join(problems) if problems else "ok"
@@ -711,6 +775,8 @@ class PlaceRecognitionNode(Node):
             return self._shutdown_save_ok
         self._finished = True
         self._slot.close()
+        if not self._saver.close(timeout=SAVE_SERVICE_TIMEOUT_S):  # a save in progress finishes first
+            log(self, f"{NODE_NAME}: a save is still running at shutdown", "error")
         ok = True
         if self._config["save_on_shutdown"] and self._config["map_path"] and self._places.dirty:
             path = self._config["map_path"]
@@ -739,7 +805,7 @@ def main(args: Sequence[str] | None = None) -> int:
         rclpy.logging.get_logger(NODE_NAME).error(str(error).replace("\n", " "))
         rclpy.try_shutdown()
         return 1
-    executor = MultiThreadedExecutor(num_threads=2)
+    executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
     executor.add_node(node)
     spinner = threading.Thread(target=_spin, args=(executor,), name="ros_executor", daemon=True)
     spinner.start()
