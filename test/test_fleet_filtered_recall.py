@@ -96,5 +96,17 @@ def test_small_include_filters_are_ranked_exactly(clustered) -> None:
         PgPlaceStore(uri, schema=name) as exact,
     ):
         assert store.plan(SearchFilter.build(robots=["r1"]), "full", 1).exact
-        assert not store.plan(SearchFilter.build(exclude_robots=["r1"]), "full", 1).exact  # no btree for <>
+        assert not store.plan(SearchFilter.build(exclude_robots=["r1"]), "full", 1).exact  # 4500 rows
         assert recall_at_1(store, exact, queries[:50], robots=["r1"]) == 1.0
+        # an exclusion keeping 1500 rows: rewritten as the robots it leaves (no btree serves <> ALL)
+        others = SearchFilter.build(exclude_robots=["r0", "r2", "r3"])
+        plan = store.plan(others, "full", 1)
+        assert plan.exact and plan.filter.robots == ("r1",)
+        assert recall_at_1(store, exact, queries[:50], exclude_robots=["r0", "r2", "r3"]) == 1.0
+        sessions = [f"s{v}" for v in range(60) if v != 7]  # keeps session s7: 100 rows
+        plan = store.plan(SearchFilter.build(exclude_sessions=sessions), "full", 1)
+        assert plan.exact and plan.filter.sessions == ("s7",)
+        found = store.search(queries[0], 5, exclude_sessions=sessions)
+        assert [m.place_id for m in found] == [
+            m.place_id for m in exact.search(queries[0], 5, mode="exact", sessions=["s7"])
+        ]

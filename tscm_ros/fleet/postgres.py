@@ -15,9 +15,10 @@ candidates, and the best filtered place is often not among them. Per filter the 
 from the planner statistics (``EXPLAIN`` row estimates of the robot/session filter against the whole
 table, cached for a minute) and
 
-* ranks the filtered rows exactly when a robot/session include-filter keeps fewer than
-  ``brute_force_below`` rows (reduced mode; an eighth of it on the 2048-d halfvec): the btree yields
-  them, which beats walking ~``ef/s`` graph nodes and is exact;
+* ranks the filtered rows exactly when the filter keeps fewer than ``brute_force_below`` rows (reduced
+  mode; an eighth of it on the 2048-d halfvec): the btree yields them, which beats walking ~``ef/s``
+  graph nodes and is exact (an exclude-only filter is first rewritten as the robots / sessions it
+  leaves, read from the btree by a skip scan and cached for 10 s);
 * otherwise walks the HNSW graph with ``hnsw.ef_search = ef / s`` (capped at ``max_ef_search``, pgvector's
   limit 1000), so that about ``ef`` filtered candidates come from the first, best-quality batch, with
   pgvector >= 0.8 iterative scans (``hnsw.iterative_scan``, ``hnsw.max_scan_tuples`` scaled likewise)
@@ -32,6 +33,7 @@ robot's place seen a second ago is a genuine inter-robot loop closure) or to all
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import numbers
@@ -75,6 +77,7 @@ _BLOB_COLUMNS = ("features", "thumbnail")
 _MIN_PGVECTOR = (0, 7)
 SEARCH_MODES = ("auto", "reduced", "full", "exact")
 _ESTIMATE_TTL_S = 60.0
+_IDENTITIES_TTL_S = 10.0  # distinct robots/sessions, for rewriting small exclude-filters as include-filters
 MAX_EF_SEARCH = 1000  # pgvector: hnsw.ef_search <= 1000
 
 
@@ -131,6 +134,7 @@ class QueryPlan:
     ef_search: int
     max_scan_tuples: int
     selectivity: float = 1.0
+    filter: SearchFilter | None = None  # the filter to run instead (exclusions rewritten as inclusions)
 
 
 def meta_from_row(row: Sequence) -> FleetPlaceMeta:
@@ -209,6 +213,7 @@ class PgPlaceStore:
         self.last_error = ""
         self._estimates: dict[tuple, tuple[float, float]] = {}  # identity filter -> (time, rows)
         self._hnsw_gucs = (0, 0)  # (ef_search, max_scan_tuples) set on the connection
+        self._identities: dict[str, tuple[float, tuple[str, ...]]] = {}  # column -> (time, distinct values)
         self._connect()
 
     def __repr__(self) -> str:
@@ -559,6 +564,22 @@ class PgPlaceStore:
             self._estimates[key] = cached
         return cached[1]
 
+    def _distinct(self, column: str) -> tuple[str, ...]:
+        """Distinct ``robot_id`` / ``session_id`` values (btree skip scan: one descent per value; cached)."""
+        cached = self._identities.get(column)
+        if cached is None or time.monotonic() - cached[0] > _IDENTITIES_TTL_S:
+            c = sql.Identifier(column)
+            statement = sql.SQL(
+                "WITH RECURSIVE v AS ((SELECT {c} FROM {t} ORDER BY {c} LIMIT 1) UNION ALL "
+                "SELECT (SELECT {c} FROM {t} WHERE {c} > v.{c} ORDER BY {c} LIMIT 1) FROM v "
+                "WHERE v.{c} IS NOT NULL) SELECT {c} FROM v WHERE {c} IS NOT NULL"
+            ).format(c=c, t=self._table)
+            with self._connection() as conn:
+                values = tuple(row[0] for row in conn.execute(statement).fetchall())
+            cached = (time.monotonic(), values)
+            self._identities[column] = cached
+        return cached[1]
+
     def plan(self, filt: SearchFilter, mode: str, k: int) -> QueryPlan:
         """How a query with ``filt`` runs (see the module docstring); public for tests and benchmarks."""
         s = self.settings
@@ -576,8 +597,20 @@ class PgPlaceStore:
             total = max(self._estimate_rows(SearchFilter()), 1.0)
             selectivity = min(1.0, max(rows, 1.0) / total)
             limit = s.brute_force_below if mode == "reduced" else s.brute_force_below // 8
-            if (filt.robots is not None or filt.sessions is not None) and rows < limit:
-                return QueryPlan(True, base, s.max_scan_tuples, selectivity)
+            if rows < limit:
+                if filt.robots is not None or filt.sessions is not None:
+                    return QueryPlan(True, base, s.max_scan_tuples, selectivity)
+                # only exclusions (no btree serves <> ALL): the robots / sessions they leave, from the index
+                column, excluded = (
+                    ("robot_id", filt.exclude_robots)
+                    if filt.exclude_robots
+                    else ("session_id", filt.exclude_sessions)
+                )
+                kept = tuple(v for v in self._distinct(column) if v not in set(excluded))
+                rewritten = dataclasses.replace(
+                    filt, **{"robots" if column == "robot_id" else "sessions": kept}
+                )
+                return QueryPlan(True, base, s.max_scan_tuples, selectivity, rewritten)
         ef = min(max(s.max_ef_search, base), math.ceil(base / selectivity))
         scan = max(s.max_scan_tuples, math.ceil(2 * candidates / selectivity))
         return QueryPlan(False, ef, scan, selectivity)
@@ -585,7 +618,7 @@ class PgPlaceStore:
     def _run_search(
         self, query: np.ndarray, k: int, filt: SearchFilter, mode: str, plan: QueryPlan
     ) -> list[FleetMatch]:
-        where, params = self._where(filt)
+        where, params = self._where(plan.filter or filt)
         params |= {"q": HalfVector(query), "k": k}
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in META_COLUMNS)
         if mode == "reduced":
