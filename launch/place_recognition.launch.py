@@ -3,6 +3,10 @@
     ros2 launch tscm_ros place_recognition.launch.py image_topic:=/camera/image_raw \
         model_path:=/path/to/student map_path:=/data/maps/office device:=cuda
 
+    # a fleet map (docs/FLEET.md): the shared server map, map_path as this robot's local copy
+    ros2 launch tscm_ros place_recognition.launch.py namespace:=robot7 model_path:=/path/to/student \
+        map_path:=/data/maps/robot7 map_uri:=service=fleet robot_id:=robot7 session_id:=2024-06-01-am
+
 Launch arguments left empty keep the value from ``params_file``; non-empty ones override it. That includes
 ``use_sim_time``: by default (empty) the parameter file decides; ``use_sim_time:=true|false`` overrides it.
 """
@@ -16,7 +20,7 @@ from launch_ros.substitutions import FindPackageShare
 from launch import LaunchDescription
 
 PACKAGE = "tscm_ros"
-OVERRIDABLE = ("model_path", "map_path", "device")
+OVERRIDABLE = ("model_path", "map_path", "device", "map_uri", "robot_id", "session_id")
 BOOLEAN_OVERRIDABLE = ("use_sim_time",)
 _BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
@@ -85,6 +89,22 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument("map_path", default_value="", description="place map path (empty: file)"),
             DeclareLaunchArgument(
                 "device", default_value="", description="auto|cpu|cuda|cuda:N (empty: file)"
+            ),
+            DeclareLaunchArgument(
+                "map_uri",
+                default_value="",
+                description="fleet map: postgresql://... URI or libpq conninfo such as service=fleet, "
+                "with map_path as the local copy; no passwords here (~/.pgpass, service file) (empty: file)",
+            ),
+            DeclareLaunchArgument(
+                "robot_id",
+                default_value="",
+                description="fleet map: robot of this node's places (empty: file; there '' = the namespace)",
+            ),
+            DeclareLaunchArgument(
+                "session_id",
+                default_value="",
+                description="fleet map: session of this run's places (empty: file; there '' = start time)",
             ),
             DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
             DeclareLaunchArgument(

@@ -190,13 +190,16 @@ def test_filtered_search_keeps_recall_with_iterative_scans(uri: str, schema_name
         ).fetchall()
     assert fleet_schema.FULL_INDEX in " ".join(r[0] for r in plan)
 
-    def run(iterative: str, fallback: bool, brute_force_below: int = 0) -> tuple[list[int], int]:
+    def run(
+        iterative: str, fallback: bool, brute_force_below: int = 0, max_ef_search: int = 20
+    ) -> tuple[list[int], int]:
         settings = SearchSettings(
             ef_search=20,
             rerank_candidates=20,
             iterative_scan=iterative,
             exact_fallback=fallback,
             brute_force_below=brute_force_below,
+            max_ef_search=max_ef_search,  # 20: no ef scaling by selectivity
         )
         store = PgPlaceStore(uri, schema=schema_name, search=settings, conninfo_options=FORCE_HNSW)
         counts, equal = [], 0
@@ -216,6 +219,8 @@ def test_filtered_search_keeps_recall_with_iterative_scans(uri: str, schema_name
     assert counts == [10] * 20 and equal == 20
     counts, equal = run("off", fallback=False, brute_force_below=1000)  # default: 100 rows -> btree, exact
     assert counts == [10] * 20 and equal == 20
+    counts, equal = run("off", fallback=False, max_ef_search=1000)  # ef 20 / 5 % = 400: 20 pass the filter
+    assert counts == [10] * 20 and equal >= 19
 
 
 # ---------------------------------------------------------------------------- PCA + re-ranking

@@ -102,3 +102,17 @@ def test_launch_description_builds_and_overrides_are_parameters(launch_module):
     names = set(launch_module.OVERRIDABLE) | set(launch_module.BOOLEAN_OVERRIDABLE)
     assert names <= declared
     assert names <= {spec.name for spec in PARAMETERS} | set(AUTOMATIC_PARAMETERS)
+
+
+def test_fleet_map_arguments(launch_module):
+    """map_uri, robot_id and session_id are launch arguments: given ones become parameters, empty ones not."""
+    description = launch_module.generate_launch_description()
+    declared = {a.args[0]: a.kwargs for a in description.args[0] if a.args and isinstance(a.args[0], str)}
+    for name in ("map_uri", "robot_id", "session_id"):
+        assert declared[name]["default_value"] == "" and declared[name]["description"]
+        assert name in launch_module.OVERRIDABLE
+    _, overrides = _node_parameters(launch_module, {"map_uri": "", "robot_id": "", "session_id": ""})
+    assert overrides == {}
+    context = {"map_uri": "service=fleet", "robot_id": "robot7", "session_id": "run-2", "map_path": "/m/r7"}
+    _, overrides = _node_parameters(launch_module, context)
+    assert overrides == context

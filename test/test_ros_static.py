@@ -110,6 +110,9 @@ def test_launch_arguments_used_are_declared(launch_file: Path):
         "device",
         "namespace",
         "use_sim_time",
+        "map_uri",
+        "robot_id",
+        "session_id",
     } <= declared
     node_parameters = {spec.name for spec in PARAMETERS}
     assert used_via_names <= node_parameters, "launch overrides must be node parameters"

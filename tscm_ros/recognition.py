@@ -76,6 +76,14 @@ QUERY_FILTERS = {  # RecognitionConfig field -> keyword of FleetStore.search
 }
 
 
+SEARCH_OPTIONS = {  # node parameter -> tscm_ros.fleet.SearchSettings field (fleet maps only)
+    "map_search_mode": "mode",
+    "map_ef_search": "ef_search",
+    "map_rerank_candidates": "rerank_candidates",
+    "map_max_ef_search": "max_ef_search",
+}
+
+
 class RecognitionError(RuntimeError):
     """The session cannot be opened as configured (one clear message)."""
 
@@ -268,6 +276,7 @@ class RecognitionSession:
                 map_uri.strip(), dim=dim, model_fingerprint=model_fingerprint, map_path=map_path,
                 index_spec=index_spec, schema=map_schema or DEFAULT_MAP_SCHEMA,
                 robot_id=robot_id or default_robot_id(), session_id=session_id or default_session_id(),
+                search={SEARCH_OPTIONS[k]: v for k, v in options.items() if k in SEARCH_OPTIONS},
             )  # fmt: skip
             return cls(store, config)
         if load:
@@ -324,9 +333,32 @@ class RecognitionSession:
         return self._fleet.session_id if self._fleet is not None else ""
 
     def map_diagnostics(self) -> dict[str, str]:
-        """The fleet store's ``diagnostics()`` (connection state, outbox depth, ...; no password); {} for a
-        local map."""
-        return self._fleet.diagnostics() if self._fleet is not None else {}
+        """The fleet store's ``diagnostics()`` (connection state, outbox depth, ...; no password) plus
+        ``mapping_refused`` (true: mapping is configured but the role is read-only); {} for a local map."""
+        if self._fleet is None:
+            return {}
+        return {**self._fleet.diagnostics(), "mapping_refused": str(bool(self.mapping_refused)).lower()}
+
+    @property
+    def mapping_refused(self) -> str:
+        """One line when ``mode`` is mapping but the fleet map refuses this robot's writes (a read-only
+        role): the session then only localises -- keyframes are searched, never added; '' otherwise."""
+        fleet = self._fleet
+        if fleet is None or self._config.detector.mode != "mapping" or not getattr(fleet, "read_only", False):
+            return ""
+        return (
+            f"fleet map {fleet.target_description} schema {fleet.schema!r} is read-only for this role: mode "
+            "is mapping but no keyframes are added (localisation only); map with a role in tscm_writer, or "
+            "set mode: localization"
+        )
+
+    def _sync_mapping(self) -> None:
+        """The detector maps only when the configuration says so and the map accepts this robot's writes."""
+        wanted = self._config.detector
+        if self.mapping_refused:
+            wanted = dataclasses.replace(wanted, mode="localization")
+        if self._detector.config != wanted:
+            self._detector.config = wanted
 
     def _run_marker(self) -> int:
         if self._fleet is not None:  # fleet ids are hashes: this run = own session, from this keyframe on
@@ -502,6 +534,7 @@ class RecognitionSession:
         timings: dict[str, float] = {}
         with self._lock:
             self._apply_pending()
+            self._sync_mapping()
             reason = self._detector.keyframe_gate(vector, stamp_ns, pose)
             self._follow_time_jumps()
             if reason:
@@ -784,17 +817,30 @@ def _open_fleet_store(
     schema: str,
     robot_id: str,
     session_id: str,
+    search: Mapping[str, Any] | None = None,
 ):
-    """The robot's FleetPlaceStore for ``map_uri``; configuration problems as one RecognitionError line."""
+    """The robot's FleetPlaceStore for ``map_uri``; configuration problems as one RecognitionError line.
+
+    ``search``: :class:`tscm_ros.fleet.SearchSettings` fields (from the ``map_*`` search options)."""
     try:  # psycopg is only needed for fleet maps
         import psycopg
 
-        from tscm_ros.fleet import is_server_target, open_place_store, redact
+        from tscm_ros.fleet import SearchSettings, is_server_target, open_place_store, redact
         from tscm_ros.fleet.conninfo import scrub
     except ImportError as error:
         raise RecognitionError(
             f"map_uri needs the fleet dependencies (psycopg, pgvector): {error}"
         ) from error
+    option_of = {field_name: option for option, field_name in SEARCH_OPTIONS.items()}
+    for field_name, value in (search or {}).items():  # one field at a time: the error names its option
+        try:
+            SearchSettings(**{field_name: value})
+        except (TypeError, ValueError) as error:
+            raise RecognitionError(f"{option_of[field_name]}: {error}") from None
+    try:
+        settings = SearchSettings(**dict(search or {}))
+    except (TypeError, ValueError) as error:
+        raise RecognitionError(f"fleet map search options: {error}") from None
     if not is_server_target(map_uri):
         raise RecognitionError(
             f"map_uri {scrub(map_uri)!r} is not a PostgreSQL target: use postgresql://..., postgres://... "
@@ -808,7 +854,7 @@ def _open_fleet_store(
     try:
         return open_place_store(
             map_uri, dim=dim, model_fingerprint=model_fingerprint, robot_id=robot_id, session_id=session_id,
-            local_map=map_path, schema=schema, index_spec=index_spec,
+            local_map=map_path, schema=schema, index_spec=index_spec, search=settings,
         )  # fmt: skip
     except psycopg.Error as error:  # libpq could not parse the URI / conninfo
         raise RecognitionError(

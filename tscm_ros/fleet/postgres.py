@@ -9,11 +9,22 @@ Search modes (``SearchSettings.mode``):
 * ``exact`` -- sequential scan (ground truth);
 * ``auto`` (default) -- ``reduced`` when a projection and its index exist, else ``full``.
 
-Filtered queries use pgvector >= 0.8 iterative index scans (``hnsw.iterative_scan``), so a filter that
-keeps few rows still yields k results; if fewer than k come back (``hnsw.max_scan_tuples`` reached),
-the query is repeated as an exact scan of the filtered rows. Robot/session include-filters that the
-planner estimates below ``brute_force_below`` rows skip HNSW altogether: their rows come from the btree
-indexes and are ranked exactly (cheaper than walking ~k/selectivity HNSW candidates, and exact).
+Filtered queries keep the recall of unfiltered ones. pgvector filters HNSW results *after* the graph
+walk, so a filter that keeps a fraction ``s`` of the rows leaves about ``s * ef_search`` of the walk's
+candidates, and the best filtered place is often not among them. Per filter the store estimates ``s``
+from the planner statistics (``EXPLAIN`` row estimates of the robot/session filter against the whole
+table, cached for a minute) and
+
+* ranks the filtered rows exactly when the filter keeps fewer than ``brute_force_below`` rows (reduced
+  mode; an eighth of it on the 2048-d halfvec): the btree yields them, which beats walking ~``ef/s``
+  graph nodes and is exact (an exclude-only filter is first rewritten as the robots / sessions it
+  leaves, read from the btree by a skip scan and cached for 10 s);
+* otherwise walks the HNSW graph with ``hnsw.ef_search = ef / s`` (capped at ``max_ef_search``, pgvector's
+  limit 1000), so that about ``ef`` filtered candidates come from the first, best-quality batch, with
+  pgvector >= 0.8 iterative scans (``hnsw.iterative_scan``, ``hnsw.max_scan_tuples`` scaled likewise)
+  to continue the walk when they do not;
+* repeats a query that still comes back with fewer than k places as an exact scan (``exact_fallback``).
+
 Exclusion windows (time, keyframes) apply
 to the places of the querying robot's own session (``exclusion_scope="session"``, default: another
 robot's place seen a second ago is a genuine inter-robot loop closure) or to all places (``"all"``).
@@ -22,7 +33,10 @@ robot's place seen a second ago is a genuine inter-robot loop closure) or to all
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import math
+import numbers
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -63,6 +77,8 @@ _BLOB_COLUMNS = ("features", "thumbnail")
 _MIN_PGVECTOR = (0, 7)
 SEARCH_MODES = ("auto", "reduced", "full", "exact")
 _ESTIMATE_TTL_S = 60.0
+_IDENTITIES_TTL_S = 10.0  # distinct robots/sessions, for rewriting small exclude-filters as include-filters
+MAX_EF_SEARCH = 1000  # pgvector: hnsw.ef_search <= 1000
 
 
 @dataclass(frozen=True)
@@ -80,6 +96,9 @@ class SearchSettings:
     # come from the btree and are ranked exactly (reduced mode: on the 256-d vectors, then re-ranked);
     # an iterative HNSW scan would walk ~k/selectivity candidates instead
     brute_force_below: int = 20_000
+    # a filter keeping a fraction s of the rows walks the graph with ef_search / s, at most this (pgvector's
+    # maximum is 1000); max_ef_search <= ef_search turns the scaling off
+    max_ef_search: int = MAX_EF_SEARCH
 
     def __post_init__(self) -> None:
         if self.mode not in SEARCH_MODES:
@@ -88,9 +107,34 @@ class SearchSettings:
             raise ValueError(
                 f"iterative_scan must be off, relaxed_order or strict_order, got {self.iterative_scan!r}"
             )
-        for name in ("ef_search", "rerank_candidates", "max_scan_tuples"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"SearchSettings.{name} must be >= 1")
+        for name in ("ef_search", "rerank_candidates", "max_scan_tuples", "max_ef_search"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"SearchSettings.{name} must be an integer >= 1, got {value!r}")
+        for name in ("ef_search", "rerank_candidates", "max_ef_search"):
+            if getattr(self, name) > MAX_EF_SEARCH:
+                raise ValueError(
+                    f"SearchSettings.{name} must be <= {MAX_EF_SEARCH} (pgvector's hnsw.ef_search limit), "
+                    f"got {getattr(self, name)}"
+                )
+        if self.brute_force_below < 0:
+            raise ValueError(f"SearchSettings.brute_force_below must be >= 0, got {self.brute_force_below}")
+
+    @property
+    def base_ef(self) -> int:
+        """hnsw.ef_search of an unfiltered query."""
+        return max(self.ef_search, self.rerank_candidates)
+
+
+@dataclass(frozen=True)
+class QueryPlan:
+    """How one query runs: ``exact`` (no HNSW), else HNSW with these ``ef_search`` / ``max_scan_tuples``."""
+
+    exact: bool
+    ef_search: int
+    max_scan_tuples: int
+    selectivity: float = 1.0
+    filter: SearchFilter | None = None  # the filter to run instead (exclusions rewritten as inclusions)
 
 
 def meta_from_row(row: Sequence) -> FleetPlaceMeta:
@@ -167,7 +211,9 @@ class PgPlaceStore:
         self.pgvector_version = ""
         self.indexes: set[str] = set()
         self.last_error = ""
-        self._estimates: dict[tuple, tuple[float, int]] = {}
+        self._estimates: dict[tuple, tuple[float, float]] = {}  # identity filter -> (time, rows)
+        self._hnsw_gucs = (0, 0)  # (ef_search, max_scan_tuples) set on the connection
+        self._identities: dict[str, tuple[float, tuple[str, ...]]] = {}  # column -> (time, distinct values)
         self._connect()
 
     def __repr__(self) -> str:
@@ -257,9 +303,9 @@ class PgPlaceStore:
         conn.execute(
             "SELECT set_config('hnsw.ef_search', %s, false), set_config('hnsw.iterative_scan', %s, false), "
             "set_config('hnsw.max_scan_tuples', %s, false), set_config('statement_timeout', %s, false)",
-            (str(max(s.ef_search, s.rerank_candidates)), s.iterative_scan, str(s.max_scan_tuples),
-             str(int(s.statement_timeout_ms))),
+            (str(s.base_ef), s.iterative_scan, str(s.max_scan_tuples), str(int(s.statement_timeout_ms))),
         )  # fmt: skip
+        self._hnsw_gucs = (s.base_ef, s.max_scan_tuples)
         row = conn.execute(
             sql.SQL("SELECT max(keyframe_index) FROM {} WHERE robot_id = %s AND session_id = %s").format(
                 self._table
@@ -497,32 +543,82 @@ class PgPlaceStore:
         return results[0] if single else results
 
     def _search_one(self, query: np.ndarray, k: int, filt: SearchFilter, mode: str) -> list[FleetMatch]:
-        matches = self._run_search(query, k, filt, mode)
-        if len(matches) < k and mode != "exact" and self.settings.exact_fallback and not filt.is_empty:
-            matches = self._run_search(query, k, filt, "exact")
+        plan = self.plan(filt, mode, k)
+        matches = self._run_search(query, k, filt, mode, plan)
+        if len(matches) < k and not plan.exact and self.settings.exact_fallback and not filt.is_empty:
+            matches = self._run_search(query, k, filt, "exact", self.plan(filt, "exact", k))
         return matches
 
-    def _selective(self, filt: SearchFilter, mode: str) -> bool:
-        """Whether the include-filters keep so few rows that scanning them beats an iterative HNSW scan."""
-        if mode == "exact" or (filt.robots is None and filt.sessions is None):
-            return False
-        limit = self.settings.brute_force_below if mode == "reduced" else self.settings.brute_force_below // 8
-        key = (filt.robots, filt.sessions)
+    def _estimate_rows(self, filt: SearchFilter) -> float:
+        """Planner estimate of the rows ``filt`` keeps (cached per filter for a minute)."""
+        key = (filt.robots, filt.exclude_robots, filt.sessions, filt.exclude_sessions)
         cached = self._estimates.get(key)
         if cached is None or time.monotonic() - cached[0] > _ESTIMATE_TTL_S:
-            where, params = self._where(SearchFilter(robots=filt.robots, sessions=filt.sessions))
+            where, params = self._where(filt)
             with self._connection() as conn:
                 plan = conn.execute(
                     sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} WHERE {}").format(self._table, where),
                     params,
                 ).fetchone()[0]
-            cached = (time.monotonic(), int(plan[0]["Plan"]["Plan Rows"]))
+            cached = (time.monotonic(), float(plan[0]["Plan"]["Plan Rows"]))
             self._estimates[key] = cached
-        return cached[1] < limit
+        return cached[1]
 
-    def _run_search(self, query: np.ndarray, k: int, filt: SearchFilter, mode: str) -> list[FleetMatch]:
-        brute = self._selective(filt, mode)
-        where, params = self._where(filt)
+    def _distinct(self, column: str) -> tuple[str, ...]:
+        """Distinct ``robot_id`` / ``session_id`` values (btree skip scan: one descent per value; cached)."""
+        cached = self._identities.get(column)
+        if cached is None or time.monotonic() - cached[0] > _IDENTITIES_TTL_S:
+            c = sql.Identifier(column)
+            statement = sql.SQL(
+                "WITH RECURSIVE v AS ((SELECT {c} FROM {t} ORDER BY {c} LIMIT 1) UNION ALL "
+                "SELECT (SELECT {c} FROM {t} WHERE {c} > v.{c} ORDER BY {c} LIMIT 1) FROM v "
+                "WHERE v.{c} IS NOT NULL) SELECT {c} FROM v WHERE {c} IS NOT NULL"
+            ).format(c=c, t=self._table)
+            with self._connection() as conn:
+                values = tuple(row[0] for row in conn.execute(statement).fetchall())
+            cached = (time.monotonic(), values)
+            self._identities[column] = cached
+        return cached[1]
+
+    def plan(self, filt: SearchFilter, mode: str, k: int) -> QueryPlan:
+        """How a query with ``filt`` runs (see the module docstring); public for tests and benchmarks."""
+        s = self.settings
+        candidates = max(s.rerank_candidates, k) if mode == "reduced" else k
+        base = max(s.base_ef, candidates)
+        if mode == "exact" or base > MAX_EF_SEARCH:  # k beyond what HNSW may return: rank exactly
+            return QueryPlan(True, min(base, MAX_EF_SEARCH), s.max_scan_tuples)
+        selectivity = 1.0
+        if filt.restricts_identity:
+            identity = SearchFilter(
+                robots=filt.robots, exclude_robots=filt.exclude_robots, sessions=filt.sessions,
+                exclude_sessions=filt.exclude_sessions,
+            )  # fmt: skip
+            rows = self._estimate_rows(identity)
+            total = max(self._estimate_rows(SearchFilter()), 1.0)
+            selectivity = min(1.0, max(rows, 1.0) / total)
+            limit = s.brute_force_below if mode == "reduced" else s.brute_force_below // 8
+            if rows < limit:
+                if filt.robots is not None or filt.sessions is not None:
+                    return QueryPlan(True, base, s.max_scan_tuples, selectivity)
+                # only exclusions (no btree serves <> ALL): the robots / sessions they leave, from the index
+                column, excluded = (
+                    ("robot_id", filt.exclude_robots)
+                    if filt.exclude_robots
+                    else ("session_id", filt.exclude_sessions)
+                )
+                kept = tuple(v for v in self._distinct(column) if v not in set(excluded))
+                rewritten = dataclasses.replace(
+                    filt, **{"robots" if column == "robot_id" else "sessions": kept}
+                )
+                return QueryPlan(True, base, s.max_scan_tuples, selectivity, rewritten)
+        ef = min(max(s.max_ef_search, base), math.ceil(base / selectivity))
+        scan = max(s.max_scan_tuples, math.ceil(2 * candidates / selectivity))
+        return QueryPlan(False, ef, scan, selectivity)
+
+    def _run_search(
+        self, query: np.ndarray, k: int, filt: SearchFilter, mode: str, plan: QueryPlan
+    ) -> list[FleetMatch]:
+        where, params = self._where(plan.filter or filt)
         params |= {"q": HalfVector(query), "k": k}
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in META_COLUMNS)
         if mode == "reduced":
@@ -544,25 +640,20 @@ class PgPlaceStore:
                 "ORDER BY descriptor <#> %(q)b LIMIT %(k)s) SELECT {cols}, -dist AS sim FROM cand "
                 "ORDER BY dist, place_id"
             ).format(cols=cols, t=self._table, where=where)
-        ef = max(self.settings.ef_search, self.settings.rerank_candidates)
-        needs_local = (
-            mode == "exact"
-            or brute
-            or (mode == "full" and k > ef)
-            or (mode == "reduced" and params["c"] > ef)
-        )
         with self._connection() as conn:
-            if needs_local:
+            if plan.exact:  # no HNSW: btree/bitmap scans of the filtered rows, ranked exactly
                 with conn.transaction():
-                    if mode == "exact" or brute:  # no HNSW: btree/bitmap scans of the filtered rows
-                        conn.execute("SELECT set_config('enable_indexscan', 'off', true)")
-                    else:
-                        conn.execute(
-                            "SELECT set_config('hnsw.ef_search', %s, true)",
-                            (str(max(k, params.get("c", k))),),
-                        )
+                    conn.execute("SELECT set_config('enable_indexscan', 'off', true)")
                     rows = conn.execute(statement, params).fetchall()
             else:
+                gucs = (plan.ef_search, plan.max_scan_tuples)
+                if gucs != self._hnsw_gucs:  # one extra round trip, only when the filter's scale changes
+                    conn.execute(
+                        "SELECT set_config('hnsw.ef_search', %s, false), "
+                        "set_config('hnsw.max_scan_tuples', %s, false)",
+                        (str(gucs[0]), str(gucs[1])),
+                    )
+                    self._hnsw_gucs = gucs
                 rows = conn.execute(statement, params).fetchall()
         return [
             FleetMatch(

@@ -79,6 +79,7 @@ class FleetPlaceStore:
         )  # fmt: skip
         self._target = target
         self.target_description = redact(target)
+        self.settings = search or SearchSettings()  # how the server searches (PgPlaceStore.settings)
         self._flush_batch = int(flush_batch)
         self._retry = (float(retry_min_s), float(retry_max_s))
         self._count_cache_s = float(count_cache_s)

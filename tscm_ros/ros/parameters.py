@@ -279,6 +279,43 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         validator=_string_list,
         item_type=str,
     ),
+    ParameterSpec(
+        "map_search_mode",
+        "auto",
+        "fleet map server search: reduced = HNSW on the PCA-reduced vectors + exact re-ranking on the full "
+        "descriptor; full = HNSW on the full descriptor; exact = sequential scan (slow, ground truth); "
+        "auto = reduced when the map has a PCA projection and its index, else full",
+        read_only=True,
+        choices=("auto", "reduced", "full", "exact"),
+    ),
+    ParameterSpec(
+        "map_ef_search",
+        64,
+        "fleet map: HNSW candidate list size (hnsw.ef_search) of an unfiltered query; higher = better "
+        "recall, slower. Filtered queries scale it by 1 / (share of the map the filter keeps), up to "
+        "map_max_ef_search",
+        True,
+        1,
+        1000,
+    ),
+    ParameterSpec(
+        "map_rerank_candidates",
+        64,
+        "fleet map, reduced search: places fetched from the PCA-reduced HNSW index and re-ranked exactly on "
+        "the full descriptor (the HNSW walk uses at least this many candidates)",
+        True,
+        1,
+        1000,
+    ),
+    ParameterSpec(
+        "map_max_ef_search",
+        1000,
+        "fleet map: largest hnsw.ef_search a filtered query may use (bounds its latency; <= map_ef_search "
+        "turns the scaling by the filter's share off)",
+        True,
+        1,
+        1000,
+    ),
     # keyframe policy
     ParameterSpec(
         "min_interval_s",

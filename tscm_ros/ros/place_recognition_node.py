@@ -751,12 +751,17 @@ class PlaceRecognitionNode(Node):
             else:
                 full = f"{counters.places}/{counters.max_places}"
                 problems.append(f"map at {utilisation:.0%} of max_places ({full})")
+        if fleet.get("mapping_refused") == "true":
+            problems.append("fleet map read-only for this role: mapping off, localisation only")
         if problems and level == DiagnosticStatus.OK:
             level = DiagnosticStatus.WARN
         message = "; ".join(problems) if problems else "ok"
         return messages.diagnostic_status(DIAGNOSTIC_NAME, "tscm_ros", level, message, values)
 
     def _publish_diagnostics(self) -> None:
+        if not getattr(self, "_mapping_refused_said", False) and (refused := self._places.mapping_refused):
+            self._mapping_refused_said = True  # one WARN; /diagnostics keeps saying it (mapping_refused)
+            self.get_logger().warning(refused)
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
         array.status = [self.diagnostics_status()]
