@@ -306,13 +306,9 @@ class Describer:
         return None, model_path, None
 
     def _session_options(self):
-        import onnxruntime as ort
+        from tscm_ros.ort_options import ort_session_options
 
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if self.num_threads is not None:
-            options.intra_op_num_threads = self.num_threads
-        return options
+        return ort_session_options(self.num_threads)
 
     def _open_session(self, onnx_path: Path, providers, expected_fingerprint: str | None, rgb: bool | None):
         """Create the session (optionally with the rgb preprocessing prepended in memory) and check it."""
