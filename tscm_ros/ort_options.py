@@ -15,8 +15,10 @@
   other processes of the robot. Under load a spinning worker also holds the core its partner needs to
   finish the parallel section (int8 batch 1, 2 threads, a second process busy on the other core:
   median 18.5 ms spinning, 10.3 not spinning, 10.3 with 1 thread). ``spin=True`` spins inside a Run
-  only (``allow_spinning`` 1 + ``session.force_spinning_stop`` 1: the pool stops when Run returns), for
-  a quiet dedicated CPU; ``$TSCM_ORT_SPIN=1`` sets it for a deployment without code changes.
+  only (``allow_spinning`` 1 + ``session.force_spinning_stop`` 1: the pool stops when Run returns): the
+  fastest on a quiet, dedicated CPU (best run of int8 batch 1 on the shared 2-core machine: 6.3 ms
+  spinning inside Run, 8.3 not spinning, 10.4 with 1 thread) but the slowest under load (median 14.7
+  against 11.1); ``$TSCM_ORT_SPIN=1`` turns it on for a deployment without code changes.
 
 Not set, measured no better here: ``session.dynamic_block_base`` (int8 2 threads: 20.9 vs 10.6 ms min
 under load), ``session.set_denormal_as_zero`` (changes fp32 results; the quantized convolutions have no
