@@ -21,6 +21,11 @@ copy) compares every lower-precision path with eager fp32 on all its images: per
 the cosine after removing the mean descriptor ("centred"; an untrained network's descriptors are all
 alike, this exposes errors in what differs between images), and R@1/R@5. Without ``--model`` the seeded
 *untrained* student is measured (no trained weights ship with the repository).
+A third table times ONNX Runtime's threading at batch 1 (int8 and fp32; 1 thread against ``--threads``
+with ONNX Runtime's default spinning workers, without spinning -- what ``tscm_ros.ort_options`` sets -- and
+spinning inside Run only), with min/median wall and CPU ms per image including what the threads burn after
+Run returns. ``--demo`` (default on) runs the demo scene's loop closures (``tscm_demo``) with each path as
+the Describer and prints retrieval/verified precision, recall and R@1.
 Timings are medians over ``--repeats`` round-robin rounds (every path once per round, so background
 load hits all paths alike) after warm-up. GFLOP/image is counted with FlopCounterMode (2 FLOP per MAC);
 "GFLOP/s" is that count divided by the time, beside a 2048x2048 fp32 GEMM measured in the same run.
@@ -94,14 +99,79 @@ def bf16_runner(model: torch.nn.Module) -> Runner:
     return run
 
 
-def ort_runner(onnx_path: Path, threads: int) -> Runner:
+def ort_runner(onnx_path: Path, threads: int, spin: bool | None = False, ort_default: bool = False) -> Runner:
+    """An ONNX Runtime CPU session with :func:`tscm_ros.ort_options.ort_session_options` (what the
+    Describer uses); ``ort_default``: ONNX Runtime's own defaults (spinning workers), only threads set."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
+    from tscm_ros.ort_options import ort_session_options
+
+    if ort_default:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+    else:
+        options = ort_session_options(threads, spin=spin)
     session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
     return lambda x: session.run(None, {"images": x.numpy()})[0]
+
+
+def threading_rows(model_dir: Path, threads: int, repeats: int) -> list[tuple[str, float, float, float]]:
+    """Batch 1, int8 and fp32: 1 thread against ``threads`` with ONNX Runtime's defaults (workers spin,
+    also after Run), no spinning (ours) and spinning inside Run only. Blocks of runs per session in turn,
+    20 ms idle between blocks; per session: (name, min ms, median ms, CPU ms per image incl. what its
+    threads burn after Run, i.e. process CPU over the block / images)."""
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    variants: dict[str, Runner] = {}
+    for label, name in (("int8", "model.int8.onnx"), ("fp32", "model.onnx")):
+        variants[f"{label} 1 thread"] = ort_runner(model_dir / name, 1)
+        variants[f"{label} {threads} threads, ORT default (spinning)"] = ort_runner(
+            model_dir / name, threads, ort_default=True
+        )
+        variants[f"{label} {threads} threads, no spinning (ours)"] = ort_runner(model_dir / name, threads)
+        variants[f"{label} {threads} threads, spin inside Run only"] = ort_runner(
+            model_dir / name, threads, spin=True
+        )
+    for run in variants.values():
+        run(x)
+    wall: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(max(repeats, 3)):
+        for name, run in variants.items():
+            cpu_start = time.process_time()
+            for _ in range(5):
+                start = time.perf_counter()
+                run(x)
+                wall[name].append(time.perf_counter() - start)
+            time.sleep(0.02)  # spinning workers burn CPU here; counted to this session below
+            cpu[name].append((time.process_time() - cpu_start) / 5)
+    median = statistics.median
+    return [
+        (name, 1000 * min(wall[name]), 1000 * median(wall[name]), 1000 * median(cpu[name]))
+        for name in variants
+    ]
+
+
+def demo_rows(model_dir: Path, threads: int, work_dir: Path) -> list[tuple[str, dict, dict | None]]:
+    """The demo scene's loop closures (``tscm_demo`` pipeline: two laps, shipped params, threshold calibrated
+    without ground truth) with each precision path as the node's Describer: (path, retrieval, verified)."""
+    import json
+
+    from tscm_ros.demo.main import SUMMARY_JSON, run_demo
+    from tscm_ros.describer import Describer
+
+    configs = {
+        "student eager": dict(backend="torch", device="cpu"),
+        "student ORT": dict(backend="onnxruntime", precision="fp32"),
+        "student ORT int8": dict(backend="onnxruntime", precision="int8"),
+        "student bf16 CL": dict(backend="torch", device="cpu", precision="bf16"),
+    }
+    rows = []
+    for name, options in configs.items():
+        describer = Describer(model_dir, num_threads=threads, batch_size=8, **options)
+        run_demo(work_dir, describer=describer, progress=False)  # the rendered bag is reused after the first
+        summary = json.loads((work_dir / SUMMARY_JSON).read_text())
+        rows.append((name, summary["retrieval"], summary["verified"]))
+    return rows
 
 
 def prepare_exports(student: torch.nn.Module, model_dir: Path, args: argparse.Namespace) -> dict:
@@ -220,6 +290,10 @@ def main() -> None:
         help="dataset spec for the accuracy table ('' to skip); default the shared Corridor copy",
     )  # fmt: skip
     parser.add_argument(
+        "--demo", action=argparse.BooleanOptionalAction, default=True,
+        help="demo scene loop precision/recall per precision path (renders the scene once, ~1 min per path)",
+    )  # fmt: skip
+    parser.add_argument(
         "--clock", choices=["wall", "cpu"], default="wall",
         help="wall: latency (default); cpu: process CPU time, robust to other load on a shared machine "
         "(use with --threads 1: with more threads it sums their work)",
@@ -310,8 +384,8 @@ def main() -> None:
             f"| {speedup:.2f}x | {diff:.1e} |"
         )
     print(
-        "\nint8 (student ORT int8): QDQ, Conv in int8 (uint8 activations per tensor, int8 weights per "
-        f"channel), {int8_record['calibration']['count']} calibration images; NetVLAD/GeM/normalisation fp32"
+        "\nint8 (student ORT int8): QDQ, Conv (+ its ReLU) in int8 (uint8 activations per tensor, int8 "
+        f"weights per channel), {int8_record['calibration']['count']} calibration images; the head fp32"
     )
     for batch in args.batches:
         student_rows = [
@@ -329,6 +403,15 @@ def main() -> None:
     for name, ms in time_describe(model_dir, args.threads, args.repeats):
         print(f"| {name} | {ms:.1f} |")
 
+    print(
+        "\nONNX Runtime threading, batch 1 (blocks of 5 runs per session in turn; CPU ms/img includes what "
+        "the session's threads burn after Run returns):\n"
+    )
+    print("| session | min ms | median ms | CPU ms/img |")
+    print("|---|---|---|---|")
+    for name, low, median, cpu in threading_rows(model_dir, args.threads, args.repeats):
+        print(f"| {name} | {low:.1f} | {median:.1f} | {cpu:.1f} |")
+
     if args.accuracy:
         compared = {
             name: runners[name]
@@ -343,6 +426,21 @@ def main() -> None:
                 f"| {name} | {agreement['cosine_min']:.5f} | {agreement['cosine_mean']:.5f} "
                 f"| {agreement['centred_cosine_min']:.3f} | {agreement['centred_cosine_mean']:.3f} "
                 f"| {r1:.3f} | {r5:.3f} |"
+            )
+    if args.demo:
+        rows = demo_rows(model_dir, args.threads, Path(tmp.name) / "demo")
+        print("\nDemo scene loop closures (tscm_demo pipeline, shipped params, auto threshold):\n")
+        print(
+            "| path | retrieval P | retrieval R | retrieval R@1 | AP "
+            "| verified P | verified R | verified R@1 |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
+        for name, retrieval, verified in rows:
+            verified = verified or dict.fromkeys(("precision", "recall", "recall_at_1"), float("nan"))
+            print(
+                f"| {name} | {retrieval['precision']:.3f} | {retrieval['recall']:.3f} "
+                f"| {retrieval['recall_at_1']:.3f} | {retrieval['average_precision']:.3f} "
+                f"| {verified['precision']:.3f} | {verified['recall']:.3f} | {verified['recall_at_1']:.3f} |"
             )
     tmp.cleanup()
 

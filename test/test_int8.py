@@ -17,6 +17,8 @@ from tscm_ros.model_io import ModelFormatError, read_model_config, save_model
 from tscm_ros.models import build_model
 from tscm_ros.quantize import descriptor_agreement, load_calibration_set
 
+EXCLUDED = "/cnn/layer3/layer3.5/"  # the last backbone block, kept fp32 with --int8-exclude
+
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
@@ -34,7 +36,7 @@ def calibration_folder(corridor_dir, tmp_path_factory) -> Path:
 def int8_dir(calibration_folder, tmp_path_factory) -> Path:
     model_dir = save_model(build_model("student", seed=0), tmp_path_factory.mktemp("int8") / "student")
     argv = [str(model_dir), "--int8", "--calibrate", str(calibration_folder), "--calibration-images", "10",
-            "--held-out", "3", "--rgb", "--threads", "2"]  # fmt: skip
+            "--held-out", "3", "--int8-exclude", EXCLUDED, "--rgb", "--threads", "2"]  # fmt: skip
     assert main(argv) == 0
     return model_dir
 
@@ -76,6 +78,44 @@ def test_int8_export_writes_files_and_record(int8_dir, calibration_folder):
     values = [onnx.numpy_helper.to_array(z) for z in zero_points]
     assert {str(v.dtype) for v in values} <= {"int8", "int32"}  # int8 tensors, int32 biases: no uint8
     assert not any(v.any() for v in values)  # all zero: symmetric, TensorRT's explicit-quantization rule
+
+
+def test_int8_graph_follows_the_rule(int8_dir):
+    """Conv weights int8 except the excluded block's (fp32 initializers); ReLUs folded into their Conv."""
+    proto = onnx.load(str(int8_dir / "model.int8.onnx"))
+    producers = {output: node for node in proto.graph.node for output in node.output}
+    initializers = {i.name: i for i in proto.graph.initializer}
+    convs = [node for node in proto.graph.node if node.op_type == "Conv"]
+    excluded = [node for node in convs if node.name.startswith(EXCLUDED)]
+    assert len(excluded) == 3 and len(convs) > 40
+    for node in convs:
+        if node in excluded:
+            weight = initializers[node.input[1]]
+            assert weight.data_type == onnx.TensorProto.FLOAT, node.name
+            assert node.input[0] not in producers or producers[node.input[0]].op_type != "DequantizeLinear"
+        else:
+            assert producers[node.input[1]].op_type == "DequantizeLinear", node.name
+            assert producers[node.input[0]].op_type == "DequantizeLinear", node.name
+
+    def after_quantized_conv(name: str) -> bool:  # Conv -> QuantizeLinear -> DequantizeLinear -> name
+        node = producers.get(name)
+        if node is None or node.op_type != "DequantizeLinear":
+            return False
+        node = producers.get(node.input[0])
+        return (
+            node is not None
+            and node.op_type == "QuantizeLinear"
+            and (producers.get(node.input[0]) is not None and producers[node.input[0]].op_type == "Conv")
+        )
+
+    relus = [node for node in proto.graph.node if node.op_type == "Relu"]
+    assert not [node.name for node in relus if after_quantized_conv(node.input[0])]  # folded, range [0, max]
+    fp32_relus = sum(node.op_type == "Relu" for node in onnx.load(str(int8_dir / "model.onnx")).graph.node)
+    assert len(relus) < fp32_relus
+    record = read_model_config(int8_dir)["exports"]["int8"]
+    assert record["quantized_ops"] == ["Conv", "Relu"]
+    assert {node.name for node in excluded} <= set(record["excluded_nodes"])
+    assert all(name.startswith(EXCLUDED) for name in record["excluded_nodes"])
 
 
 def test_int8_descriptors_match_fp32(int8_dir, test_images):

@@ -446,13 +446,9 @@ class OrtDescriber(Describer):
         return None, model_path, None
 
     def _session_options(self):
-        import onnxruntime as ort
+        from tscm_ros.ort_options import ort_session_options
 
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if self.num_threads is not None:
-            options.intra_op_num_threads = self.num_threads
-        return options
+        return ort_session_options(self.num_threads)
 
     def _create_session(self, source: str | bytes, providers: Sequence[str], onnx_path: Path):
         """The one place an ``onnxruntime.InferenceSession`` is made."""
