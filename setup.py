@@ -36,20 +36,20 @@ setup(
         "console_scripts": [
             # ROS 2 nodes and tools (need rclpy)
             "place_recognition_node = tscm_ros.ros.place_recognition_node:main",
-            "bag_player = tscm_ros.ros.bag_player:main",
+            "bag_player = tscm_ros.cli.bag_player:main",
             # ROS-free tools
-            "tscm_demo = tscm_ros.demo.main:main",
-            "tscm_build_map = tscm_ros.pipelines.build_map:main",
-            "tscm_evaluate = tscm_ros.evaluation.cli:main",
-            "tscm_train = tscm_ros.training.cli:main",
-            "tscm_export_dataset = tscm_ros.data.export_bag:main",
-            "tscm_convert_published = tscm_ros.convert_published:main",
-            "tscm_export = tscm_ros.export:main",
-            "tscm_describe = tscm_ros.describer:main",
+            "tscm_demo = tscm_ros.cli.demo:main",
+            "tscm_build_map = tscm_ros.cli.build_map:main",
+            "tscm_evaluate = tscm_ros.cli.evaluate:main",
+            "tscm_train = tscm_ros.cli.train:main",
+            "tscm_export_dataset = tscm_ros.cli.export_dataset:main",
+            "tscm_convert_published = tscm_ros.cli.convert_published:main",
+            "tscm_export = tscm_ros.cli.export:main",
+            "tscm_describe = tscm_ros.cli.describe:main",
             # fleet maps (PostgreSQL + pgvector)
-            "tscm_map_db = tscm_ros.fleet.cli:map_db_main",
-            "tscm_map_sync = tscm_ros.fleet.cli:sync_main",
-            "tscm_merge_maps = tscm_ros.fleet.cli:merge_main",
+            "tscm_map_db = tscm_ros.cli.map_db:main",
+            "tscm_map_sync = tscm_ros.cli.map_sync:main",
+            "tscm_merge_maps = tscm_ros.cli.merge_maps:main",
         ],
     },
 )

@@ -235,7 +235,7 @@ def test_early_stop_is_not_damage(clean_bags):
 
 @pytest.mark.parametrize("storage", STORAGES)
 def test_build_map_cli(clean_bags, tmp_path: Path, storage: str, fake_describer, capsys):
-    from tscm_ros.pipelines.build_map import main
+    from tscm_ros.cli.build_map import main
 
     prog = "tscm_build_map"
     for damage in DAMAGES:
@@ -261,7 +261,7 @@ def test_build_map_cli(clean_bags, tmp_path: Path, storage: str, fake_describer,
 
 
 def test_build_map_cli_errors(clean_bags, tmp_path: Path, fake_describer, capsys):
-    from tscm_ros.pipelines.build_map import _parser, main
+    from tscm_ros.cli.build_map import build_parser, main
 
     prog = "tscm_build_map"
     not_a_dir = tmp_path / "file"
@@ -276,11 +276,11 @@ def test_build_map_cli_errors(clean_bags, tmp_path: Path, fake_describer, capsys
     assert main(build_cli(bag, tmp_path / "o2")) == 1
     (line,) = error_lines(capsys.readouterr().err, prog)
     assert f"{IMAGE_TOPIC}: 20 of 25 messages read" in line and "--allow-partial" in line
-    assert "Exit status" in _parser().format_help() and "--allow-partial" in _parser().format_help()
+    assert "Exit status" in build_parser().format_help() and "--allow-partial" in build_parser().format_help()
 
 
 def test_export_dataset_cli(clean_bags, tmp_path: Path, capsys):
-    from tscm_ros.data.export_bag import main
+    from tscm_ros.cli.export_dataset import main
 
     prog = "tscm_export_dataset"
     bag = damaged_copy(clean_bags["ros1"], tmp_path / "bags", "garbage@50")
@@ -302,14 +302,14 @@ def test_bag_player_stops_on_damage(clean_bags, tmp_path: Path):
 
     bag = damaged_copy(clean_bags["mcap"], tmp_path, "garbage@10")  # chunks cut short, no exception
     arguments = [str(bag), "--rate", "0", "--start-delay", "0", "--no-progress"]
-    with NodeProcess("tscm_ros.ros.bag_player", arguments=arguments) as player:
+    with NodeProcess("tscm_ros.cli.bag_player", arguments=arguments) as player:
         assert player.wait(60) == 1, player.output()
         output = player.output()
     assert "Traceback" not in output, output
     errors = [line for line in output.splitlines() if line.startswith("bag_player: error:")]
     assert len(errors) == 1 and f"{IMAGE_TOPIC}: 2 of 20 messages read" in errors[0], output
     assert "/odom: 2 of 20 messages read" in errors[0] and "stopped after 4 messages" in errors[0]
-    with NodeProcess("tscm_ros.ros.bag_player", arguments=[*arguments, "--allow-partial"]) as player:
+    with NodeProcess("tscm_ros.cli.bag_player", arguments=[*arguments, "--allow-partial"]) as player:
         assert player.wait(60) == 0, player.output()
         output = player.output()
     assert "Traceback" not in output, output

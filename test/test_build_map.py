@@ -10,11 +10,11 @@ import pytest
 from PIL import Image as PILImage
 
 from tscm_ros.bags import write_image_bag
+from tscm_ros.cli.build_map import main
 from tscm_ros.loop_closure import LoopClosureConfig
 from tscm_ros.pipelines.build_map import (
     CSV_COLUMNS,
     build_map_from_bag,
-    main,
     read_candidates_csv,
 )
 from tscm_ros.placemap import PlaceMap, Pose

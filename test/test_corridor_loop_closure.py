@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 
 from tscm_ros.bags import BagReadStats, iter_frames, write_image_bag
+from tscm_ros.cli import evaluate as evaluate_cli
 from tscm_ros.describer import create_describer
-from tscm_ros.evaluation import cli as evaluate_cli
 from tscm_ros.evaluation.metrics import exact_search, loop_closure_pr_curve, precision_recall_curve
 from tscm_ros.image_files import read_rgb
 from tscm_ros.loop_closure import LoopClosureConfig, LoopClosureDetector

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from tscm_ros.bags import BagReadStats, iter_frames
-from tscm_ros.demo.main import main, run_corridor, run_demo
+from tscm_ros.cli.demo import main
+from tscm_ros.demo.main import run_corridor, run_demo
 from tscm_ros.demo.scene import SceneConfig, build_world, generate_frames, plan_trajectory
 
 SMALL = SceneConfig(width=96, height=72, frames_per_lap=16)

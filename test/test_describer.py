@@ -13,7 +13,8 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from tscm_ros.describer import Describer, create_describer, main, parse_device
+from tscm_ros.cli.describe import main
+from tscm_ros.describer import Describer, create_describer, parse_device
 from tscm_ros.model_io import model_fingerprint, save_model
 from tscm_ros.models import build_model
 from tscm_ros.models.preprocessing import ImageInputError, preprocess

@@ -13,8 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
+from tscm_ros.cli.export import main
 from tscm_ros.describer import create_describer
-from tscm_ros.export import fold_batch_norms, main, optimize_for_cpu
+from tscm_ros.export import fold_batch_norms, optimize_for_cpu
 from tscm_ros.model_io import ModelFormatError, load_model, model_fingerprint, save_model
 from tscm_ros.models import build_model
 

@@ -13,9 +13,9 @@ from pgvector import HalfVector
 from pgvector.psycopg import register_vector
 from psycopg import sql
 
+from tscm_ros.cli.map_db import main as map_db_main
 from tscm_ros.fleet import FleetPlaceMeta, PgPlaceStore, SchemaError, SearchSettings
 from tscm_ros.fleet import schema as fleet_schema
-from tscm_ros.fleet.cli import map_db_main
 from tscm_ros.placemap import MapFormatError
 
 FORCE_HNSW = {"options": "-c enable_seqscan=off -c enable_bitmapscan=off"}  # what a large map's planner picks

@@ -11,6 +11,7 @@ import pytest
 from fleet_support import DIM, FP, drop_schema, metas, new_schema, unit_vectors
 from psycopg import sql
 
+from tscm_ros.cli.map_db import main as map_db_main
 from tscm_ros.fleet import (
     PgPlaceStore,
     ReadOnlyStoreError,
@@ -20,7 +21,6 @@ from tscm_ros.fleet import (
     redact,
 )
 from tscm_ros.fleet import schema as fleet_schema
-from tscm_ros.fleet.cli import map_db_main
 from tscm_ros.fleet.conninfo import build_conninfo, scrub
 
 SECRET = "s3cr3t-Pw-xyzzy"

@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 from fleet_support import DIM, FP, drop_schema, metas, new_schema, server_rows, unit_vectors
 
+from tscm_ros.cli.map_db import main as map_db_main
+from tscm_ros.cli.map_sync import main as sync_main
+from tscm_ros.cli.merge_maps import main as merge_main
 from tscm_ros.fleet import LocalPlaceStore, PcaProjection, PgPlaceStore, open_place_store, sidecar_dir
-from tscm_ros.fleet.cli import map_db_main, merge_main, sync_main
 from tscm_ros.placemap import PlaceMap
 
 

@@ -11,8 +11,8 @@ import onnx
 import pytest
 from PIL import Image
 
+from tscm_ros.cli.export import main
 from tscm_ros.describer import create_describer
-from tscm_ros.export import main
 from tscm_ros.model_io import ModelFormatError, read_model_config, save_model
 from tscm_ros.models import build_model
 from tscm_ros.quantize import descriptor_agreement, load_calibration_set

@@ -61,7 +61,7 @@ def test_environment_variable_applies_to_files(bomb_folder, monkeypatch):
 
 
 def test_tscm_describe_prints_one_line(bomb_folder, capsys):
-    from tscm_ros.describer import main
+    from tscm_ros.cli.describe import main
 
     assert main([str(bomb_folder), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

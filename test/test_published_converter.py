@@ -194,7 +194,7 @@ def test_older_timm_layout_blocks_at_index_two(teacher_published, teacher_conver
 
 
 def test_console_script_converts_to_our_format(tmp_path: Path, student_published, capsys):
-    from tscm_ros.convert_published import main
+    from tscm_ros.cli.convert_published import main
     from tscm_ros.model_io import load_model
 
     source = tmp_path / "ckpt_e_3.pth.tar"

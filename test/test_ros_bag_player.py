@@ -39,7 +39,7 @@ def play(probe: RosProbe, bag, topic: str, message_type: type, *arguments: str, 
     received = probe.subscribe(message_type, topic, reliable_qos(100))
     clock = probe.subscribe(Clock, "/clock", reliable_qos(100)) if "--clock" in arguments else None
     with NodeProcess(
-        "tscm_ros.ros.bag_player", arguments=[str(bag), "--wait-for-subscribers", "1", *arguments]
+        "tscm_ros.cli.bag_player", arguments=[str(bag), "--wait-for-subscribers", "1", *arguments]
     ) as player:
         assert player.wait(timeout) == 0, player.output()
         received.wait_count(FRAME_COUNT, 5.0)
@@ -99,7 +99,7 @@ def test_compressed_topic_filter_pacing_and_clock(probe: RosProbe, tmp_path):
 
 
 def test_missing_bag_is_one_clear_error(tmp_path):
-    with NodeProcess("tscm_ros.ros.bag_player", arguments=[str(tmp_path / "nope")]) as player:
+    with NodeProcess("tscm_ros.cli.bag_player", arguments=[str(tmp_path / "nope")]) as player:
         assert player.wait(30) == 1
         output = player.output()
     assert "does not exist" in output
@@ -113,7 +113,7 @@ def test_signal_stops_playback_quietly(probe: RosProbe, tmp_path, signal_name: s
     bag = write_image_bag(tmp_path / "loop", frames(), topic=topic)
     received = probe.subscribe(Image, topic, reliable_qos(100))
     arguments = [str(bag), "--loop", "--rate", "1.0", "--start-delay", "0", "--progress"]
-    with NodeProcess("tscm_ros.ros.bag_player", arguments=arguments) as player:
+    with NodeProcess("tscm_ros.cli.bag_player", arguments=arguments) as player:
         assert received.wait_count(2, 30.0), player.output()
         assert player.process.poll() is None, player.output()
         player.process.send_signal(getattr(signal, signal_name))

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tscm_ros.cli.evaluate import main as evaluate_main
 from tscm_ros.data.registry import load_dataset
-from tscm_ros.evaluation.cli import main as evaluate_main
 from tscm_ros.evaluation.metrics import exact_search
 from tscm_ros.evaluation.sequence_eval import sequence_recall_at_n
 from tscm_ros.sequence import SequenceConfig, SequenceMatcher, SequenceScore

@@ -13,8 +13,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from tscm_ros.cli.export import main
 from tscm_ros.describer import create_describer
-from tscm_ros.export import main
 from tscm_ros.model_io import ModelFormatError, read_model_config, save_model
 from tscm_ros.models import build_model
 from tscm_ros.tensorrt import (

@@ -228,8 +228,8 @@ def test_shipped_configs_hold_the_published_protocol(name, arch):
 
 
 def test_evaluation_registry_knows_pittsburgh_and_csv(tmp_path, capsys):
+    from tscm_ros.cli.evaluate import main as tscm_evaluate
     from tscm_ros.data.registry import load_dataset
-    from tscm_ros.evaluation.cli import main as tscm_evaluate
 
     mat = write_pittsburgh_mat(
         tmp_path / "structure" / "t.mat",

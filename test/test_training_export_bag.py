@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from tscm_ros.bags import write_image_bag
+from tscm_ros.cli.export_dataset import main
 from tscm_ros.data.csv_dataset import load_csv_dataset
-from tscm_ros.data.export_bag import assign_splits, main, yaw_degrees
+from tscm_ros.data.export_bag import assign_splits, yaw_degrees
 
 SECOND = 1_000_000_000
 

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
+from tscm_ros.cli import train as cli
 from tscm_ros.data.mining import TrainingTuple
 from tscm_ros.data.pittsburgh import write_pittsburgh_mat
 from tscm_ros.data.tuples import TupleDataset, collate_tuples
 from tscm_ros.model_io import load_model, read_model_config
 from tscm_ros.models import build_model
-from tscm_ros.training import cli
 from tscm_ros.training.config import ConfigError, TrainConfig, load_config
 from tscm_ros.training.train import STATE_FILE, Runtime, batch_loss, embed_images, train
 
@@ -230,7 +230,7 @@ def test_cli_reports_errors_cleanly(tmp_path, capsys, monkeypatch, pitts):
 
 
 def test_tscm_evaluate_reads_trained_checkpoint(student_run, pitts, tmp_path):
-    from tscm_ros.evaluation.cli import main as tscm_evaluate
+    from tscm_ros.cli.evaluate import main as tscm_evaluate
 
     out = tmp_path / "eval"
     argv = ["--dataset", f"pittsburgh:{pitts['val']}", "--model", str(student_run["out"] / "best")]

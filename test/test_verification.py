@@ -316,8 +316,8 @@ def test_evaluate_cli_verify_flag(tmp_path: Path, scene):
     """``tscm_evaluate --verify`` on a tiny folder-per-place dataset of demo-scene renders."""
     import json
 
+    from tscm_ros.cli import evaluate as cli
     from tscm_ros.data.registry import load_dataset
-    from tscm_ros.evaluation import cli
 
     world = build_world(SceneConfig())
     for place, s in enumerate((10.0, 40.0, 70.0)):

@@ -8,11 +8,9 @@ preprocessing is the networks' own (:func:`tscm_ros.models.preprocessing.preproc
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import sys
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -22,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tscm_ros.image_files import list_images, read_rgb
+from tscm_ros.image_files import read_rgb
 from tscm_ros.model_io import CONFIG_FILE, ModelFormatError, load_model, model_fingerprint, read_model_config
 from tscm_ros.models import build_model
 from tscm_ros.models.preprocessing import INPUT_SIZE, Images, as_image_batches, preprocess
@@ -35,7 +33,6 @@ __all__ = [
     "TorchDescriber",
     "create_describer",
     "describe_files",
-    "main",
     "parse_device",
 ]
 
@@ -488,7 +485,7 @@ class OrtDescriber(Describer):
 
     def _open_session(self, onnx_path: Path, providers, expected_fingerprint: str | None, rgb: bool | None):
         """Create the session (optionally with the rgb preprocessing prepended) and check its fingerprint."""
-        from tscm_ros.export import RGB_INPUT_NAME
+        from tscm_ros.onnx_io import RGB_INPUT_NAME
 
         if not onnx_path.is_file():
             raise ModelFormatError(
@@ -631,7 +628,7 @@ def _onnx_metadata(path: Path) -> dict[str, str]:
     return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
 
 
-# --------------------------------------------------------------------- tscm_describe
+# --------------------------------------------------------------------- describing files (tscm_describe)
 def describe_files(describer: Describer, files: Sequence[Path]) -> np.ndarray:
     """Describe image files in chunks of ``describer.batch_size`` (bounded memory)."""
     out = np.empty((len(files), describer.dim), dtype=np.float32)
@@ -639,69 +636,3 @@ def describe_files(describer: Describer, files: Sequence[Path]) -> np.ndarray:
         chunk = files[start : start + describer.batch_size]
         out[start : start + len(chunk)] = describer.describe([read_rgb(p) for p in chunk])
     return out
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``tscm_describe QUERY_DIR [DATABASE_DIR]``: print each query's nearest database images (cosine)."""
-    parser = argparse.ArgumentParser(prog="tscm_describe", description=main.__doc__)
-    parser.add_argument("queries", type=Path, help="folder of query images")
-    parser.add_argument(
-        "database",
-        type=Path,
-        nargs="?",
-        help="folder to search (default: the query folder, excluding each query itself)",
-    )
-    parser.add_argument("--model", help="model directory / published checkpoint / .onnx (default: untrained)")
-    parser.add_argument("--arch", default="student", choices=["student", "teacher"])
-    parser.add_argument("--backend", default="torch", choices=list(BACKENDS))
-    parser.add_argument(
-        "--precision", default=None, choices=["auto", "fp32", "bf16", "fp16", "int8"],
-        help="default: fp32 (fp16 autocast on CUDA, fp16 for TensorRT); see tscm_ros.precision",
-    )  # fmt: skip
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("-k", "--top-k", type=int, default=3)
-    parser.add_argument("--optimize", action="store_true", help="CPU: frozen TorchScript path")
-    parser.add_argument("--save", type=Path, help="also write query descriptors to this .npy file")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        describer = create_describer(
-            args.model,
-            arch=args.arch,
-            backend=args.backend,
-            device=args.device,
-            batch_size=args.batch_size,
-            num_threads=args.threads,
-            optimize=args.optimize,
-            precision=args.precision,
-        )
-        query_files = list_images(args.queries)
-        same_folder = args.database is None or args.database.resolve() == args.queries.resolve()
-        db_files = query_files if same_folder else list_images(args.database)
-        query_desc = describe_files(describer, query_files)
-        db_desc = query_desc if same_folder else describe_files(describer, db_files)
-    except (ValueError, FileNotFoundError, OSError, RuntimeError) as error:
-        print(f"tscm_describe: error: {error}", file=sys.stderr)
-        return 2
-    print(
-        f"# {describer.label}; backend={describer.backend} device={describer.device} "
-        f"precision={describer.precision} dim={describer.dim}"
-    )
-    print(f"# fingerprint {describer.fingerprint}")
-    similarity = query_desc @ db_desc.T
-    if same_folder:
-        np.fill_diagonal(similarity, -np.inf)
-    k = max(1, min(args.top_k, len(db_files) - int(same_folder)))
-    for qi, query in enumerate(query_files):
-        order = np.argsort(-similarity[qi], kind="stable")[:k]
-        matches = "  ".join(f"{db_files[j].name} ({similarity[qi, j]:.4f})" for j in order)
-        print(f"{query.name}: {matches}")
-    if args.save:
-        np.save(args.save, query_desc)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,7 +6,8 @@ of ``TeacherNet`` (``backbone.*``) or ``StudentNet`` (``backboneS.*``, ``var_hea
 teacher copy under ``backbone.*``). It is read with ``torch.load(weights_only=True)``: nothing is unpickled.
 
 This module only reads and maps state dicts; :func:`tscm_ros.model_io.load_published` builds the network
-from the result, and ``tscm_convert_published`` (:mod:`tscm_ros.convert_published`) saves it in our format.
+from the result, and ``tscm_convert_published`` (:mod:`tscm_ros.cli.convert_published`) saves it in our
+format.
 """
 
 from __future__ import annotations

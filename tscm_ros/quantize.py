@@ -374,7 +374,7 @@ def export_int8(
     import onnxruntime as ort
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from tscm_ros.export import INPUT_NAME
+    from tscm_ros.onnx_io import INPUT_NAME
     from tscm_ros.ort_options import ort_session_options
 
     out_dir = Path(out_dir)

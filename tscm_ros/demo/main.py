@@ -1,4 +1,4 @@
-"""``tscm_demo``: the end-to-end demo, with no data or weights to download.
+"""``tscm_demo`` (:mod:`tscm_ros.cli.demo`): the end-to-end demo, with no data or weights to download.
 
 Default (no arguments): render a deterministic two-lap drive through a procedural street loop (see
 :mod:`tscm_ros.demo.scene`), write it as a rosbag2 (sqlite3) with camera images + odometry, build a place map
@@ -16,12 +16,10 @@ The model is ``models/`` of the installed package or of the repository checkout 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -654,77 +652,3 @@ def run_corridor(
         verify=verify, sequence_length=sequence_length, params_file=params_file,
     )  # fmt: skip
     return DemoResult(build, evaluation, note, plots, bag, time.perf_counter() - started, output)
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-
-
-def _parser() -> argparse.ArgumentParser:
-    defaults = SceneConfig()
-    parser = argparse.ArgumentParser(
-        prog="tscm_demo",
-        description="TSCM place-recognition demo: procedural two-lap drive -> rosbag2 -> place map -> "
-        "verified loop closures -> precision/recall against the known poses (--corridor: real images scored "
-        "against the dataset's +-2-frame ground truth). No downloads.",
-    )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
-    parser.add_argument("--model", type=Path, help="model directory (default: models/ if it has model.json)")
-    parser.add_argument("--untrained", action="store_true", help="use the seeded untrained student")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument(
-        "--threshold",
-        type=float,
-        help="loop-closure cosine threshold (default: calibrated from the first lap)",
-    )
-    parser.add_argument("--radius", type=float, default=3.0, help="ground-truth radius (m), scene mode")
-    parser.add_argument("--frames-per-lap", type=int, default=defaults.frames_per_lap)
-    parser.add_argument("--width", type=int, default=defaults.width)
-    parser.add_argument("--height", type=int, default=defaults.height)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--corridor", type=Path, help="VPR-Bench folder with ref/, query/")
-    parser.add_argument(
-        "--verify",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="geometric verification of the candidates (default: on; P/R is printed with and without)",
-    )
-    parser.add_argument(
-        "--sequence", type=int, metavar="L", help="sequence matching over L keyframes (default: params file)"
-    )
-    parser.add_argument(
-        "--params-file",
-        type=Path,
-        help="the node's parameter YAML (default: the shipped config/place_recognition.yaml)",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="re-create the bag in --out")
-    parser.add_argument("--no-progress", action="store_true")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    common = dict(
-        model=args.model, untrained=args.untrained, device=args.device, threshold=args.threshold,
-        overwrite=args.overwrite, progress=not args.no_progress, verify=args.verify,
-        sequence_length=args.sequence, params_file=args.params_file,
-    )  # fmt: skip
-    try:
-        if args.corridor:
-            out = args.out / "corridor" if args.out == DEFAULT_OUT else args.out
-            run_corridor(args.corridor, out, **common)
-        else:
-            if args.frames_per_lap < 4 or args.width < 32 or args.height < 24:
-                raise ValueError("--frames-per-lap must be >= 4 and the image at least 32x24")
-            scene = SceneConfig(
-                seed=args.seed, frames_per_lap=args.frames_per_lap, width=args.width, height=args.height
-            )
-            run_demo(args.out, scene=scene, radius_m=args.radius, **common)
-    except (FileNotFoundError, FileExistsError, ValueError) as error:
-        print(f"tscm_demo: error: {error}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

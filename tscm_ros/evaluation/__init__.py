@@ -1,5 +1,5 @@
-"""Evaluation: recall@N / mAP / PR+AP metrics and the ``tscm_evaluate`` CLI (datasets live in
-:mod:`tscm_ros.data`)."""
+"""Evaluation: recall@N / mAP / PR+AP metrics and what ``tscm_evaluate`` (:mod:`tscm_ros.cli.evaluate`)
+reports (:mod:`~tscm_ros.evaluation.report`); datasets live in :mod:`tscm_ros.data`."""
 
 from .metrics import (
     PRCurve,

@@ -3,7 +3,7 @@
 Reads rosbag2 (sqlite3, mcap) and ROS 1 bags with ``rosbags``. ROS 2 messages are published as the recorded
 CDR bytes (``Publisher.publish(bytes)``: nothing is re-encoded, header stamps stay exactly as recorded). ROS 1
 messages are decoded with rosbags and copied field by field into the ROS 2 message type of the same name
-(fields ROS 2 dropped, such as ``Header.seq``, are skipped).
+(fields ROS 2 dropped, such as ``Header.seq``, are skipped). Command line (:mod:`tscm_ros.cli.bag_player`):
 
     bag_player BAG [--topics /camera/image_raw /odom] [--rate 2.0] [--clock] [--loop] [--start-delay 1.0]
                [--no-progress] [--ros-args -r /camera/image_raw:=/image]
@@ -19,12 +19,12 @@ what can be read is played and the last line says PARTIAL.
 
 from __future__ import annotations
 
-import argparse
 import array
 import importlib
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -224,65 +224,58 @@ def open_reader(path: Path) -> Any:
         raise BagPlayerError(str(error)) from error
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=NODE_NAME, description=__doc__.split("\n\n")[0])
-    parser.add_argument("bag", type=Path, help="rosbag2 directory (sqlite3 or mcap) or ROS 1 .bag file")
-    parser.add_argument("--topics", nargs="+", help="only these topics (default: all)")
-    parser.add_argument("--rate", type=float, default=1.0, help="speed factor (0 = as fast as possible)")
-    parser.add_argument("--clock", action="store_true", help="publish /clock with the bag time")
-    parser.add_argument("--clock-hz", type=float, default=100.0, help="/clock rate between messages")
-    parser.add_argument("--loop", action="store_true", help="repeat until interrupted")
-    parser.add_argument("--start-delay", type=float, default=0.5, help="seconds to wait before playing")
-    parser.add_argument(
-        "--wait-for-subscribers",
-        type=int,
-        default=0,
-        metavar="N",
-        help="before playing, wait (up to 10 s) until every topic has N subscribers",
-    )
-    parser.add_argument("--qos-depth", type=int, default=10, help="publisher history depth (reliable)")
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar on stderr (default: only when stderr is a terminal)",
-    )
-    parser.add_argument(
-        "--allow-partial",
-        action="store_true",
-        help="play what can be read of a damaged bag instead of stopping with exit code 1",
-    )
-    args = parser.parse_args(argv)
-    if args.rate < 0:
-        parser.error("--rate must be >= 0")
-    return args
+def own_arguments(argv: Sequence[str]) -> list[str]:
+    """``argv`` (program name first) without the program name and the ``--ros-args ... [--]`` parts."""
+    return remove_ros_args(list(argv))[1:]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Console script. Exit codes: 0 played (or stopped by Ctrl+C / SIGTERM; also a damaged bag with
-    --allow-partial), 1 unusable or damaged bag, 2 bad usage."""
+@dataclass(frozen=True)
+class PlayOptions:
+    """What to play and how (the ``bag_player`` options, :mod:`tscm_ros.cli.bag_player`)."""
+
+    bag: Path
+    topics: Sequence[str] | None = None  # None: every topic
+    rate: float = 1.0  # speed factor, 0 = as fast as possible
+    clock: bool = False  # publish /clock with the bag time
+    clock_hz: float = 100.0
+    loop: bool = False
+    start_delay: float = 0.5  # seconds
+    wait_for_subscribers: int = 0  # wait (up to 10 s) for this many subscribers per topic
+    qos_depth: int = 10
+    progress: bool | None = None  # None: only when stderr is a terminal
+    allow_partial: bool = False
+
+
+def play_bag(options: PlayOptions, ros_argv: Sequence[str]) -> int:
+    """Initialise rclpy with ``ros_argv`` and play; the exit code of ``bag_player``: 0 played (or stopped by
+    Ctrl+C / SIGTERM; also a damaged bag with ``allow_partial``), 1 unusable or damaged bag."""
     from tqdm import tqdm
 
-    argv = list(sys.argv if argv is None else argv)
-    args = parse_args(remove_ros_args(argv)[1:])
-    rclpy.init(args=argv)
+    rclpy.init(args=list(ros_argv))
     try:
-        reader = open_reader(args.bag)
+        reader = open_reader(options.bag)
         player = BagPlayer(
-            reader, args.topics, args.qos_depth, args.clock, allow_partial=args.allow_partial, path=args.bag
+            reader,
+            options.topics,
+            options.qos_depth,
+            options.clock,
+            allow_partial=options.allow_partial,
+            path=options.bag,
         )
     except BagPlayerError as error:
         rclpy.logging.get_logger(NODE_NAME).error(str(error))
         rclpy.try_shutdown()
         return 1
-    show_progress = sys.stderr.isatty() if args.progress is None else args.progress
+    show_progress = sys.stderr.isatty() if options.progress is None else options.progress
     totals = {"messages": 0, "passes": 0}
     started = time.monotonic()
 
     def play() -> None:
-        if args.wait_for_subscribers > 0 and not player.wait_for_subscribers(args.wait_for_subscribers, 10.0):
+        if options.wait_for_subscribers > 0 and not player.wait_for_subscribers(
+            options.wait_for_subscribers, 10.0
+        ):
             player.get_logger().warning("not every topic has the requested subscribers; playing anyway")
-        time.sleep(args.start_delay)
+        time.sleep(options.start_delay)
         with tqdm(
             total=player.message_count or None, unit="msg", desc=NODE_NAME, file=sys.stderr,
             disable=not show_progress, leave=False, dynamic_ncols=True,
@@ -294,12 +287,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             while True:
                 bar.reset(total=player.message_count or None)
-                bar.set_postfix_str(f"pass {totals['passes'] + 1}" if args.loop else "", refresh=False)
-                player.play_once(args.rate, args.clock_hz if args.clock else 0.0, published)
+                bar.set_postfix_str(f"pass {totals['passes'] + 1}" if options.loop else "", refresh=False)
+                player.play_once(options.rate, options.clock_hz if options.clock else 0.0, published)
                 if not rclpy.ok():
                     return
                 totals["passes"] += 1
-                if not args.loop:
+                if not options.loop:
                     break
         time.sleep(0.2)  # let reliable writers hand over the last samples
 
@@ -317,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reader.close()
     seconds = time.monotonic() - started
     topics = len({c.topic for c in player.connections})
-    passes = f" ({totals['passes']} full passes)" if args.loop else ""
+    passes = f" ({totals['passes']} full passes)" if options.loop else ""
     partial = f" (PARTIAL: damaged bag: {player.stats.damage()})" if player.stats.partial else ""
     print(
         f"{NODE_NAME}: {'stopped' if outcome.interrupted else 'finished'}: published {totals['messages']} "
@@ -325,7 +318,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,14 +4,13 @@ Both read the same params file and drive the same :class:`~tscm_ros.recognition.
 must give the same places and the same candidate pairs. Frames the node dropped (its one-frame slot was busy)
 are listed and left out of the offline run too, so the comparison covers exactly the frames both processed.
 
-    python -m tscm_ros.ros.online_offline BAG --params-file config/place_recognition.yaml --out DIR
+    python -m tscm_ros.cli.online_offline BAG --params-file config/place_recognition.yaml --out DIR
 
 Used by ``test/test_online_offline.py`` and for the figures in the README; needs rclpy.
 """
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ from tscm_ros.ros.messages import cloud_to_array, stamp_to_ns
 from tscm_ros.ros.testing import NodeProcess, RosProbe, reliable_qos
 
 NODE = "/place_recognition_node"
-BAG_PLAYER_MODULE = "tscm_ros.ros.bag_player"  # run with python -m
+BAG_PLAYER_MODULE = "tscm_ros.cli.bag_player"  # run with python -m
 Pair = tuple[
     int, int, int, int, int, int
 ]  # query stamp (us), match stamp (us), match id, verified, inliers, rank
@@ -173,25 +172,3 @@ def compare_online_offline(
         node_pairs=node_pairs,
         offline_pairs=offline_pairs,
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("bag", type=Path)
-    parser.add_argument("--params-file", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--rate", type=float, default=1.0, help="bag_player speed factor")
-    parser.add_argument(
-        "--no-depth", action="store_true", help="the bag has no depth/camera_info/odom topics"
-    )
-    args = parser.parse_args(argv)
-    topics = {"image": "/camera/image_raw"} if args.no_depth else None
-    comparison = compare_online_offline(args.bag, args.params_file, args.out, rate=args.rate, topics=topics)
-    print(comparison.summary())
-    if comparison.dropped:
-        print("left out (no node output): " + " ".join(str(stamp) for stamp in comparison.dropped))
-    return 0 if comparison.same else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

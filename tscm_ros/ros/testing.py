@@ -1,4 +1,4 @@
-"""Harness for exercising ROS nodes from tests, benchmarks and tscm_online_offline over real DDS (no rclpy
+"""Harness for exercising ROS nodes from tests, benchmarks and ros.online_offline over real DDS (no rclpy
 mocks); a supported helper, documented in docs/ROS_INTERFACES.md.
 
 ``NodeProcess`` starts a node as its own process (``python -m module --ros-args ...``); ``RosProbe`` is an

@@ -10,10 +10,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from tscm_ros.model_io import ModelFormatError, load_published, save_model
+from tscm_ros.cli.common import run_reporting
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tscm_convert_published",
         description="Convert a published TSCM checkpoint (.pth/.pth.tar) to this package's model format.",
@@ -24,21 +24,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-variance-head", action="store_true", help="drop the student's var_head (not used for retrieval)"
     )
-    args = parser.parse_args(argv)
-    try:
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 converted, 2 not a readable published checkpoint (one line on stderr) or bad usage."""
+    args = build_parser().parse_args(argv)
+    from tscm_ros.model_io import ModelFormatError, load_published, save_model  # torch: only when run
+
+    def convert() -> int:
         loaded = load_published(
             args.input, arch=args.arch, variance_head=False if args.no_variance_head else None
         )
-    except ModelFormatError as error:
-        print(f"tscm_convert_published: error: {error}", file=sys.stderr)
-        return 2
-    written = save_model(loaded.module, args.output_dir, provenance=loaded.provenance)
-    params = sum(p.numel() for p in loaded.module.parameters())
-    print(
-        f"converted published {loaded.arch} ({params / 1e6:.2f} M parameters, "
-        f"options {loaded.options}) -> {written}"
-    )
-    return 0
+        written = save_model(loaded.module, args.output_dir, provenance=loaded.provenance)
+        params = sum(p.numel() for p in loaded.module.parameters())
+        print(
+            f"converted published {loaded.arch} ({params / 1e6:.2f} M parameters, "
+            f"options {loaded.options}) -> {written}"
+        )
+        return 0
+
+    return run_reporting("tscm_convert_published", convert, ModelFormatError, code=2)
 
 
 if __name__ == "__main__":

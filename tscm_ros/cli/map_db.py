@@ -1,83 +1,33 @@
-"""Console scripts: ``tscm_map_db`` (schema), ``tscm_map_sync`` (push/pull) and ``tscm_merge_maps``.
+"""``tscm_map_db init|migrate|status|pca|index|roles URI``: create, migrate and inspect a fleet map
+(:mod:`tscm_ros.fleet.schema`; URIs and passwords: :mod:`tscm_ros.cli.fleet_common`).
 
-URIs are libpq targets (``postgresql://user@host/db?sslmode=verify-full&sslrootcert=ca.pem``,
-``service=fleet``, or ``postgresql://`` with ``PG*`` variables). Put passwords in ``~/.pgpass`` or a
-service file, not in the URI: every message printed here names the target without its password.
+Exit codes: 0 done, 1 server unreachable or failing, 2 permission or configuration error (one line on stderr)
+or bad usage, 3 ``status`` of a missing or not migrated map.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 
-import psycopg
-
-from ..placemap.errors import MapError
-from . import schema as schema_mod
-from .common import parse_time_ns
-from .conninfo import build_conninfo, is_server_target, redact, scrub
-from .errors import StoreUnavailableError
-from .pca import PcaProjection
-from .postgres import PgPlaceStore
-from .sync import Selection, TransferReport, transfer
-
-_EXIT_ERROR = 1
-_EXIT_CONFIG = 2
+from tscm_ros.cli.common import setup_logging
+from tscm_ros.cli.fleet_common import add_schema_option, connect, run_fleet_command
+from tscm_ros.fleet import schema as schema_mod
+from tscm_ros.fleet.conninfo import redact
+from tscm_ros.fleet.pca import PcaProjection
+from tscm_ros.fleet.postgres import PgPlaceStore
 
 
-def _add_schema(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--schema", default=schema_mod.DEFAULT_SCHEMA, help="PostgreSQL schema of the map")
-
-
-def _add_selection(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--robot", action="append", help="only this robot (repeatable)")
-    parser.add_argument("--session", action="append", help="only this session (repeatable)")
-    parser.add_argument("--since", help="only places stamped at/after this (ns or ISO 8601, UTC by default)")
-    parser.add_argument("--until", help="only places stamped at/before this (ns or ISO 8601)")
-    parser.add_argument("--no-blobs", action="store_true", help="leave features and thumbnails behind")
-
-
-def _selection(args: argparse.Namespace) -> Selection:
-    return Selection(robots=args.robot, sessions=args.session, since_ns=parse_time_ns(args.since),
-                     until_ns=parse_time_ns(args.until))  # fmt: skip
-
-
-def _connect(uri: str) -> psycopg.Connection:
-    if not is_server_target(uri):
-        raise SystemExit(f"error: {uri!r} is not a PostgreSQL URI or conninfo string")
-    return psycopg.connect(build_conninfo(uri, application_name="tscm_map_db"), autocommit=True)
-
-
-def _run(main, uri_hint: str | None) -> int:
-    try:
-        return main()
-    except psycopg.errors.InsufficientPrivilege as exc:
-        print(f"error: permission denied: {scrub(' '.join(str(exc).split()), uri_hint)}", file=sys.stderr)
-        return _EXIT_CONFIG
-    except psycopg.Error as exc:
-        where = redact(uri_hint) if uri_hint and is_server_target(uri_hint) else "server"
-        print(f"error: {where}: {scrub(' '.join(str(exc).split()), uri_hint)}", file=sys.stderr)
-        return _EXIT_ERROR
-    except StoreUnavailableError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return _EXIT_ERROR
-    except (MapError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {scrub(str(exc), uri_hint)}", file=sys.stderr)
-        return _EXIT_CONFIG
-
-
-# ---------------------------------------------------------------------------- tscm_map_db
-def map_db_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tscm_map_db", description="Create, migrate and inspect a fleet map."
     )
     sub = parser.add_subparsers(dest="command", required=True)
     init = sub.add_parser("init", help="create the schema (idempotent) and apply migrations")
     init.add_argument("uri")
-    _add_schema(init)
+    add_schema_option(init)
     init.add_argument("--dim", type=int, help="descriptor dimension (default 2048, or --like-map's)")
     init.add_argument("--fingerprint", help="model fingerprint the map is for (describer.fingerprint)")
     init.add_argument("--like-map", help="take --dim and --fingerprint from this local place map")
@@ -90,16 +40,16 @@ def map_db_parser() -> argparse.ArgumentParser:
     init.add_argument("--create-roles", action="store_true", help=roles_help)
     migrate = sub.add_parser("migrate", help="apply pending migrations")
     migrate.add_argument("uri")
-    _add_schema(migrate)
+    add_schema_option(migrate)
     status = sub.add_parser("status", help="migration version, map info, indexes and sessions")
     status.add_argument("uri")
-    _add_schema(status)
+    add_schema_option(status)
     status.add_argument("--json", action="store_true")
     pca = sub.add_parser(
         "pca", help="fit the PCA projection, fill the reduced vectors, build their HNSW index"
     )
     pca.add_argument("uri")
-    _add_schema(pca)
+    add_schema_option(pca)
     pca.add_argument("--sample", type=int, default=20_000, help="descriptors to fit on (random sample)")
     pca.add_argument("--from-map", help="fit on this local place map's descriptors instead")
     pca.add_argument("--no-index", action="store_true", help="do not build the reduced HNSW index")
@@ -109,32 +59,32 @@ def map_db_parser() -> argparse.ArgumentParser:
     index.add_argument("uri")
     index.add_argument("action", choices=("create", "drop"))
     index.add_argument("which", choices=("full", "reduced"))
-    _add_schema(index)
+    add_schema_option(index)
     index.add_argument("--m", type=int, default=16)
     index.add_argument("--ef-construction", type=int, default=64)
     roles = sub.add_parser(
         "roles", help=f"create/grant {schema_mod.READER_ROLE} and {schema_mod.WRITER_ROLE}"
     )
     roles.add_argument("uri")
-    _add_schema(roles)
+    add_schema_option(roles)
     return parser
 
 
-def map_db_main(argv: Sequence[str] | None = None) -> int:
-    args = map_db_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return _run(lambda: _map_db(args), args.uri)
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(fmt="%(message)s")
+    return run_fleet_command(lambda: _map_db(args), args.uri)
 
 
 def _map_db(args: argparse.Namespace) -> int:
     if args.command == "init":
         dim, fingerprint = args.dim, args.fingerprint
         if args.like_map:
-            from .sync import _local_info
+            from tscm_ros.fleet.sync import _local_info
 
             info = _local_info(args.like_map)
             dim, fingerprint = dim or int(info["dim"]), fingerprint or info.get("model_fingerprint")
-        with _connect(args.uri) as conn:
+        with connect(args.uri) as conn:
             applied = schema_mod.init(
                 conn, args.schema, dim=dim or 2048, model_fingerprint=fingerprint,
                 reduced_dim=args.reduced_dim, index=args.index, hnsw_m=args.m,
@@ -144,17 +94,17 @@ def _map_db(args: argparse.Namespace) -> int:
               (f", applied migrations {applied}" if applied else " (already up to date)"))  # fmt: skip
         return 0
     if args.command == "migrate":
-        with _connect(args.uri) as conn:
+        with connect(args.uri) as conn:
             applied = schema_mod.migrate(conn, args.schema)
         print(f"schema {args.schema}: " + (f"applied migrations {applied}" if applied else "up to date"))
         return 0
     if args.command == "status":
-        with _connect(args.uri) as conn:
+        with connect(args.uri) as conn:
             status = schema_mod.status(conn, args.schema)
         _print_status(args, status)
         return 0 if status.info is not None and not status.pending else 3
     if args.command == "index":
-        with _connect(args.uri) as conn:
+        with connect(args.uri) as conn:
             if args.action == "create":
                 name = schema_mod.create_index(conn, args.schema, args.which, hnsw_m=args.m,
                                                ef_construction=args.ef_construction)  # fmt: skip
@@ -164,7 +114,7 @@ def _map_db(args: argparse.Namespace) -> int:
                 print(f"dropped the {args.which} index")
         return 0
     if args.command == "roles":
-        with _connect(args.uri) as conn, conn.transaction():
+        with connect(args.uri) as conn, conn.transaction():
             schema_mod.ensure_roles(conn, args.schema)
         print(
             f"roles {schema_mod.READER_ROLE} (read) and {schema_mod.WRITER_ROLE} (read + write) "
@@ -221,7 +171,7 @@ def _print_status(args: argparse.Namespace, status: schema_mod.SchemaStatus) -> 
 def _fit_pca(args: argparse.Namespace) -> int:
     with PgPlaceStore(args.uri, schema=args.schema) as store:
         if args.from_map:
-            from .local import LocalPlaceStore
+            from tscm_ros.fleet.local import LocalPlaceStore
 
             with LocalPlaceStore.open(args.from_map, dim=store.dim, create=False) as local:
                 ids = local.place_map.place_ids
@@ -236,90 +186,12 @@ def _fit_pca(args: argparse.Namespace) -> int:
         print(f"PCA {store.dim}->{store.reduced_dim} fitted on {projection.fitted_on} descriptors "
               f"({kept:.3f} of the variance); {updated} reduced vectors")  # fmt: skip
         if not args.no_index:
-            with _connect(args.uri) as conn:
+            with connect(args.uri) as conn:
                 name = schema_mod.create_index(conn, args.schema, "reduced", hnsw_m=args.m,
                                                ef_construction=args.ef_construction)  # fmt: skip
             print(f"built {name}")
     return 0
 
 
-# ---------------------------------------------------------------------------- tscm_map_sync
-def sync_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tscm_map_sync", description="Copy places between a local map and the server."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    push = sub.add_parser("push", help="local map -> server (idempotent upsert)")
-    push.add_argument("local_map")
-    push.add_argument("uri")
-    push.add_argument("--label-robot", help="robot id for the map's unlabelled places (default '')")
-    push.add_argument(
-        "--label-session", help="session id for the map's unlabelled places (default: folder name)"
-    )
-    pull = sub.add_parser("pull", help="server -> local map (created if missing), for offline localisation")
-    pull.add_argument("uri")
-    pull.add_argument("local_map")
-    pull.add_argument("--index-spec", default="flat", help="index spec of a new local map")
-    for p in (push, pull):
-        _add_schema(p)
-        _add_selection(p)
-        p.add_argument("--allow-fingerprint-mismatch", action="store_true")
-    return parser
-
-
-def sync_main(argv: Sequence[str] | None = None) -> int:
-    args = sync_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-
-    def run() -> int:
-        common = dict(selection=_selection(args), schema=args.schema, with_blobs=not args.no_blobs,
-                      allow_fingerprint_mismatch=args.allow_fingerprint_mismatch)  # fmt: skip
-        if args.command == "push":
-            label = None
-            if args.label_robot is not None or args.label_session is not None:
-                from pathlib import Path
-
-                label = (args.label_robot or "", args.label_session or Path(args.local_map).resolve().name)
-            report = transfer([args.local_map], args.uri, label=label, **common)
-        else:
-            report = transfer([args.uri], args.local_map, index_spec=args.index_spec, **common)
-        _print_report(args.command, report)
-        return 0
-
-    return _run(run, args.uri)
-
-
-def _print_report(what: str, report: TransferReport) -> None:
-    print(f"{what}: {report.summary()}")
-
-
-# ---------------------------------------------------------------------------- tscm_merge_maps
-def merge_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tscm_merge_maps",
-        description="Merge sessions from local maps and/or servers into one map (local folder or server).",
-    )
-    parser.add_argument("output", help="local map folder (created or extended) or PostgreSQL URI")
-    parser.add_argument("sources", nargs="+", help="local map folders and/or PostgreSQL URIs")
-    _add_schema(parser)
-    _add_selection(parser)
-    parser.add_argument("--index-spec", default="flat", help="index spec of a new local output map")
-    parser.add_argument("--allow-fingerprint-mismatch", action="store_true")
-    return parser
-
-
-def merge_main(argv: Sequence[str] | None = None) -> int:
-    args = merge_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    hint = next((t for t in [args.output, *args.sources] if is_server_target(t)), None)
-
-    def run() -> int:
-        report = transfer(
-            list(args.sources), args.output, selection=_selection(args), schema=args.schema,
-            with_blobs=not args.no_blobs, index_spec=args.index_spec,
-            allow_fingerprint_mismatch=args.allow_fingerprint_mismatch,
-        )  # fmt: skip
-        _print_report("merge", report)
-        return 0
-
-    return _run(run, hint)
+if __name__ == "__main__":
+    sys.exit(main())

@@ -11,16 +11,18 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
+from tscm_ros.cli.common import fail, run_reporting, setup_logging
 from tscm_ros.training.config import ConfigError, load_config
+
+PROG = "tscm_train"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="tscm_train",
+        prog=PROG,
         description="Train the TSCM teacher (triplet loss) or distil the student from a trained teacher.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("Examples::", 1)[1],
@@ -43,10 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 trained, 2 bad configuration, missing weights or data, or bad usage (one stderr line;
+    ``--verbose`` shows the traceback instead)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s"
-    )
+    setup_logging(fmt="%(asctime)s %(message)s", verbose=args.verbose)
     config_path = args.config
     if config_path is None and args.resume is not None:
         config_path = args.resume / "config.yaml"  # the resumed run's own settings
@@ -56,25 +58,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(config_path, args.override, **fixed)
     except ConfigError as error:
-        print(f"tscm_train: {error}", file=sys.stderr)
-        return 2
+        return fail(PROG, error, code=2, prefix="")
 
     from tscm_ros.models import PretrainedWeightsUnavailable
     from tscm_ros.training.train import ResumeError, train
 
-    try:
+    def run() -> int:
         summary = train(config, resume_from=args.resume)
-    except (PretrainedWeightsUnavailable, ResumeError, FileNotFoundError, ValueError) as error:
-        if args.verbose:
-            raise
-        print(f"tscm_train: error: {error}", file=sys.stderr)
-        return 2
-    print(
-        f"tscm_train: {config.arch} finished after {summary['epochs']} epochs; best val "
-        f"{config.early_stop_metric} = {summary['best_score']:.4f} (epoch {summary['best_epoch']}); "
-        f"models in {summary['out_dir']}/best and /last"
-    )
-    return 0
+        print(
+            f"tscm_train: {config.arch} finished after {summary['epochs']} epochs; best val "
+            f"{config.early_stop_metric} = {summary['best_score']:.4f} (epoch {summary['best_epoch']}); "
+            f"models in {summary['out_dir']}/best and /last"
+        )
+        return 0
+
+    errors = (PretrainedWeightsUnavailable, ResumeError, FileNotFoundError, ValueError)
+    return run_reporting(PROG, run, errors, code=2, reraise=args.verbose)
 
 
 if __name__ == "__main__":
