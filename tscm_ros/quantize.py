@@ -371,19 +371,12 @@ def export_int8(
     Files appear only when the accuracy check passes (:class:`Int8AccuracyError` otherwise); the caller
     records the returned dict in ``model.json`` (:func:`tscm_ros.model_io.record_export`).
     """
-    import onnxruntime as ort
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from tscm_ros.onnx_io import INPUT_NAME
-    from tscm_ros.ort_options import ort_session_options
 
     out_dir = Path(out_dir)
     started = time.perf_counter()
-    options = ort_session_options(num_threads)
-
-    def session(path: Path):
-        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
     with tempfile.TemporaryDirectory(prefix=".int8.", dir=out_dir) as tmp:
         tmp_dir = Path(tmp)
         prepared = tmp_dir / "prepared.onnx"
@@ -397,28 +390,50 @@ def export_int8(
             quantize_onnx(prepared, path, calibration.calibration, target=target, exclude=excluded,
                           cache_path=cache, input_name=INPUT_NAME)  # fmt: skip
             _copy_metadata(fp32_onnx, path, {"tscm_ros.precision": "int8", "tscm_ros.int8_target": target})
-        reference = _run(session(fp32_onnx), calibration.held_out, INPUT_NAME)
-        accuracy = descriptor_agreement(
-            _run(session(targets["cpu"]), calibration.held_out, INPUT_NAME), reference
-        )
-        if tensorrt:  # the TensorRT model runs on the CPU too (slowly): same check, recorded
-            trt = descriptor_agreement(
-                _run(session(targets["tensorrt"]), calibration.held_out, INPUT_NAME), reference
-            )
-            accuracy["tensorrt_model"] = {k: v for k, v in trt.items() if k != "images"}
-        accuracy["min_cosine_required"] = float(min_cosine)
-        passed = accuracy["cosine_min"] >= min_cosine and (
-            not tensorrt or accuracy["tensorrt_model"]["cosine_min"] >= min_cosine
-        )
-        accuracy["passed"] = bool(passed)
-        if not passed:
-            raise Int8AccuracyError(
-                f"int8 descriptors too far from fp32 on {accuracy['images']} held-out images: "
-                f"{json.dumps(accuracy)}; nothing written. Calibrate on images like the deployment's, "
-                f"or keep sensitive layers in fp32 with --int8-exclude"
-            )
+        accuracy = _check_int8_accuracy(fp32_onnx, targets, calibration.held_out, min_cosine, num_threads)
         for path in targets.values():
             os.replace(path, out_dir / path.name)
+    return _int8_record(calibration, excluded, accuracy, tensorrt, time.perf_counter() - started)
+
+
+def _check_int8_accuracy(
+    fp32_onnx: Path, targets: dict[str, Path], held_out, min_cosine: float, num_threads: int | None
+) -> dict[str, Any]:
+    """Cosine of the int8 models' descriptors to fp32 on the held-out images; raises when below the rule."""
+    import onnxruntime as ort
+
+    from tscm_ros.onnx_io import INPUT_NAME
+    from tscm_ros.ort_options import ort_session_options
+
+    options = ort_session_options(num_threads)
+
+    def run(path: Path) -> np.ndarray:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        return _run(session, held_out, INPUT_NAME)
+
+    reference = run(fp32_onnx)
+    accuracy = descriptor_agreement(run(targets["cpu"]), reference)
+    if "tensorrt" in targets:  # the TensorRT model runs on the CPU too (slowly): same check, recorded
+        trt = descriptor_agreement(run(targets["tensorrt"]), reference)
+        accuracy["tensorrt_model"] = {k: v for k, v in trt.items() if k != "images"}
+    accuracy["min_cosine_required"] = float(min_cosine)
+    passed = accuracy["cosine_min"] >= min_cosine and (
+        "tensorrt" not in targets or accuracy["tensorrt_model"]["cosine_min"] >= min_cosine
+    )
+    accuracy["passed"] = bool(passed)
+    if not passed:
+        raise Int8AccuracyError(
+            f"int8 descriptors too far from fp32 on {accuracy['images']} held-out images: "
+            f"{json.dumps(accuracy)}; nothing written. Calibrate on images like the deployment's, "
+            f"or keep sensitive layers in fp32 with --int8-exclude"
+        )
+    return accuracy
+
+
+def _int8_record(
+    calibration: CalibrationSet, excluded: list[str], accuracy: dict[str, Any], tensorrt: bool, seconds: float
+) -> dict[str, Any]:
+    """What ``model.json`` records about the int8 export: files, rule, calibration set and accuracy."""
     import onnxruntime
 
     return {
@@ -440,6 +455,6 @@ def export_int8(
         },
         "accuracy": accuracy,
         "onnxruntime": onnxruntime.__version__,
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(seconds, 1),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
