@@ -7,6 +7,7 @@ Static checks over the source with ``ast``: they read every import (module level
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import networkx as nx
@@ -125,3 +126,62 @@ def test_imports_are_resolved(tmp_path, source, expected):
     module = package / "a.py"
     module.write_text(source + "\n")
     assert expected <= _imported_names(module, "pkg.a", frozenset({"pkg", "pkg.a", "pkg.b", "pkg.c"}))
+
+
+ARCHITECTURE = PACKAGE_ROOT.parent / "docs" / "ARCHITECTURE.md"
+
+
+def _unit(module: str) -> str:
+    """The layer unit of a module: the module or package directly under ``tscm_ros``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def unit_edges() -> dict[str, set[str]]:
+    edges: dict[str, set[str]] = {}
+    for importer, imported in import_graph().edges:
+        if _unit(importer) != _unit(imported):
+            edges.setdefault(_unit(importer), set()).add(_unit(imported))
+    return edges
+
+
+def documented_layers() -> dict[str, int]:
+    """unit -> layer number, from the layer table of docs/ARCHITECTURE.md."""
+    layers: dict[str, int] = {}
+    for line in ARCHITECTURE.read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].isdigit():
+            for unit in re.findall(r"`([a-z_]+)`", cells[1]):
+                assert unit not in layers, f"{unit} is in two layers"
+                layers[unit] = int(cells[0])
+    return layers
+
+
+def test_every_unit_has_one_documented_layer():
+    units = {_unit(module) for module in _modules()} - {"tscm_ros"}
+    assert set(documented_layers()) == units
+
+
+def test_imports_only_go_down_the_documented_layers():
+    layers = documented_layers()
+    upward = [
+        f"{importer} (layer {layers[importer]}) -> {imported} (layer {layers[imported]})"
+        for importer, targets in unit_edges().items()
+        if importer in layers
+        for imported in targets
+        if imported in layers and layers[imported] > layers[importer]
+    ]
+    assert not upward
+
+
+def test_documented_import_list_matches_the_code():
+    text = ARCHITECTURE.read_text()
+    block = text.split("```text\n", 1)[1].split("```", 1)[0]
+    documented = {
+        line.split("->")[0].strip(): set(line.split("->")[1].split())
+        for line in block.splitlines()
+        if "->" in line
+    }
+    code = unit_edges()
+    listing = "\n".join(f"    {unit} -> {' '.join(sorted(code[unit]))}" for unit in sorted(code))
+    assert documented == code, f"paste into docs/ARCHITECTURE.md:\n{listing}"
