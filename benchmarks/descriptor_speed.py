@@ -269,7 +269,7 @@ def time_round_robin(runners: dict[str, Runner], x: torch.Tensor, repeats: int, 
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -298,61 +298,72 @@ def main() -> None:
         help="wall: latency (default); cpu: process CPU time, robust to other load on a shared machine "
         "(use with --threads 1: with more threads it sums their work)",
     )  # fmt: skip
-    args = parser.parse_args()
-    global CLOCK
-    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    load_before = os.getloadavg()
+    return parser.parse_args()
 
-    if args.model:
+
+def load_student(model: Path | None) -> torch.nn.Module:
+    if model:
         from tscm_ros.model_io import load_model
 
-        student = load_model(args.model).module
-    else:
-        student = build_model("student", seed=0)
-    teacher = None if args.no_teacher else build_model("teacher", seed=0)
-    flops = {"student": gflop_per_image(student)}
-    if teacher is not None:
-        flops["teacher"] = gflop_per_image(teacher)
+        return load_model(model).module
+    return build_model("student", seed=0)
 
+
+def candidate_runners(
+    student: torch.nn.Module, student_cl: torch.nn.Module, batches: list[int]
+) -> dict[str, Runner]:
+    """``--all``: the other candidate torch paths that were tried."""
+    runners: dict[str, Runner] = {}
+    runners["student frozen (no fold)"] = torch_runner(frozen(student, False, False))
+    runners["student frozen CL folded"] = optimized_runner(
+        optimize_for_cpu(student, method="frozen-channels-last")
+    )
+    runners["student frozen CL (no fold)"] = torch_runner(frozen(student, False, True), channels_last=True)
+    runners["student folded eager CL"] = torch_runner(
+        fold_batch_norms(copy.deepcopy(student)).to(memory_format=torch.channels_last), channels_last=True
+    )
+    try:
+        start = time.perf_counter()
+        compiled = torch.compile(copy.deepcopy(student_cl))
+        with torch.inference_mode():
+            for batch in batches:
+                compiled(torch.randn(batch, 3, 224, 224).contiguous(memory_format=torch.channels_last))
+        print(f"torch.compile warm-up took {time.perf_counter() - start:.1f} s")
+        runners["student torch.compile CL"] = torch_runner(compiled, channels_last=True)
+    except Exception as error:  # inductor needs a working C++ toolchain
+        print(f"torch.compile unavailable: {type(error).__name__}: {str(error)[:200]}")
+    return runners
+
+
+def build_runners(
+    student: torch.nn.Module, teacher: torch.nn.Module | None, model_dir: Path, args: argparse.Namespace
+) -> tuple[dict[str, Runner], dict]:
+    """Every timed path (exports the ONNX models to ``model_dir`` on the way); also the int8 record."""
     student_cl = copy.deepcopy(student).to(memory_format=torch.channels_last)
     runners: dict[str, Runner] = {
         "student eager": torch_runner(student),
         "student eager CL": torch_runner(student_cl, channels_last=True),
         "student optimized": optimized_runner(optimize_for_cpu(student)),
     }
-    tmp = tempfile.TemporaryDirectory()
-    model_dir = Path(tmp.name) / "student"
     int8_record = prepare_exports(student, model_dir, args)
     runners["student ORT"] = ort_runner(model_dir / "model.onnx", args.threads)
     runners["student ORT int8"] = ort_runner(model_dir / "model.int8.onnx", args.threads)
     runners["student bf16 CL"] = bf16_runner(student_cl)
     if args.all:
-        runners["student frozen (no fold)"] = torch_runner(frozen(student, False, False))
-        runners["student frozen CL folded"] = optimized_runner(
-            optimize_for_cpu(student, method="frozen-channels-last")
-        )
-        runners["student frozen CL (no fold)"] = torch_runner(
-            frozen(student, False, True), channels_last=True
-        )
-        runners["student folded eager CL"] = torch_runner(
-            fold_batch_norms(copy.deepcopy(student)).to(memory_format=torch.channels_last), channels_last=True
-        )
-        try:
-            start = time.perf_counter()
-            compiled = torch.compile(copy.deepcopy(student_cl))
-            with torch.inference_mode():
-                for batch in args.batches:
-                    compiled(torch.randn(batch, 3, 224, 224).contiguous(memory_format=torch.channels_last))
-            print(f"torch.compile warm-up took {time.perf_counter() - start:.1f} s")
-            runners["student torch.compile CL"] = torch_runner(compiled, channels_last=True)
-        except Exception as error:  # inductor needs a working C++ toolchain
-            print(f"torch.compile unavailable: {type(error).__name__}: {str(error)[:200]}")
+        runners.update(candidate_runners(student, student_cl, args.batches))
     if teacher is not None:
         runners["teacher eager"] = torch_runner(teacher)
+    return runners, int8_record
 
-    gemm = gemm_gflops(args.threads)
+
+def speed_rows(
+    runners: dict[str, Runner],
+    student: torch.nn.Module,
+    teacher: torch.nn.Module | None,
+    flops: dict[str, float],
+    args: argparse.Namespace,
+) -> list[tuple]:
+    """Per batch and path: (name, batch, ms/img, GFLOP/s, max abs diff to eager, speed-up vs eager)."""
     rows = []
     for batch in args.batches:
         x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(batch))
@@ -367,8 +378,18 @@ def main() -> None:
             rows.append(
                 (name, batch, ms, flops[arch] / (ms / 1000), diff, medians[f"{arch} eager"] / seconds)
             )
-    gemm_after = gemm_gflops(args.threads)
+    return rows
 
+
+def print_speed_table(
+    args: argparse.Namespace,
+    load_before: tuple[float, float, float],
+    flops: dict[str, float],
+    gemm: float,
+    gemm_after: float,
+    rows: list[tuple],
+    int8_record: dict,
+) -> None:
     print(
         f"\nthreads={args.threads}, clock={args.clock}, torch {torch.__version__}, "
         f"repeats={args.repeats} (median), "
@@ -397,10 +418,12 @@ def main() -> None:
             f"({best[2]:.1f} vs {best[2] * best[5]:.1f} ms/img), max abs diff {best[4]:.1e}"
         )
 
+
+def print_describe_and_threading_tables(model_dir: Path, threads: int, repeats: int) -> None:
     print("\nDescriber.describe(one 640x480 uint8 image), end to end (preprocessing included):\n")
     print("| configuration | ms/img |")
     print("|---|---|")
-    for name, ms in time_describe(model_dir, args.threads, args.repeats):
+    for name, ms in time_describe(model_dir, threads, repeats):
         print(f"| {name} | {ms:.1f} |")
 
     print(
@@ -409,39 +432,71 @@ def main() -> None:
     )
     print("| session | min ms | median ms | CPU ms/img |")
     print("|---|---|---|---|")
-    for name, low, median, cpu in threading_rows(model_dir, args.threads, args.repeats):
+    for name, low, median, cpu in threading_rows(model_dir, threads, repeats):
         print(f"| {name} | {low:.1f} | {median:.1f} | {cpu:.1f} |")
 
-    if args.accuracy:
-        compared = {
-            name: runners[name]
-            for name in ("student eager", "student ORT", "student ORT int8", "student bf16 CL")
-        }
-        rows, count = accuracy_rows(compared, args.accuracy, "student eager")
-        print(f"\nAccuracy against eager fp32 on {args.accuracy} ({count} images):\n")
-        print("| path | cosine min | cosine mean | centred cos min | centred cos mean | R@1 | R@5 |")
-        print("|---|---|---|---|---|---|---|")
-        for name, agreement, r1, r5 in rows:
-            print(
-                f"| {name} | {agreement['cosine_min']:.5f} | {agreement['cosine_mean']:.5f} "
-                f"| {agreement['centred_cosine_min']:.3f} | {agreement['centred_cosine_mean']:.3f} "
-                f"| {r1:.3f} | {r5:.3f} |"
-            )
-    if args.demo:
-        rows = demo_rows(model_dir, args.threads, Path(tmp.name) / "demo")
-        print("\nDemo scene loop closures (tscm_demo pipeline, shipped params, auto threshold):\n")
+
+def print_accuracy_table(runners: dict[str, Runner], spec: str) -> None:
+    compared = {
+        name: runners[name]
+        for name in ("student eager", "student ORT", "student ORT int8", "student bf16 CL")
+    }
+    rows, count = accuracy_rows(compared, spec, "student eager")
+    print(f"\nAccuracy against eager fp32 on {spec} ({count} images):\n")
+    print("| path | cosine min | cosine mean | centred cos min | centred cos mean | R@1 | R@5 |")
+    print("|---|---|---|---|---|---|---|")
+    for name, agreement, r1, r5 in rows:
         print(
-            "| path | retrieval P | retrieval R | retrieval R@1 | AP "
-            "| verified P | verified R | verified R@1 |"
+            f"| {name} | {agreement['cosine_min']:.5f} | {agreement['cosine_mean']:.5f} "
+            f"| {agreement['centred_cosine_min']:.3f} | {agreement['centred_cosine_mean']:.3f} "
+            f"| {r1:.3f} | {r5:.3f} |"
         )
-        print("|---|---|---|---|---|---|---|---|")
-        for name, retrieval, verified in rows:
-            verified = verified or dict.fromkeys(("precision", "recall", "recall_at_1"), float("nan"))
-            print(
-                f"| {name} | {retrieval['precision']:.3f} | {retrieval['recall']:.3f} "
-                f"| {retrieval['recall_at_1']:.3f} | {retrieval['average_precision']:.3f} "
-                f"| {verified['precision']:.3f} | {verified['recall']:.3f} | {verified['recall_at_1']:.3f} |"
-            )
+
+
+def print_demo_table(model_dir: Path, threads: int, work_dir: Path) -> None:
+    rows = demo_rows(model_dir, threads, work_dir)
+    print("\nDemo scene loop closures (tscm_demo pipeline, shipped params, auto threshold):\n")
+    print(
+        "| path | retrieval P | retrieval R | retrieval R@1 | AP | verified P | verified R | verified R@1 |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for name, retrieval, verified in rows:
+        verified = verified or dict.fromkeys(("precision", "recall", "recall_at_1"), float("nan"))
+        print(
+            f"| {name} | {retrieval['precision']:.3f} | {retrieval['recall']:.3f} "
+            f"| {retrieval['recall_at_1']:.3f} | {retrieval['average_precision']:.3f} "
+            f"| {verified['precision']:.3f} | {verified['recall']:.3f} | {verified['recall_at_1']:.3f} |"
+        )
+
+
+def main() -> None:
+    args = parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    load_before = os.getloadavg()
+
+    student = load_student(args.model)
+    teacher = None if args.no_teacher else build_model("teacher", seed=0)
+    flops = {"student": gflop_per_image(student)}
+    if teacher is not None:
+        flops["teacher"] = gflop_per_image(teacher)
+
+    tmp = tempfile.TemporaryDirectory()
+    model_dir = Path(tmp.name) / "student"
+    runners, int8_record = build_runners(student, teacher, model_dir, args)
+
+    gemm = gemm_gflops(args.threads)
+    rows = speed_rows(runners, student, teacher, flops, args)
+    gemm_after = gemm_gflops(args.threads)
+
+    print_speed_table(args, load_before, flops, gemm, gemm_after, rows, int8_record)
+    print_describe_and_threading_tables(model_dir, args.threads, args.repeats)
+    if args.accuracy:
+        print_accuracy_table(runners, args.accuracy)
+    if args.demo:
+        print_demo_table(model_dir, args.threads, Path(tmp.name) / "demo")
     tmp.cleanup()
 
 

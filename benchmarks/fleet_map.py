@@ -169,15 +169,24 @@ def start_server(workdir: Path):
 
 
 # ---------------------------------------------------------------------------- load
-def load_pg(uri: str, schema: str, synth: Synth, gt: GroundTruth, place_map, args) -> dict:
-    import psycopg
-    from pgvector import HalfVector
-    from pgvector.psycopg import register_vector
-    from psycopg import sql
+PLACE_COLUMNS = (
+    "place_id",
+    "robot_id",
+    "session_id",
+    "keyframe_index",
+    "stamp_ns",
+    "model_fingerprint",
+    "descriptor",
+    "reduced",
+)
 
-    from tscm_ros.fleet import PcaProjection, PgPlaceStore, fleet_place_id
+
+def init_schema_and_pca(uri: str, schema: str, synth: Synth, args):
+    """A fresh schema without index and the PCA fitted on the first 20k; (pca, its timings)."""
+    import psycopg
+
+    from tscm_ros.fleet import PcaProjection, PgPlaceStore
     from tscm_ros.fleet import schema as fleet_schema
-    from tscm_ros.placemap import PlaceMeta
 
     timings = {}
     with psycopg.connect(uri, autocommit=True) as conn:
@@ -191,24 +200,27 @@ def load_pg(uri: str, schema: str, synth: Synth, gt: GroundTruth, place_map, arg
     timings["pca_explained"] = pca.explained_variance
     with PgPlaceStore(uri, schema=schema) as store:
         store.set_pca(pca, backfill=False)
+    return pca, timings
+
+
+def copy_places(uri: str, schema: str, synth: Synth, gt: GroundTruth, place_map, pca) -> dict:
+    """Stream all places into the table (binary COPY), the ground truth and the local map; timings."""
+    import psycopg
+    from pgvector import HalfVector
+    from pgvector.psycopg import register_vector
+    from psycopg import sql
+
+    from tscm_ros.fleet import fleet_place_id
+    from tscm_ros.placemap import PlaceMeta
+
     robots, sessions, kfs = identity(np.arange(synth.n), synth.n)
     names_r = [f"r{r}" for r in range(ROBOTS)]
     copy_s = faiss_s = gt_s = gen_s = 0.0
-    columns = (
-        "place_id",
-        "robot_id",
-        "session_id",
-        "keyframe_index",
-        "stamp_ns",
-        "model_fingerprint",
-        "descriptor",
-        "reduced",
-    )
     with psycopg.connect(uri) as conn:  # one transaction: TRUNCATE + COPY skips WAL with wal_level=minimal
         register_vector(conn)
         conn.execute(sql.SQL("TRUNCATE {}.places").format(sql.Identifier(schema)))
         statement = sql.SQL("COPY {}.places ({}) FROM STDIN (FORMAT BINARY)").format(
-            sql.Identifier(schema), sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+            sql.Identifier(schema), sql.SQL(", ").join(sql.Identifier(c) for c in PLACE_COLUMNS)
         )
         with conn.cursor() as cur, cur.copy(statement) as copy:
             copy.set_types(["int8", "text", "text", "int8", "int8", "text", "halfvec", "vector"])
@@ -258,7 +270,17 @@ def load_pg(uri: str, schema: str, synth: Synth, gt: GroundTruth, place_map, arg
         t = time.perf_counter()
         conn.commit()
         copy_s += time.perf_counter() - t
-    timings |= {"generate_s": gen_s, "copy_s": copy_s, "faiss_add_s": faiss_s, "ground_truth_s": gt_s}
+    return {"generate_s": gen_s, "copy_s": copy_s, "faiss_add_s": faiss_s, "ground_truth_s": gt_s}
+
+
+def build_indexes(uri: str, schema: str, args) -> dict:
+    """ANALYZE, the HNSW index(es); build times and the table / index sizes."""
+    import psycopg
+    from psycopg import sql
+
+    from tscm_ros.fleet import schema as fleet_schema
+
+    timings = {}
     with psycopg.connect(uri, autocommit=True) as conn:
         t = time.perf_counter()
         conn.execute(sql.SQL("ANALYZE {}.places").format(sql.Identifier(schema)))
@@ -277,6 +299,13 @@ def load_pg(uri: str, schema: str, synth: Synth, gt: GroundTruth, place_map, arg
             (f"{schema}.places", f"{schema}.{fleet_schema.REDUCED_INDEX}"),
         ).fetchone()
         timings["table_gb"], timings["hnsw_gb"] = sizes[0] / 1e9, sizes[1] / 1e9
+    return timings
+
+
+def load_pg(uri: str, schema: str, synth: Synth, gt: GroundTruth, place_map, args) -> dict:
+    pca, timings = init_schema_and_pca(uri, schema, synth, args)
+    timings |= copy_places(uri, schema, synth, gt, place_map, pca)
+    timings |= build_indexes(uri, schema, args)
     return timings
 
 
@@ -502,7 +531,7 @@ def live(kind: str, target: str, schema: str, synth: Synth, args) -> tuple:
 
 
 # ---------------------------------------------------------------------------- main
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="100000", help="comma-separated place counts, e.g. 100000,1000000")
     parser.add_argument("--uri", help="an existing PostgreSQL (pgvector >= 0.8) instead of a private server")
@@ -546,9 +575,105 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.rerank = [int(v) for v in args.rerank.split(",")]
     args.table_rerank = [int(v) for v in args.table_rerank.split(",")]
-    import faiss
+    return args
 
+
+def fleet_ids(n: int) -> np.ndarray:
+    """Local map index -> fleet place id of the same keyframe."""
+    from tscm_ros.fleet import fleet_place_id
+
+    r, s, kf = identity(np.arange(n), n)
+    return np.array([fleet_place_id(f"r{r[i]}", f"s{s[i]}", int(kf[i])) for i in range(n)], np.int64)
+
+
+def print_load(n: int, timings: dict, args) -> None:
+    print(f"\n## {n} places -- load")
+    print(
+        f"  generate {timings['generate_s']:.1f} s | COPY (binary) {timings['copy_s']:.1f} s "
+        f"({n / max(timings['copy_s'], 1e-9):.0f} rows/s) | PCA fit {timings['pca_fit_s']:.1f} s "
+        f"(explains {timings['pca_explained']:.3f}) | "
+        f"HNSW(reduced) build {timings['hnsw_build_s']:.1f} s"
+        + (f" | HNSW(full) build {timings['hnsw_full_build_s']:.1f} s" if args.full_index else "")
+        + f" | faiss add {timings['faiss_add_s']:.1f} s"
+    )
+    print(f"  table+TOAST+indexes {timings['table_gb']:.2f} GB, reduced HNSW {timings['hnsw_gb']:.2f} GB")
+
+
+def print_static(n: int, query_count: int, rows: list) -> None:
+    print(f"\n## {n} places -- static queries (k=5, {query_count} queries; ms)")
+    print(
+        f"  {'store':<32} {'filter':<28} {'plan':<14} {'p50':>7} {'p95':>7} {'R@1':>6} {'ov@5':>6} "
+        f"{'R@1 revisits':>12}"
+    )
+    for store, filt, plan, lat, r1, o5 in rows:
+        r1, rev = r1 if isinstance(r1, tuple) else (r1, float("nan"))
+        print(f"  {store:<32} {filt:<28} {plan:<14} {fmt_ms(lat)} {r1:6.3f} {o5:6.3f} {rev:12.3f}")
+    print(
+        "  (R@1 revisits: over the queries whose own place passes the filter; the others ask for the "
+        "best of unrelated places, a near-tie)"
+    )
+
+
+def run_live(n: int, uri: str, schema: str, synth: Synth, place_map, spec: str, workdir: Path, args) -> None:
+    """The live table: pgvector, then (where it is worth it) one copy of the local map per robot."""
+    print(
+        f"\n## {n} places -- live: {args.robots} robot processes x {args.rate_hz:g} Hz "
+        f"for {args.live_s:g} s "
+        "(search with exclusions, then add; ms)"
+    )
+    print(f"  {'store':<44} {'query p50':>9} {'p95':>7} {'insert p50':>10} {'p95':>7} {'Hz/robot':>8}")
+    log(f"size {n}: live pgvector")
+    q_ms, i_ms, rates = live("pgvector", uri, schema, synth, args)
+    print(
+        f"  {'pgvector hnsw256+rerank64':<44} {pct(q_ms, 50):9.2f} {pct(q_ms, 95):7.2f} "
+        f"{pct(i_ms, 50):10.2f} {pct(i_ms, 95):7.2f} {np.mean(rates):8.2f}"
+    )
+    if place_map is not None and (spec != "flat" or n <= 200_000):
+        log(f"size {n}: live faiss (saving the local map)")
+        saved = workdir / f"faiss_{n}"
+        place_map.save(saved)
+        q_ms, i_ms, rates = live("faiss", str(saved), schema, synth, args)
+        print(
+            f"  {'faiss PlaceMap ' + spec + ' (one copy per robot)':<44} {pct(q_ms, 50):9.2f} "
+            f"{pct(q_ms, 95):7.2f} {pct(i_ms, 50):10.2f} {pct(i_ms, 95):7.2f} {np.mean(rates):8.2f}"
+        )
+        shutil.rmtree(saved, ignore_errors=True)
+
+
+def bench_size(n: int, uri: str, workdir: Path, args) -> None:
+    """Load, static queries and live runs for one map size; prints its tables."""
     from tscm_ros.placemap import PlaceMap
+
+    size_started = time.perf_counter()
+    synth = Synth(args.dim, n, args.seed)
+    queries = synth.queries(args.queries, seed=1)
+    filters = make_filters(n)
+    gt = GroundTruth(queries, {name: spec[0] for name, spec in filters.items()})
+    own = synth.query_keyframes(args.queries, seed=1)
+    gt.revisit = {name: spec[0](own) for name, spec in filters.items()}
+    spec = args.faiss_spec if args.faiss_spec != "auto" else ("flat" if n <= 200_000 else "pca256+hnsw:M=16")
+    place_map = None if spec == "none" else PlaceMap.create(args.dim, spec, FP)
+    schema = f"bench_{n}"
+    log(f"size {n}: loading")
+    timings = load_pg(uri, schema, synth, gt, place_map, args)
+    to_fleet = None
+    if place_map is not None:
+        to_fleet = fleet_ids(n)
+    log(f"size {n}: static queries")
+    rows = static_pg(uri, schema, queries, gt, filters, args)
+    if place_map is not None:
+        rows += static_faiss(place_map, spec, queries, gt, to_fleet, filters)
+    print_load(n, timings, args)
+    print_static(n, len(queries), rows)
+    run_live(n, uri, schema, synth, place_map, spec, workdir, args)
+    if place_map is not None:
+        place_map.close()
+    print(f"\n  ({n} places: {time.perf_counter() - size_started:.0f} s wall for this size)", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import faiss
 
     faiss.omp_set_num_threads(1)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="tscm_fleet_bench_"))
@@ -570,88 +695,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         for n in [int(s) for s in args.sizes.split(",")]:
-            size_started = time.perf_counter()
-            synth = Synth(args.dim, n, args.seed)
-            queries = synth.queries(args.queries, seed=1)
-            filters = make_filters(n)
-            gt = GroundTruth(queries, {name: spec[0] for name, spec in filters.items()})
-            own = synth.query_keyframes(args.queries, seed=1)
-            gt.revisit = {name: spec[0](own) for name, spec in filters.items()}
-            spec = (
-                args.faiss_spec
-                if args.faiss_spec != "auto"
-                else ("flat" if n <= 200_000 else "pca256+hnsw:M=16")
-            )
-            place_map = None if spec == "none" else PlaceMap.create(args.dim, spec, FP)
-            schema = f"bench_{n}"
-            log(f"size {n}: loading")
-            timings = load_pg(uri, schema, synth, gt, place_map, args)
-            to_fleet = None
-            if place_map is not None:
-                from tscm_ros.fleet import fleet_place_id
-
-                r, s, kf = identity(np.arange(n), n)
-                to_fleet = np.array(
-                    [fleet_place_id(f"r{r[i]}", f"s{s[i]}", int(kf[i])) for i in range(n)], np.int64
-                )
-            log(f"size {n}: static queries")
-            rows = static_pg(uri, schema, queries, gt, filters, args)
-            if place_map is not None:
-                rows += static_faiss(place_map, spec, queries, gt, to_fleet, filters)
-            print(f"\n## {n} places -- load")
-            print(
-                f"  generate {timings['generate_s']:.1f} s | COPY (binary) {timings['copy_s']:.1f} s "
-                f"({n / max(timings['copy_s'], 1e-9):.0f} rows/s) | PCA fit {timings['pca_fit_s']:.1f} s "
-                f"(explains {timings['pca_explained']:.3f}) | "
-                f"HNSW(reduced) build {timings['hnsw_build_s']:.1f} s"
-                + (f" | HNSW(full) build {timings['hnsw_full_build_s']:.1f} s" if args.full_index else "")
-                + f" | faiss add {timings['faiss_add_s']:.1f} s"
-            )
-            print(
-                f"  table+TOAST+indexes {timings['table_gb']:.2f} GB, "
-                f"reduced HNSW {timings['hnsw_gb']:.2f} GB"
-            )
-            print(f"\n## {n} places -- static queries (k=5, {len(queries)} queries; ms)")
-            print(
-                f"  {'store':<32} {'filter':<28} {'plan':<14} {'p50':>7} {'p95':>7} {'R@1':>6} {'ov@5':>6} "
-                f"{'R@1 revisits':>12}"
-            )
-            for store, filt, plan, lat, r1, o5 in rows:
-                r1, rev = r1 if isinstance(r1, tuple) else (r1, float("nan"))
-                print(f"  {store:<32} {filt:<28} {plan:<14} {fmt_ms(lat)} {r1:6.3f} {o5:6.3f} {rev:12.3f}")
-            print(
-                "  (R@1 revisits: over the queries whose own place passes the filter; the others ask for the "
-                "best of unrelated places, a near-tie)"
-            )
-            print(
-                f"\n## {n} places -- live: {args.robots} robot processes x {args.rate_hz:g} Hz "
-                f"for {args.live_s:g} s "
-                "(search with exclusions, then add; ms)"
-            )
-            print(
-                f"  {'store':<44} {'query p50':>9} {'p95':>7} {'insert p50':>10} {'p95':>7} {'Hz/robot':>8}"
-            )
-            log(f"size {n}: live pgvector")
-            q_ms, i_ms, rates = live("pgvector", uri, schema, synth, args)
-            print(
-                f"  {'pgvector hnsw256+rerank64':<44} {pct(q_ms, 50):9.2f} {pct(q_ms, 95):7.2f} "
-                f"{pct(i_ms, 50):10.2f} {pct(i_ms, 95):7.2f} {np.mean(rates):8.2f}"
-            )
-            if place_map is not None and (spec != "flat" or n <= 200_000):
-                log(f"size {n}: live faiss (saving the local map)")
-                saved = workdir / f"faiss_{n}"
-                place_map.save(saved)
-                q_ms, i_ms, rates = live("faiss", str(saved), schema, synth, args)
-                print(
-                    f"  {'faiss PlaceMap ' + spec + ' (one copy per robot)':<44} {pct(q_ms, 50):9.2f} "
-                    f"{pct(q_ms, 95):7.2f} {pct(i_ms, 50):10.2f} {pct(i_ms, 95):7.2f} {np.mean(rates):8.2f}"
-                )
-                shutil.rmtree(saved, ignore_errors=True)
-            if place_map is not None:
-                place_map.close()
-            print(
-                f"\n  ({n} places: {time.perf_counter() - size_started:.0f} s wall for this size)", flush=True
-            )
+            bench_size(n, uri, workdir, args)
     finally:
         if server is not None:
             server.cleanup()

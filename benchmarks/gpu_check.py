@@ -66,7 +66,7 @@ def timed(describer, images: list[np.ndarray], batch: int, repeats: int) -> floa
     return 1000 * statistics.median(times) / batch
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -75,60 +75,71 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=16, help="images for the parity check (default 16)")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--verbose", action="store_true", help="print tracebacks of skipped paths")
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    import onnxruntime as ort
-    import torch
 
-    from tscm_ros.describer import create_describer
+def calibration_set(calibrate: str | None, work_dir: Path):
+    """The int8 calibration set: ``--calibrate``, else Corridor ref/, else 64 synthetic images."""
+    from tscm_ros.quantize import load_calibration_set
+
+    if calibrate:
+        return load_calibration_set(calibrate, 64)
+    if (CORRIDOR / "ref").is_dir():
+        return load_calibration_set(str(CORRIDOR / "ref"), 64)
+    folder = work_dir / "calibration"
+    folder.mkdir()
+    from PIL import Image
+
+    for i, image in enumerate(synthetic_images(80, seed=2)):
+        Image.fromarray(image).save(folder / f"{i:03d}.png")
+    calibration = load_calibration_set(str(folder), 64)
+    print("calibration: 64 synthetic images (no Corridor copy here): int8 accuracy only indicative")
+    return calibration
+
+
+def prepare_model(args: argparse.Namespace, work_dir: Path) -> Path:
+    """Save the model, its ONNX export and its int8 export under ``work_dir``; return the model dir."""
     from tscm_ros.export import export_onnx
     from tscm_ros.model_io import load_model, record_export, save_model
     from tscm_ros.models import build_model
-    from tscm_ros.quantize import descriptor_agreement, export_int8, load_calibration_set
+    from tscm_ros.quantize import export_int8
 
-    print(f"torch {torch.__version__} cuda={torch.cuda.is_available()} "
-          f"({torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}); "
-          f"onnxruntime {ort.__version__} providers {ort.get_available_providers()}")  # fmt: skip
-    work = tempfile.TemporaryDirectory(prefix="tscm_gpu_check_")
-    model_dir = Path(work.name) / "model"
+    model_dir = work_dir / "model"
     loaded = load_model(args.model) if args.model else None
     model = loaded.module if loaded else build_model("student", seed=0)
     save_model(model, model_dir, provenance=(loaded.provenance if loaded else "") or "gpu_check")
     export_onnx(model, model_dir / "model.onnx")
-    if args.calibrate:
-        calibration = load_calibration_set(args.calibrate, 64)
-    elif (CORRIDOR / "ref").is_dir():
-        calibration = load_calibration_set(str(CORRIDOR / "ref"), 64)
-    else:
-        folder = Path(work.name) / "calibration"
-        folder.mkdir()
-        from PIL import Image
-
-        for i, image in enumerate(synthetic_images(80, seed=2)):
-            Image.fromarray(image).save(folder / f"{i:03d}.png")
-        calibration = load_calibration_set(str(folder), 64)
-        print("calibration: 64 synthetic images (no Corridor copy here): int8 accuracy only indicative")
+    calibration = calibration_set(args.calibrate, work_dir)
     started = time.perf_counter()
     record = export_int8(model_dir / "model.onnx", model_dir, calibration)
     record_export(model_dir, "int8", record)
     print(f"int8 export {time.perf_counter() - started:.0f} s, CPU held-out cosine min "
           f"{record['accuracy']['cosine_min']:.5f}")  # fmt: skip
+    return model_dir
+
+
+PATHS = {
+    "cpu onnxruntime fp32 (reference)": dict(backend="onnxruntime", device="cpu", precision="fp32"),
+    "cpu onnxruntime int8": dict(backend="onnxruntime", device="cpu", precision="int8"),
+    "torch cuda fp32": dict(backend="torch", device="cuda", precision="fp32"),
+    "torch cuda fp16": dict(backend="torch", device="cuda", precision="fp16"),
+    "torch cuda bf16": dict(backend="torch", device="cuda", precision="bf16"),
+    "tensorrt fp32": dict(backend="tensorrt", device="cuda", precision="fp32"),
+    "tensorrt fp16": dict(backend="tensorrt", device="cuda", precision="fp16"),
+    "tensorrt int8": dict(backend="tensorrt", device="cuda", precision="int8"),
+}
+
+
+def measure_paths(args: argparse.Namespace, model_dir: Path) -> tuple[list[tuple], int]:
+    """Time and compare every path of ``PATHS`` to ONNX Runtime CPU fp32; return (rows, failures)."""
+    from tscm_ros.describer import create_describer
+    from tscm_ros.quantize import descriptor_agreement
 
     images = test_images(max(args.images, 8))
     reference_describer = create_describer(model_dir, backend="onnxruntime", device="cpu", precision="fp32")
     reference = reference_describer.describe(images)
-    paths = {
-        "cpu onnxruntime fp32 (reference)": dict(backend="onnxruntime", device="cpu", precision="fp32"),
-        "cpu onnxruntime int8": dict(backend="onnxruntime", device="cpu", precision="int8"),
-        "torch cuda fp32": dict(backend="torch", device="cuda", precision="fp32"),
-        "torch cuda fp16": dict(backend="torch", device="cuda", precision="fp16"),
-        "torch cuda bf16": dict(backend="torch", device="cuda", precision="bf16"),
-        "tensorrt fp32": dict(backend="tensorrt", device="cuda", precision="fp32"),
-        "tensorrt fp16": dict(backend="tensorrt", device="cuda", precision="fp16"),
-        "tensorrt int8": dict(backend="tensorrt", device="cuda", precision="int8"),
-    }
     rows, failures = [], 0
-    for name, options in paths.items():
+    for name, options in PATHS.items():
         try:
             start = time.perf_counter()
             describer = create_describer(model_dir, batch_size=8, **options)
@@ -144,6 +155,10 @@ def main() -> int:
             print(f"SKIPPED {name}: {type(error).__name__}: {str(error).splitlines()[0][:300]}")
             if args.verbose:
                 traceback.print_exc()
+    return rows, failures
+
+
+def print_table(rows: list[tuple]) -> None:
     print("\n| path | ms/img batch 1 | ms/img batch 8 | cos min | cos mean | centred cos min | setup s |")
     print("|---|---|---|---|---|---|---|")
     for name, ms1, ms8, agreement, setup, _ in rows:
@@ -153,6 +168,21 @@ def main() -> int:
         )
     for name, *_, label in rows:
         print(f"# {name}: {label}")
+
+
+def main() -> int:
+    args = parse_args()
+
+    import onnxruntime as ort
+    import torch
+
+    print(f"torch {torch.__version__} cuda={torch.cuda.is_available()} "
+          f"({torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}); "
+          f"onnxruntime {ort.__version__} providers {ort.get_available_providers()}")  # fmt: skip
+    work = tempfile.TemporaryDirectory(prefix="tscm_gpu_check_")
+    model_dir = prepare_model(args, Path(work.name))
+    rows, failures = measure_paths(args, model_dir)
+    print_table(rows)
     work.cleanup()
     return 1 if failures else 0
 

@@ -114,7 +114,7 @@ def run_rate(
     }
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-path", default="", help="trained student ('' = untrained, same cost)")
     parser.add_argument(
@@ -138,20 +138,12 @@ def main() -> int:
         help="keyframe interval of the node (0: every processed frame is a keyframe; the shipped default is "
         "0.15)",
     )
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    phases = [
-        (float(rate), float(seconds)) for rate, seconds in (p.split(":") for p in args.phases.split(","))
-    ]
-    from tscm_ros.demo.scene import SceneConfig, generate_frames, scene_intrinsics
 
-    scene = SceneConfig(width=WIDTH, height=HEIGHT, frames_per_lap=60)
-    frames = [frame.rgb for frame in generate_frames(scene)]  # two laps: later frames revisit earlier ones
-    rgb = frames[0]
-    describer_before = describer_time_ms(args.model_path or None, rgb, args.describer_repeats)
-    intrinsics = scene_intrinsics(scene)
-
-    parameters = {
+def node_parameters(args: argparse.Namespace, intrinsics) -> dict:
+    """place_recognition_node parameters: every processed frame publishes a descriptor."""
+    return {
         "model_path": args.model_path,
         "publish_descriptor": True,
         "min_interval_s": args.min_interval_s,
@@ -163,12 +155,18 @@ def main() -> int:
         "exclusion_window_s": 5.0,  # candidates exist from the 6th second on
         "camera_intrinsics": [intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy],
     }
+
+
+def run_phases(
+    parameters: dict, phases: list[tuple[float, float]], frames: list[np.ndarray]
+) -> list[dict] | None:
+    """Start the node and run every (rate, duration) phase; None when the node does not come up."""
     results = []
     with RosProbe("latency_probe") as probe, NodeProcess(parameters=parameters) as node:
         diagnostics = probe.subscribe(DiagnosticArray, "/diagnostics", reliable_qos(10))
         if not node.wait_for_output("ready:", 300):
             print(node.output(), file=sys.stderr)
-            return 1
+            return None
         for rate, duration in phases:
             result = run_rate(probe, node, rate, duration, [make_image(frame) for frame in frames])
             # the node's own inference time over (about) the same frames, from /diagnostics
@@ -182,8 +180,15 @@ def main() -> int:
                 if key.startswith("stage_")
             }
             results.append(result)
-    describer_after = describer_time_ms(args.model_path or None, rgb, args.describer_repeats)
+    return results
 
+
+def print_report(
+    args: argparse.Namespace,
+    results: list[dict],
+    describer_before: tuple[float, float],
+    describer_after: tuple[float, float],
+) -> None:
     print(
         f"\nplace_recognition_node latency, {WIDTH}x{HEIGHT} rgb8, best-effort sensor QoS, loopback Fast DDS"
     )
@@ -207,6 +212,25 @@ def main() -> int:
     for r in results:
         stages = ", ".join(f"{name} {ms:.1f}" for name, ms in r["stages"].items())
         print(f"  {r['rate_hz']:.0f} Hz: {stages}")
+
+
+def main() -> int:
+    args = parse_args()
+    phases = [
+        (float(rate), float(seconds)) for rate, seconds in (p.split(":") for p in args.phases.split(","))
+    ]
+    from tscm_ros.demo.scene import SceneConfig, generate_frames, scene_intrinsics
+
+    scene = SceneConfig(width=WIDTH, height=HEIGHT, frames_per_lap=60)
+    frames = [frame.rgb for frame in generate_frames(scene)]  # two laps: later frames revisit earlier ones
+    rgb = frames[0]
+    describer_before = describer_time_ms(args.model_path or None, rgb, args.describer_repeats)
+    parameters = node_parameters(args, scene_intrinsics(scene))
+    results = run_phases(parameters, phases, frames)
+    if results is None:
+        return 1
+    describer_after = describer_time_ms(args.model_path or None, rgb, args.describer_repeats)
+    print_report(args, results, describer_before, describer_after)
     return 0
 
 
