@@ -17,6 +17,7 @@ from message headers (``use_sim_time`` only affects the diagnostics stamp).
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import sys
 import threading
@@ -34,7 +35,7 @@ from geometry_msgs.msg import PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -65,7 +66,7 @@ from tscm_ros.ros.parameters import (
     unknown_parameters_message,
     validate,
 )
-from tscm_ros.ros.shutdown import log, run_until_shutdown
+from tscm_ros.ros.shutdown import log, run_until_shutdown, shutdown_quietly
 from tscm_ros.ros.stats import DurationStats, LostFrameEstimator, RateMeter, ReasonCounter
 from tscm_ros.timing import StageTimer
 from tscm_ros.verification import draw_matches
@@ -81,6 +82,10 @@ DEPTH_BUFFER = 10  # depth images kept for pairing with colour images by stamp
 STAGES = ("decode", "inference", "features", "retrieve", "select", "sequence", "verify", "publish")
 LOST_FRAMES_WARN = 0.1  # diagnostics WARN when this fraction of the camera's frames never reached the node
 FLEET_PREFIXED_KEYS = ("backend", "target", "schema", "last_error")  # /diagnostics: map_<key>
+EXECUTOR_ENV = "TSCM_EXECUTOR"  # which executor spins the callbacks (see create_executor)
+EXECUTORS = ("multi_threaded", "events")
+DEFAULT_EXECUTOR = "multi_threaded"
+EVENTS_SPIN_TIMEOUT_S = 0.1
 
 __all__ = ["PARAMETERS", "PlaceRecognitionNode", "StartupError", "main"]
 
@@ -739,9 +744,14 @@ def main(args: Sequence[str] | None = None) -> int:
         rclpy.logging.get_logger(NODE_NAME).error(str(error).replace("\n", " "))
         rclpy.try_shutdown()
         return 1
-    executor = MultiThreadedExecutor(num_threads=2)
+    try:
+        executor = create_executor(os.environ.get(EXECUTOR_ENV, "") or DEFAULT_EXECUTOR)
+    except ValueError as error:
+        rclpy.logging.get_logger(NODE_NAME).error(str(error))
+        shutdown_quietly([node])
+        return 1
     executor.add_node(node)
-    spinner = threading.Thread(target=_spin, args=(executor,), name="ros_executor", daemon=True)
+    spinner = threading.Thread(target=_spin, args=(executor, node.context), name="ros_executor", daemon=True)
     spinner.start()
 
     def work() -> bool:
@@ -757,9 +767,31 @@ def main(args: Sequence[str] | None = None) -> int:
     return 0 if saved else 1
 
 
-def _spin(executor: MultiThreadedExecutor) -> None:
+def create_executor(kind: str) -> Executor:
+    """The executor that spins the node's callbacks in the background thread (``TSCM_EXECUTOR``).
+
+    ``multi_threaded`` (the default): a 2-thread MultiThreadedExecutor. ``events``: rclpy's experimental
+    EventsExecutor (single-threaded, ignores callback groups; benchmarks/soak.py ``--executor both``
+    compares the two). ValueError names the variable for any other value.
+    """
+    if kind == "multi_threaded":
+        return MultiThreadedExecutor(num_threads=2)
+    if kind == "events":
+        from rclpy.experimental import EventsExecutor
+
+        return EventsExecutor()
+    raise ValueError(f"{EXECUTOR_ENV}={kind!r}: expected one of {', '.join(EXECUTORS)}")
+
+
+def _spin(executor: Executor, context: Any) -> None:
     with contextlib.suppress(ExternalShutdownException):
-        executor.spin()
+        if isinstance(executor, MultiThreadedExecutor):
+            executor.spin()
+            return
+        # EventsExecutor (rclpy 9.1.2): spin() dispatched nothing here (no timer tick, no message, in the
+        # main thread as in a background one) while a loop of spin_once(timeout_sec) dispatches everything
+        while rclpy.ok(context=context):
+            executor.spin_once(timeout_sec=EVENTS_SPIN_TIMEOUT_S)
 
 
 if __name__ == "__main__":
