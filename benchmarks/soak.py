@@ -443,7 +443,7 @@ def summarise(data: RunData) -> dict:
     if arrivals:
         gaps.insert(0, (arrivals[0] - data.start, data.start))
     stalls = [(gap, when) for gap, when in gaps if gap > STALL_S]
-    minutes = max(1, math.ceil((data.end - data.start) / 60.0 - 1e-6))
+    minutes = max(1, math.ceil((data.end - data.start - 1.0) / 60.0))  # a last second: no row
     rows = []
     for m in range(minutes):
         t0, t1 = data.start + 60 * m, min(data.start + 60 * (m + 1), data.end)
