@@ -25,6 +25,7 @@ between frames, else at the next frame boundary). /diagnostics reads lock-free c
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import sys
 import threading
@@ -42,7 +43,7 @@ from geometry_msgs.msg import PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -74,7 +75,7 @@ from tscm_ros.ros.parameters import (
     unknown_parameters_message,
     validate,
 )
-from tscm_ros.ros.shutdown import log, run_until_shutdown
+from tscm_ros.ros.shutdown import log, run_until_shutdown, shutdown_quietly
 from tscm_ros.ros.stats import DurationStats, LostFrameEstimator, RateMeter, ReasonCounter
 from tscm_ros.timing import StageTimer
 from tscm_ros.verification import draw_matches
@@ -94,6 +95,10 @@ MAP_NEARLY_FULL = 0.9  # diagnostics WARN when the map holds this fraction of ma
 SAVE_SERVICE_TIMEOUT_S = 300.0  # ~/save_map answers "still running" after this long
 # executor threads: one per callback group (subscriptions, parameters, control services, save_map, timers)
 EXECUTOR_THREADS = 5
+EXECUTOR_ENV = "TSCM_EXECUTOR"  # which executor spins the callbacks (see create_executor)
+EXECUTORS = ("multi_threaded", "events")
+DEFAULT_EXECUTOR = "multi_threaded"
+EVENTS_SPIN_TIMEOUT_S = 0.1
 
 __all__ = ["PARAMETERS", "PlaceRecognitionNode", "StartupError", "main"]
 
@@ -810,9 +815,14 @@ def main(args: Sequence[str] | None = None) -> int:
         rclpy.logging.get_logger(NODE_NAME).error(str(error).replace("\n", " "))
         rclpy.try_shutdown()
         return 1
-    executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
+    try:
+        executor = create_executor(os.environ.get(EXECUTOR_ENV, "") or DEFAULT_EXECUTOR)
+    except ValueError as error:
+        rclpy.logging.get_logger(NODE_NAME).error(str(error))
+        shutdown_quietly([node])
+        return 1
     executor.add_node(node)
-    spinner = threading.Thread(target=_spin, args=(executor,), name="ros_executor", daemon=True)
+    spinner = threading.Thread(target=_spin, args=(executor, node.context), name="ros_executor", daemon=True)
     spinner.start()
 
     def work() -> bool:
@@ -828,9 +838,32 @@ def main(args: Sequence[str] | None = None) -> int:
     return 0 if saved else 1
 
 
-def _spin(executor: MultiThreadedExecutor) -> None:
+def create_executor(kind: str) -> Executor:
+    """The executor that spins the node's callbacks in the background thread (``TSCM_EXECUTOR``).
+
+    ``multi_threaded`` (the default): a MultiThreadedExecutor with one thread per callback group
+    (:data:`EXECUTOR_THREADS`). ``events``: rclpy's experimental EventsExecutor (single-threaded, ignores
+    callback groups, so a ``~/save_map`` call holds every other callback until its save is on disk;
+    benchmarks/soak.py ``--executor both`` compares the two). ValueError names the variable otherwise.
+    """
+    if kind == "multi_threaded":
+        return MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
+    if kind == "events":
+        from rclpy.experimental import EventsExecutor
+
+        return EventsExecutor()
+    raise ValueError(f"{EXECUTOR_ENV}={kind!r}: expected one of {', '.join(EXECUTORS)}")
+
+
+def _spin(executor: Executor, context: Any) -> None:
     with contextlib.suppress(ExternalShutdownException):
-        executor.spin()
+        if isinstance(executor, MultiThreadedExecutor):
+            executor.spin()
+            return
+        # EventsExecutor (rclpy 9.1.2): spin() dispatched nothing here (no timer tick, no message, in the
+        # main thread as in a background one) while a loop of spin_once(timeout_sec) dispatches everything
+        while rclpy.ok(context=context):
+            executor.spin_once(timeout_sec=EVENTS_SPIN_TIMEOUT_S)
 
 
 if __name__ == "__main__":
