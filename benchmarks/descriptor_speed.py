@@ -157,7 +157,7 @@ def demo_rows(model_dir: Path, threads: int, work_dir: Path) -> list[tuple[str, 
     import json
 
     from tscm_ros.demo.main import SUMMARY_JSON, run_demo
-    from tscm_ros.describer import Describer
+    from tscm_ros.describer import create_describer
 
     configs = {
         "student eager": dict(backend="torch", device="cpu"),
@@ -167,7 +167,7 @@ def demo_rows(model_dir: Path, threads: int, work_dir: Path) -> list[tuple[str, 
     }
     rows = []
     for name, options in configs.items():
-        describer = Describer(model_dir, num_threads=threads, batch_size=8, **options)
+        describer = create_describer(model_dir, num_threads=threads, batch_size=8, **options)
         run_demo(work_dir, describer=describer, progress=False)  # the rendered bag is reused after the first
         summary = json.loads((work_dir / SUMMARY_JSON).read_text())
         rows.append((name, summary["retrieval"], summary["verified"]))

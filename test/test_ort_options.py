@@ -43,15 +43,15 @@ def test_options_object_carries_the_settings(monkeypatch):
 
 
 def test_describer_session_uses_them(tmp_path, monkeypatch):
-    from tscm_ros.describer import Describer
-    from tscm_ros.export import main
+    from tscm_ros.cli.export import main
+    from tscm_ros.describer import create_describer
     from tscm_ros.model_io import save_model
     from tscm_ros.models import build_model
 
     monkeypatch.delenv(SPIN_ENV, raising=False)
     model_dir = save_model(build_model("student", seed=0), tmp_path / "m")
     assert main([str(model_dir), "--onnx"]) == 0
-    describer = Describer(model_dir, backend="onnxruntime", device="cpu", num_threads=2)
+    describer = create_describer(model_dir, backend="onnxruntime", device="cpu", num_threads=2)
     options = describer._session.get_session_options()
     assert options.intra_op_num_threads == 2 and options.inter_op_num_threads == 1
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"

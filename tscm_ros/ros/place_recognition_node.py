@@ -99,6 +99,10 @@ EXECUTOR_ENV = "TSCM_EXECUTOR"  # which executor spins the callbacks (see create
 EXECUTORS = ("multi_threaded", "events")
 DEFAULT_EXECUTOR = "multi_threaded"
 EVENTS_SPIN_TIMEOUT_S = 0.1
+# How long a thread may keep the GIL while another waits (Python's default: 5 ms). A service call hands the
+# GIL back and forth dozens of times between the executor and the inference loop; with 5 ms per handover
+# ~/reset_map took p99 463 ms in test_ros_service_storm, with 0.5 ms 90 ms (set_mapping 271 -> 54 ms).
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 __all__ = ["PARAMETERS", "PlaceRecognitionNode", "StartupError", "main"]
 
@@ -808,6 +812,7 @@ class PlaceRecognitionNode(Node):
 def main(args: Sequence[str] | None = None) -> int:
     """Console script: init, build the node, spin; start-up errors print one line and exit 1, and so does a
     failed shutdown save."""
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     rclpy.init(args=args)
     try:
         node = PlaceRecognitionNode()
