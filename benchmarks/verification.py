@@ -39,14 +39,14 @@ import numpy as np
 
 from tscm_ros.demo.scene import SceneConfig, build_world, plan_trajectory, render_with_depth, scene_intrinsics
 from tscm_ros.evaluation import metrics
-from tscm_ros.evaluation.rerank import (
+from tscm_ros.features import FeatureConfig, FeatureExtractor, LocalFeatures, make_thumbnail
+from tscm_ros.image_files import read_rgb
+from tscm_ros.pipelines.rerank import (
     accepted_precision_recall,
     inlier_sweep,
     rerank_features,
     rerank_with_verification,
 )
-from tscm_ros.features import FeatureConfig, FeatureExtractor, LocalFeatures, make_thumbnail
-from tscm_ros.image_files import read_rgb
 from tscm_ros.verification import Verifier, VerifierConfig, draw_matches
 
 REPO = Path(__file__).resolve().parents[1]

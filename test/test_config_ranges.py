@@ -7,11 +7,14 @@ import dataclasses
 import pytest
 
 from tscm_ros.config_ranges import RANGE, field_range
+from tscm_ros.features import FeatureConfig
 from tscm_ros.loop_closure import LoopClosureConfig
+from tscm_ros.recognition import RecognitionConfig
 from tscm_ros.sequence import SequenceConfig
 from tscm_ros.verification import VerifierConfig
 
-CONFIGS = (LoopClosureConfig, VerifierConfig, SequenceConfig)
+CONFIGS = (LoopClosureConfig, VerifierConfig, SequenceConfig, FeatureConfig, RecognitionConfig)
+NODE_NAMES = {"max_image_side": "feature_max_side"}  # node parameters not named like their field
 PARTNER = {"min_speed": "max_speed", "max_speed": "min_speed"}  # min_speed <= max_speed: move both
 
 
@@ -48,8 +51,9 @@ def test_node_descriptors_use_the_core_ranges():
     for config_class in CONFIGS:
         prefix = "sequence_" if config_class is SequenceConfig else ""
         for item in ranged_fields(config_class):
-            descriptor = PARAMETERS_BY_NAME[prefix + item.name].descriptor()
+            name = NODE_NAMES.get(item.name, prefix + item.name)
+            descriptor = PARAMETERS_BY_NAME[name].descriptor()
             (bounds,) = descriptor.integer_range or descriptor.floating_point_range
             assert (bounds.from_value, bounds.to_value) == field_range(config_class, item.name), item.name
             checked += 1
-    assert checked == 16
+    assert checked == 21

@@ -94,7 +94,7 @@ def test_leave_one_out_dataset_never_retrieves_itself(tmp_path: Path) -> None:
     """role=both rows (tscm_export_dataset's default): tscm_evaluate and training validation both match a
     numpy brute force that skips self-matches (without the exclusion R@1 would be 0 for every model)."""
     from tscm_ros.data.csv_dataset import load_csv_dataset
-    from tscm_ros.evaluation.report import evaluate
+    from tscm_ros.pipelines.evaluate import evaluate
     from tscm_ros.training.evaluate import retrieval_metrics
 
     rows = [f"f{i}.png,{i * 3.0},0,{'database' if i % 7 == 0 else 'both'}" for i in range(40)]

@@ -293,7 +293,7 @@ def test_corridor_rerank_improves_recall(corridor_dir: Path):
     from tscm_ros.data.registry import load_dataset
     from tscm_ros.describer import create_describer, describe_files
     from tscm_ros.evaluation import metrics
-    from tscm_ros.evaluation.rerank import accepted_precision_recall, rerank_with_verification
+    from tscm_ros.pipelines.rerank import accepted_precision_recall, rerank_with_verification
 
     dataset = load_dataset(f"corridor:{corridor_dir}")
     positives = dataset.positives["gt"]

@@ -24,6 +24,8 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from .config_ranges import check_ranges, ranged
+
 __all__ = [
     "METHODS",
     "CameraIntrinsics",
@@ -113,8 +115,8 @@ class FeatureConfig:
     """
 
     method: FeatureMethod = "sift"
-    max_keypoints: int = 1000
-    max_image_side: int = 640
+    max_keypoints: int = ranged(1000, 16, 20_000)
+    max_image_side: int = ranged(640, 0, 8192)
     min_image_side: int = 480
     contrast_threshold: float = 0.01
 
@@ -123,10 +125,9 @@ class FeatureConfig:
             raise ValueError(f"FeatureConfig.method must be one of {METHODS}, got {self.method!r}")
         if isinstance(self.max_keypoints, bool) or not isinstance(self.max_keypoints, int):
             raise ValueError(f"FeatureConfig.max_keypoints must be an int, got {self.max_keypoints!r}")
-        if not 1 <= self.max_keypoints <= 100_000:
-            raise ValueError(f"FeatureConfig.max_keypoints must be in 1..100000, got {self.max_keypoints}")
         if isinstance(self.max_image_side, bool) or not isinstance(self.max_image_side, int):
             raise ValueError(f"FeatureConfig.max_image_side must be an int, got {self.max_image_side!r}")
+        check_ranges(self)
         if self.max_image_side != 0 and self.max_image_side < 32:
             raise ValueError(
                 f"FeatureConfig.max_image_side must be 0 (native) or >= 32, got {self.max_image_side}"

@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from tscm_ros.config_ranges import check_ranges, ranged
 from tscm_ros.features import (
     CameraIntrinsics,
     FeatureConfig,
@@ -94,11 +95,11 @@ class RecognitionConfig:
 
     detector: LoopClosureConfig = field(default_factory=LoopClosureConfig)
     verify: bool = True
-    verify_top_k: int = 5  # at most top_k candidates exist to verify
+    verify_top_k: int = ranged(5, 1, 100)  # at most top_k candidates exist to verify
     # with sequence matching: the best full sequence's match needs only this many inliers (the sequence is
     # the first, independent cue; the verifier's ratio rule still applies); every other candidate needs
     # verifier.min_inliers
-    sequence_confirm_inliers: int = 12
+    sequence_confirm_inliers: int = ranged(12, 5, 100_000)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     verifier: VerifierConfig = field(default_factory=VerifierConfig)
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
@@ -110,12 +111,11 @@ class RecognitionConfig:
     query_exclude_sessions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        k = self.verify_top_k
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"verify_top_k must be an integer >= 1, got {k!r}")
-        n = self.sequence_confirm_inliers
-        if isinstance(n, bool) or not isinstance(n, int) or n < 5:
-            raise ValueError(f"sequence_confirm_inliers must be an integer >= 5, got {n!r}")
+        for name in ("verify_top_k", "sequence_confirm_inliers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+        check_ranges(self)
         for name in QUERY_FILTERS:
             value = getattr(self, name)
             if isinstance(value, str) or not all(isinstance(item, str) for item in value):

@@ -87,7 +87,7 @@ class VerifierConfig:
     ``pnp_min_points``: matches with a valid 3-D point needed to try PnP.
     """
 
-    min_inliers: int = 25  # the node accepts 5..100000; benchmarks/verification.py counts from 1
+    min_inliers: int = ranged(25, 1, 100_000)  # benchmarks/verification.py counts model inliers from 1
     min_inlier_ratio: float = ranged(0.3, 0.0, 1.0)
     ratio_test: float = 0.8
     mutual: bool = True
@@ -107,8 +107,6 @@ class VerifierConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise bad(name, "an int")
-        if self.min_inliers < 1:
-            raise bad("min_inliers", ">= 1")
         if self.max_iterations < 1:
             raise bad("max_iterations", ">= 1")
         if not 0 <= self.seed < 2**31:

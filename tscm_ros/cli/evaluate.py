@@ -13,7 +13,7 @@ descriptors as ``database.npy`` / ``queries.npy`` when a model ran) and prints a
 ``--sequence L`` adds sequence-matched Recall@N (:mod:`tscm_ros.evaluation.sequence_eval`; database and
 queries must each be one traversal in order) next to the single-frame values.
 ``--verify`` also re-ranks each query's top-K (``--verify-top-k``) by geometric verification
-(:mod:`tscm_ros.evaluation.rerank`) and reports recall@N after re-ranking and the loop-closure
+(:mod:`tscm_ros.pipelines.rerank`) and reports recall@N after re-ranking and the loop-closure
 precision/recall of the re-ranked top-1 over ``min_inliers`` (``results.json`` key ``verification``).
 """
 
@@ -39,7 +39,7 @@ from tscm_ros.cli.common import (
 from tscm_ros.data.dataset import DatasetError, RetrievalDataset
 from tscm_ros.data.registry import load_dataset
 from tscm_ros.evaluation import metrics
-from tscm_ros.evaluation.report import (
+from tscm_ros.pipelines.evaluate import (
     EvaluationError,
     check_ground_truth,
     describe_dataset,

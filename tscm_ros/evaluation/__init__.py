@@ -1,5 +1,6 @@
-"""Evaluation: recall@N / mAP / PR+AP metrics and what ``tscm_evaluate`` (:mod:`tscm_ros.cli.evaluate`)
-reports (:mod:`~tscm_ros.evaluation.report`); datasets live in :mod:`tscm_ros.data`."""
+"""Evaluation metrics only: recall@N, mAP, PR curves and AP, sequence recall. Datasets live in
+:mod:`tscm_ros.data`; describing a dataset, geometric re-ranking and the reports of ``tscm_evaluate`` in
+:mod:`tscm_ros.pipelines.evaluate` and :mod:`tscm_ros.pipelines.rerank`."""
 
 from .metrics import (
     PRCurve,

@@ -15,6 +15,7 @@ from typing import Any
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
 from tscm_ros.config_ranges import field_range
+from tscm_ros.features import FeatureConfig
 from tscm_ros.loop_closure import LoopClosureConfig
 from tscm_ros.placemap import IndexSpec, IndexSpecError
 from tscm_ros.recognition import RecognitionConfig
@@ -27,6 +28,7 @@ DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 DETECTOR_DEFAULTS = LoopClosureConfig()
 VERIFIER_DEFAULTS = VerifierConfig()
 SEQUENCE_DEFAULTS = SequenceConfig()
+FEATURE_DEFAULTS = FeatureConfig()
 
 
 @dataclass(frozen=True)
@@ -422,28 +424,31 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         5,
         "verify the first N candidates of a keyframe (there are at most top_k)",
         False,
-        1,
-        100,
+        *field_range(RecognitionConfig, "verify_top_k"),
     ),
     ParameterSpec(
         "feature_method", "sift", "local features: sift (RootSIFT) or orb (faster)", choices=("sift", "orb")
     ),
-    ParameterSpec("max_keypoints", 1000, "maximum local features per keyframe", False, 16, 20000),
+    ParameterSpec(
+        "max_keypoints",
+        FEATURE_DEFAULTS.max_keypoints,
+        "maximum local features per keyframe",
+        False,
+        *field_range(FeatureConfig, "max_keypoints"),
+    ),
     ParameterSpec(
         "feature_max_side",
-        640,
+        FEATURE_DEFAULTS.max_image_side,
         "working resolution of local features: longer image side in pixels (0 = native)",
         False,
-        0,
-        8192,
+        *field_range(FeatureConfig, "max_image_side"),
     ),
     ParameterSpec(
         "min_inliers",
         VERIFIER_DEFAULTS.min_inliers,
         "inliers needed to accept a candidate",
         False,
-        5,  # the core accepts >= 1 (benchmarks/verification.py counts model inliers from 1)
-        100000,
+        *field_range(VerifierConfig, "min_inliers"),
     ),
     ParameterSpec(
         "min_inlier_ratio",
@@ -481,8 +486,7 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         "with sequence matching and verification: inliers that confirm the best full sequence's match "
         "(other candidates need min_inliers)",
         False,
-        5,
-        100000,
+        *field_range(RecognitionConfig, "sequence_confirm_inliers"),
     ),
     ParameterSpec(
         "sequence_min_speed",

@@ -16,8 +16,7 @@ import numpy as np
 
 from tscm_ros.data.dataset import RetrievalDataset
 from tscm_ros.descriptors import normalize_rows
-
-from . import metrics
+from tscm_ros.evaluation import metrics
 
 LOGGER = logging.getLogger("tscm_evaluate")
 
@@ -138,8 +137,8 @@ def verify_rerank(
 ) -> dict:
     """Re-rank the top-``top_k`` by geometric verification: recall@N after it and, per protocol, the
     precision/recall of the re-ranked top-1 over min_inliers and with the default acceptance rule."""
-    from tscm_ros.evaluation.rerank import accepted_precision_recall, inlier_sweep, rerank_with_verification
     from tscm_ros.features import FeatureConfig
+    from tscm_ros.pipelines.rerank import accepted_precision_recall, inlier_sweep, rerank_with_verification
     from tscm_ros.verification import VerifierConfig
 
     if top_k < 1:
