@@ -195,3 +195,15 @@ def test_documented_import_list_matches_the_code():
     code = unit_edges()
     listing = "\n".join(f"    {unit} -> {' '.join(sorted(code[unit]))}" for unit in sorted(code))
     assert documented == code, f"paste into docs/ARCHITECTURE.md:\n{listing}"
+
+
+def test_every_package_import_names_an_existing_module():
+    """A moved module leaves no import behind (one hidden inside a function fails only when it runs)."""
+    modules = _modules()
+    dangling = [
+        f"{module}: {name}"
+        for module, path in modules.items()
+        for name in _imported_names(path, module, frozenset(modules))
+        if name.split(".")[0] == "tscm_ros" and name not in modules
+    ]
+    assert not dangling

@@ -112,7 +112,7 @@ def evaluate_sequences(
     results: dict,
 ) -> None:
     """Add ``results[protocol]["sequence"][str(L)]``: sequence and single-frame recall@N (same top-K)."""
-    from .sequence_eval import sequence_recall_at_n
+    from tscm_ros.evaluation.sequence_eval import sequence_recall_at_n
 
     database, queries = normalise(database), normalise(queries)
     for name, r in results.items():
