@@ -32,18 +32,11 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from sensor_msgs.msg import Image, PointCloud2  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
-from tscm_ros.images import rgb_to_image_fields  # noqa: E402
-from tscm_ros.ros.messages import byte_array, diagnostic_values, ns_to_stamp, stamp_to_ns  # noqa: E402
-from tscm_ros.ros.testing import NodeProcess, RosProbe, best_effort_qos, reliable_qos  # noqa: E402
+from tscm_ros.ros.messages import diagnostic_values, ns_to_stamp, rgb_image_msg, stamp_to_ns  # noqa: E402
+from tscm_ros.ros.testing import NodeProcess, RosProbe, best_effort_qos, cpu_seconds, reliable_qos  # noqa: E402
 
 NODE = "/place_recognition_node"
 WIDTH, HEIGHT = 640, 480
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process from /proc (seconds)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def describer_time_ms(model_path: str | None, rgb: np.ndarray, repeats: int) -> tuple[float, float]:
@@ -61,12 +54,7 @@ def describer_time_ms(model_path: str | None, rgb: np.ndarray, repeats: int) -> 
 
 
 def make_image(rgb: np.ndarray) -> Image:
-    fields = rgb_to_image_fields(rgb, "rgb8")
-    msg = Image(
-        header=Header(frame_id="camera"), height=HEIGHT, width=WIDTH, encoding="rgb8", step=fields["step"]
-    )
-    msg.data = byte_array(fields["data"])
-    return msg
+    return rgb_image_msg(Header(frame_id="camera"), rgb)
 
 
 def run_rate(

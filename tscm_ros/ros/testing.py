@@ -32,6 +32,12 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 NODE_MODULE = "tscm_ros.ros.place_recognition_node"
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process from /proc (seconds); the benchmarks' node CPU figures."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def reliable_qos(depth: int = 10) -> QoSProfile:
     return QoSProfile(
         history=HistoryPolicy.KEEP_LAST,
