@@ -130,7 +130,7 @@ class NodeUnderTest:
         assert self.process.wait_for_output("ready:", STARTUP_TIMEOUT_S), self.process.output()
         self.ready_s = time.monotonic() - started
         assert probe.wait_for_subscribers(self.images, 1, 20.0), "node did not subscribe to the image topic"
-        assert probe.wait_for_publishers(f"{NODE}/loop_candidates", 1, 20.0)
+        assert probe.wait_for_matched(self.candidates, 1, 20.0), "~/loop_candidates did not match"
         self.discovery_s = time.monotonic() - started - self.ready_s
 
     def publish_and_wait(self, msg: Image | CompressedImage) -> PointCloud2:

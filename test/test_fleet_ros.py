@@ -115,7 +115,7 @@ class Robot:
     def ready(self) -> None:
         assert self.process.wait_for_output("ready:", STARTUP_TIMEOUT_S), self.process.output()
         assert self.probe.wait_for_subscribers(self.images, 1, 20.0), "no image subscription"
-        assert self.probe.wait_for_publishers(f"{self.node}/loop_candidates", 1, 20.0)
+        assert self.probe.wait_for_matched(self.candidates, 1, 20.0), "~/loop_candidates did not match"
 
     def publish_and_wait(self, rgb: np.ndarray, stamp_ns: int) -> PointCloud2:
         start = len(self.candidates.items)

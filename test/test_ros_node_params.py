@@ -3,16 +3,22 @@ one clear line."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import ros_node_support
 from ros_node_support import (
     BASE_PARAMETERS,
     NODE,
+    REF_T0_NS,
     STARTUP_TIMEOUT_S,
     NodeUnderTest,
+    image_message,
+    wait_diagnostics,
 )
 
 from tscm_ros.placemap import PlaceMap
+from tscm_ros.ros.messages import diagnostic_values
 from tscm_ros.ros.testing import NodeProcess
 
 pytestmark = pytest.mark.ros
@@ -20,6 +26,31 @@ pytestmark = pytest.mark.ros
 # module-scoped fixtures: each test file starts its own node
 mapping_node = ros_node_support.mapping_node
 probe = ros_node_support.probe
+corridor = ros_node_support.corridor
+
+
+def _thread_nice(pid: int) -> dict[int, int]:
+    """tid -> niceness of every thread of a process (field 19 of /proc/PID/task/TID/stat)."""
+    nice = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        nice[int(task.name)] = int(fields[16])
+    return nice
+
+
+def test_inference_threads_yield_to_the_executor(mapping_node: NodeUnderTest, corridor):
+    """inference_nice (default 5): the inference (main) thread and its worker pools run at niceness 5, the
+    executor threads that answer services and diagnostics at the process's 0; /diagnostics reports the
+    longest frame."""
+    mapping_node.publish_and_wait(image_message(corridor["ref"][0], REF_T0_NS))
+    pid = mapping_node.process.process.pid
+    nice = _thread_nice(pid)
+    assert nice[pid] == 5, nice  # the main thread runs the inference loop
+    assert sum(value == 5 for value in nice.values()) >= 2, nice  # + the inference library's workers
+    assert sum(value == 0 for value in nice.values()) >= 3, nice  # executor threads (+ DDS) keep 0
+    status = wait_diagnostics(mapping_node.diagnostics, lambda values: "frame_time_max_ms" in values)
+    values = diagnostic_values(status)
+    assert float(values["frame_time_max_ms"]) > 0 and int(values["frames_over_1s"]) == 0, values
 
 
 def test_runtime_parameter_changes_are_validated(mapping_node: NodeUnderTest):

@@ -103,8 +103,8 @@ def test_verified_closures_over_dds_with_camera_info_and_depth(scene_frames, tmp
             assert node.wait_for_output("ready:", STARTUP_TIMEOUT_S), node.output()
             assert probe.wait_for_subscribers(images, 1, 20.0)
             assert probe.wait_for_subscribers(depths, 1, 20.0) and probe.wait_for_subscribers(infos, 1, 20.0)
-            assert probe.wait_for_publishers(f"{NODE}/loop_closures", 1, 20.0)
-            assert probe.wait_for_publishers(f"{NODE}/match_image", 1, 20.0)
+            for collector in (candidates, closures, match_images):
+                assert probe.wait_for_matched(collector, 1, 20.0)
             poses = {}
             for sample, rgb, depth in scene_frames:
                 poses[sample.stamp_ns] = sample

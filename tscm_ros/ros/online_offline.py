@@ -81,7 +81,7 @@ def _replay_into_node(
         with NodeProcess(parameters=node_parameters, remappings=topics, params_file=params_file) as node:
             if not node.wait_for_output("ready:", 300.0):
                 raise RuntimeError(f"node did not start:\n{node.output()}")
-            if not probe.wait_for_publishers(f"{NODE}/loop_candidates", 1, 30.0):
+            if not probe.wait_for_matched(candidates, 1, 30.0):
                 raise RuntimeError("no ~/loop_candidates publisher")
             player = subprocess.run(
                 [sys.executable, "-m", BAG_PLAYER_MODULE, str(bag), "--rate", str(rate),

@@ -192,6 +192,15 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ),
     ParameterSpec("fp16", True, "half precision inference on CUDA (ignored on CPU)", read_only=True),
     ParameterSpec("num_threads", 0, "CPU inference threads (0 = library default)", True, 0, 256),
+    ParameterSpec(
+        "inference_nice",
+        5,
+        "niceness (0-19) of the inference thread and its worker pools; the executor threads keep the "
+        "process's, so services, parameters and diagnostics go first on a busy CPU",
+        True,
+        0,
+        19,
+    ),
     # map
     ParameterSpec("map_path", "", "place map file/directory used by load_map, ~/save_map and autosave", True),
     ParameterSpec("load_map", False, "load map_path at start-up (must exist and match the model)", True),

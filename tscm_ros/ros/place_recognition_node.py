@@ -67,6 +67,7 @@ from tscm_ros.placemap import Pose
 from tscm_ros.poses import NS_PER_S, PoseBuffer
 from tscm_ros.recognition import RecognitionConfig, RecognitionError, RecognitionResult, RecognitionSession
 from tscm_ros.ros import messages
+from tscm_ros.ros.heap import trim_heap
 from tscm_ros.ros.latest_slot import LatestSlot
 from tscm_ros.ros.map_saver import MapSaver, SaveOutcome
 from tscm_ros.ros.parameters import (
@@ -78,7 +79,8 @@ from tscm_ros.ros.parameters import (
     validate,
 )
 from tscm_ros.ros.shutdown import log, run_until_shutdown, shutdown_quietly
-from tscm_ros.ros.stats import DurationStats, LostFrameEstimator, RateMeter, ReasonCounter
+from tscm_ros.ros.stats import DurationStats, LostFrameEstimator, PeakMeter, RateMeter, ReasonCounter
+from tscm_ros.ros.threads import lower_priority, thread_ids
 from tscm_ros.timing import StageTimer
 from tscm_ros.verification import draw_matches
 
@@ -89,6 +91,7 @@ STALE_INPUT_S = 5.0  # diagnostics WARN when no image arrived for this long
 RECENT_PROBLEM_S = 10.0  # bad messages / errors this recent raise the diagnostics level
 BAD_MESSAGE_LOG_PERIOD_S = 5.0
 MAX_MARKER_EDGES = 2000
+HEAP_TRIM_PERIOD_S = 5.0  # freed heap pages back to the OS (ros/heap.py)
 DEPTH_BUFFER = 10  # depth images kept for pairing with colour images by stamp
 STAGES = ("decode", "inference", "features", "retrieve", "select", "sequence", "verify", "publish")
 LOST_FRAMES_WARN = 0.1  # diagnostics WARN when this fraction of the camera's frames never reached the node
@@ -136,7 +139,9 @@ class PlaceRecognitionNode(Node):
         self._config: dict[str, Any] = {spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS}
         self._check_startup_combination()
 
+        started_threads = thread_ids()
         self._describer = self._create_describer()
+        self._inference_pool = thread_ids() - started_threads  # OpenMP / ORT workers (see ros/threads.py)
         self._places = self._create_session()
         self._places.prepare_reset()  # ~/reset_map then only swaps maps
         self._parameter_lock = threading.Lock()  # concurrent parameter sets (service + set_mapping)
@@ -154,6 +159,7 @@ class PlaceRecognitionNode(Node):
         self._input_rate = RateMeter()
         self._processed_rate = RateMeter()
         self._inference_ms = DurationStats()
+        self._frame_time = PeakMeter()  # longest hold of the inference loop by one frame, per /diagnostics
         self._bad_messages = ReasonCounter()
         self._bad_log_times: dict[str, float] = {}
         self._keyframes = 0
@@ -333,6 +339,7 @@ class PlaceRecognitionNode(Node):
         self.create_service(Trigger, "~/reset_map", self._on_reset_map, callback_group=group)
         self.create_service(SetBool, "~/set_mapping", self._on_set_mapping, callback_group=group)
         self.create_timer(1.0, self._publish_diagnostics, callback_group=self._timer_group)
+        self.create_timer(HEAP_TRIM_PERIOD_S, trim_heap, callback_group=self._timer_group)
         self._autosave_timer = None
         self._schedule_autosave(config["autosave_period_s"])
 
@@ -532,17 +539,20 @@ class PlaceRecognitionNode(Node):
         2-core development machine (same model, same thread count), so inference owns the main thread and
         the executor spins in a background thread instead.
         """
+        lower_priority(self._config["inference_nice"], self._inference_pool)
         while not self._slot.closed and rclpy.ok(context=self.context):
             item = self._slot.take(timeout=0.5)
             if item is None:
                 self._places.apply_pending()  # idle: a frame boundary for waiting control requests
                 continue
             msg, _received = item
+            started = time.perf_counter()
             try:
                 self._process(msg)
             except Exception as error:
                 self._record_error(f"processing failed: {type(error).__name__}: {error}")
                 self.get_logger().debug(traceback.format_exc())
+            self._frame_time.add((time.perf_counter() - started) * 1000.0)
 
     def _process(self, msg: Image | CompressedImage) -> None:
         stamp_ns = messages.stamp_to_ns(msg.header.stamp)
@@ -641,7 +651,7 @@ class PlaceRecognitionNode(Node):
             )
         if pose is not None and match_pose is not None:
             self._edges.append((np.asarray(pose.position), np.asarray(match_pose.position)))
-            if config["publish_markers"]:
+            if config["publish_markers"] and self._markers_publisher.get_subscription_count() > 0:
                 self._markers_publisher.publish(messages.loop_edge_markers(map_header, list(self._edges)))
 
     def _note_identities(self, identities) -> None:
@@ -709,6 +719,8 @@ class PlaceRecognitionNode(Node):
             "closures_published": self._closures_published,
             "inference_ms_p50": f"{self._inference_ms.percentile(50):.1f}",
             "inference_ms_p95": f"{self._inference_ms.percentile(95):.1f}",
+            "frame_time_max_ms": f"{self._frame_time.peak(now):.0f}",  # longest frame of the last 5 s
+            "frames_over_1s": self._frame_time.stalls,  # frames that held the inference loop > 1 s
             "map_size": counters.places,
             "max_places": counters.max_places or 0,
             "map_utilisation": f"{counters.utilisation:.3f}" if counters.utilisation is not None else "",

@@ -56,6 +56,35 @@ class DurationStats:
             return float(np.percentile(np.fromiter(self._values, dtype=float), q))
 
 
+class PeakMeter:
+    """The largest duration (ms) of the last ``window_s`` seconds, and how many ever exceeded ``stall_ms``."""
+
+    def __init__(self, window_s: float = 5.0, stall_ms: float = 1000.0) -> None:
+        self._window_s = window_s
+        self._stall_ms = stall_ms
+        self._values: deque[tuple[float, float]] = deque()
+        self._lock = threading.Lock()
+        self.stalls = 0
+
+    def add(self, milliseconds: float, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._values.append((now, milliseconds))
+            self.stalls += milliseconds > self._stall_ms
+            self._trim(now)
+
+    def peak(self, now: float | None = None) -> float:
+        """The largest duration added in the window (NaN: none)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._trim(now)
+            return max((value for _, value in self._values), default=float("nan"))
+
+    def _trim(self, now: float) -> None:
+        while self._values and self._values[0][0] < now - self._window_s:
+            self._values.popleft()
+
+
 class ReasonCounter:
     """Counts of bad messages by reason, plus when the last one happened."""
 

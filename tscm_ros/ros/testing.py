@@ -30,6 +30,7 @@ from rclpy.parameter_client import AsyncParameterClient
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 NODE_MODULE = "tscm_ros.ros.place_recognition_node"
+MATCH_SETTLE_S = 0.3  # after a subscription matched a publisher: time for the writer side to match it
 
 
 def cpu_seconds(pid: int) -> float:
@@ -164,6 +165,7 @@ class Collector:
 
     def __init__(self) -> None:
         self.items: list[tuple[float, Any]] = []
+        self.subscription: Any = None  # set by RosProbe.subscribe
         self._condition = threading.Condition()
 
     def __call__(self, message: Any) -> None:
@@ -212,7 +214,7 @@ class RosProbe:
 
     def subscribe(self, message_type: type, topic: str, qos: QoSProfile | int = 10) -> Collector:
         collector = Collector()
-        self.node.create_subscription(
+        collector.subscription = self.node.create_subscription(
             message_type, topic, collector, qos if not isinstance(qos, int) else qos
         )
         return collector
@@ -229,10 +231,15 @@ class RosProbe:
             time.sleep(0.05)
         return False
 
-    def wait_for_publishers(self, topic: str, count: int = 1, timeout: float = 10.0) -> bool:
+    @staticmethod
+    def wait_for_matched(collector: Collector, count: int = 1, timeout: float = 10.0) -> bool:
+        """Wait until ``collector``'s subscription has matched ``count`` publishers (not just seen them
+        in the graph: a reliable, volatile writer drops what it publishes before it matches a reader), then
+        give the writer side a moment to match back (discovery is not atomic across the two participants)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.node.count_publishers(topic) >= count:
+            if collector.subscription.get_publisher_count() >= count:
+                time.sleep(MATCH_SETTLE_S)
                 return True
             time.sleep(0.05)
         return False
