@@ -12,8 +12,10 @@ Per size (``--sizes 100000,1000000``):
    re-rank depth of ``--table-rerank``, and R@1 over the queries whose own place passes the filter
    ("revisits"; the others ask for the best of unrelated places, a near-tie); ``--compare-fixed-ef`` adds
    the filters keeping >= 10 % with ef_search fixed (the behaviour before the scaling);
-   ``--compare-brute-force N`` adds the filters that ``brute_force_below=N`` would rank exactly (btree)
-   instead of by HNSW, to measure where the exact plan is the cheaper one.
+   ``--compare-unscaled-rerank`` the HNSW-planned filters with the re-rank depth not scaled
+   by the filter (``filtered_rerank_scale=False``); ``--compare-brute-force N`` the filters that
+   ``brute_force_below=N`` would rank exactly (btree) instead of by HNSW, to measure where the exact plan
+   is the cheaper one.
    Next to the strict R@1 (the exact top-1's id), a tolerant R@1 counts a returned top-1 whose exact
    similarity is within ``EPSILON`` = 1e-3 of the exact top-1's -- the convention of ann-benchmarks
    (Aumüller, Bernhardsson, Faithfull: "ANN-Benchmarks", Information Systems 87, 2020;
@@ -461,24 +463,27 @@ def static_pg(uri: str, schema: str, queries: np.ndarray, gt: GroundTruth, filte
                     tolerant,
                 )
             )
-    # (suffix, max_ef_search or None, re-rank depth, brute_force_below)
-    variants = [("", None, depth, args.brute_force_below) for depth in args.table_rerank]
+    # (suffix, max_ef_search or None, re-rank depth, brute_force_below, filtered_rerank_scale)
+    first, bf = args.table_rerank[0], args.brute_force_below
+    variants = [("", None, depth, bf, True) for depth in args.table_rerank]
+    if args.compare_unscaled_rerank:
+        variants.append((" unscaled", None, first, bf, False))
     if args.compare_fixed_ef:
-        depth = args.table_rerank[0]
-        variants.append((" fixed ef", max(args.ef_search, depth), depth, args.brute_force_below))
+        variants.append((" fixed ef", max(args.ef_search, first), first, bf, True))
     if args.compare_brute_force:
-        variants.append(
-            (f" bf<{args.compare_brute_force}", None, args.table_rerank[0], args.compare_brute_force)
-        )
+        variants.append((f" bf<{args.compare_brute_force}", None, first, args.compare_brute_force, True))
     default_exact: dict[str, bool] = {}  # per filter: ranked exactly at the default brute_force_below
-    for suffix, fixed, depth, brute_force_below in variants:
+    for suffix, fixed, depth, brute_force_below, scale in variants:
         settings = SearchSettings(
             mode="reduced", ef_search=args.ef_search, rerank_candidates=depth,
-            brute_force_below=brute_force_below, **({"max_ef_search": fixed} if fixed else {}),
+            brute_force_below=brute_force_below, filtered_rerank_scale=scale,
+            **({"max_ef_search": fixed} if fixed else {}),
         )  # fmt: skip
         with PgPlaceStore(uri, schema=schema, search=settings) as store:
             for name, (_, kwargs, _, share) in filters.items():
                 if name == "all" or (fixed and share < 10):  # fixed ef below 10 %: minutes of slow scans
+                    continue
+                if not scale and default_exact[name]:  # exact plans do not scale
                     continue
                 plan = _plan(store, kwargs)
                 if not suffix:
@@ -504,7 +509,9 @@ def static_pg(uri: str, schema: str, queries: np.ndarray, gt: GroundTruth, filte
         with PgPlaceStore(uri, schema=schema) as store:
             latencies, found = _measure(store, queries[: args.exact_queries], {}, mode="exact")
             r1, o5 = recall(found, gt.ids["all"][: args.exact_queries])
-            rows.append(Row("exact (seq scan)", "all", "exact", latencies, r1, o5))
+            n = args.exact_queries
+            tolerant = tolerant_recall(store, queries[:n], found, gt.sims["all"][:n])
+            rows.append(Row("exact (seq scan)", "all", "exact", latencies, r1, o5, tolerant))
     return rows
 
 
@@ -631,6 +638,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=20_000,
         help="SearchSettings.brute_force_below of the filter table (include filters below: exact btree scan)",
+    )
+    parser.add_argument(
+        "--compare-unscaled-rerank",
+        action="store_true",
+        help="also run the HNSW-planned filters without filtered_rerank_scale (re-rank "
+        "depth fixed at the first --table-rerank: the behaviour before the scaling)",
     )
     parser.add_argument(
         "--compare-brute-force",
