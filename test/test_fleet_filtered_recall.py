@@ -152,7 +152,7 @@ def test_filtered_reduced_queries_rerank_deeper(clustered_reduced) -> None:
         quarter = store.plan(SearchFilter.build(robots=["r1"]), "reduced", 1)
         assert quarter.selectivity == pytest.approx(0.25, rel=0.15)  # planner estimate
         assert quarter.candidates == math.ceil(32 / math.sqrt(quarter.selectivity))  # ~64
-        assert quarter.ef_search == math.ceil(32 / quarter.selectivity) >= quarter.candidates  # ~128
+        assert quarter.ef_search == math.ceil(quarter.candidates / quarter.selectivity)  # ~256
         half = store.plan(SearchFilter.build(robots=["r1", "r2"]), "reduced", 1)
         assert 32 < half.candidates < quarter.candidates
         assert store.plan(SearchFilter.build(robots=["r1"]), "reduced", 100).candidates >= 100  # k first
