@@ -11,7 +11,17 @@ Per size (``--sizes 100000,1000000``):
    sessions excluded -- with the plan the store chose (exact btree scan, or HNSW with its ef_search), per
    re-rank depth of ``--table-rerank``, and R@1 over the queries whose own place passes the filter
    ("revisits"; the others ask for the best of unrelated places, a near-tie); ``--compare-fixed-ef`` adds
-   the filters keeping >= 10 % with ef_search fixed (the behaviour before the scaling).
+   the filters keeping >= 10 % with ef_search fixed (the behaviour before the scaling);
+   ``--compare-unscaled-rerank`` the HNSW-planned filters with the re-rank depth not scaled
+   by the filter (``filtered_rerank_scale=False``); ``--compare-brute-force N`` the filters that
+   ``brute_force_below=N`` would rank exactly (btree) instead of by HNSW, to measure where the exact plan
+   is the cheaper one.
+   Next to the strict R@1 (the exact top-1's id), a tolerant R@1 counts a returned top-1 whose exact
+   similarity is within ``EPSILON`` = 1e-3 of the exact top-1's -- the convention of ann-benchmarks
+   (Aumüller, Bernhardsson, Faithfull: "ANN-Benchmarks", Information Systems 87, 2020;
+   ``ann_benchmarks/plotting/metrics.py``: ``knn_threshold`` = k-th true distance + epsilon, epsilon
+   1e-3), with the similarity recomputed from the stored descriptor; and per filter the median gap between
+   the exact top-1 and top-2 similarities over the non-revisit queries (how near the tie is).
    The local map: unfiltered and two filters.
 3. **Live**: ``--robots`` processes each write a keyframe at ``--rate-hz`` for ``--live-s`` seconds and
    query before every write (search with exclusion windows, then add), against pgvector and, in a second
@@ -54,6 +64,7 @@ ROBOT_OF_SESSION = np.random.default_rng(12345).permutation(
 )  # session -> robot
 CHUNK = 10_000
 FP = "bench-" + "0" * 58
+EPSILON = 1e-3  # tolerant recall: ann-benchmarks' knn_threshold epsilon (similarity within 1e-3 of the top-1)
 
 
 # ---------------------------------------------------------------------------- synthetic data
@@ -371,6 +382,41 @@ def revisit_recall(found: list[list[int]], truth: np.ndarray, revisit: np.ndarra
     return float(np.mean(hits)) if hits else float("nan")
 
 
+def tolerant_recall(store, queries: np.ndarray, found: list[list[int]], truth_sims: np.ndarray) -> float:
+    """R@1 with ann-benchmarks' epsilon: the returned top-1's exact similarity >= exact top-1's - EPSILON.
+
+    The similarity is recomputed here from the descriptor the server stores (half precision, as the ground
+    truth), not taken from the store's answer.
+    """
+    answered = [i for i, f in enumerate(found) if f]
+    if not answered:
+        return 0.0
+    descriptors = store.get_descriptors([found[i][0] for i in answered])
+    sims = np.einsum("ij,ij->i", half(queries[answered]), descriptors)
+    return float(np.sum(sims >= truth_sims[answered, 0] - EPSILON) / len(found))
+
+
+def near_tie_gap(truth_sims: np.ndarray, revisit: np.ndarray) -> float:
+    """Median exact top-1 minus top-2 similarity over the queries whose own place is filtered out."""
+    others = ~revisit
+    return float(np.median(truth_sims[others, 0] - truth_sims[others, 1])) if others.any() else float("nan")
+
+
+@dataclass
+class Row:
+    """One line of the static table."""
+
+    store: str
+    filter: str
+    plan: str
+    latencies: list[float]
+    r1: float
+    overlap5: float
+    tolerant: float = float("nan")
+    revisit: float = float("nan")
+    gap: float = float("nan")
+
+
 def _measure(store, queries: np.ndarray, kwargs: dict, mode: str | None = None) -> tuple[list, list]:
     latencies, found = [], []
     for q in queries:
@@ -381,17 +427,20 @@ def _measure(store, queries: np.ndarray, kwargs: dict, mode: str | None = None) 
     return latencies, found
 
 
-def _plan_label(store, kwargs: dict) -> str:
+def _plan(store, kwargs: dict):
     from tscm_ros.fleet.common import SearchFilter
 
-    plan = store.plan(SearchFilter.build(**kwargs), store.search_mode, 5)
-    return "exact (btree)" if plan.exact else f"hnsw ef {plan.ef_search}"
+    return store.plan(SearchFilter.build(**kwargs), store.search_mode, 5)
 
 
-def static_pg(
-    uri: str, schema: str, queries: np.ndarray, gt: GroundTruth, filters: dict, args
-) -> list[tuple]:
-    """Rows (store, filter, plan, latencies, R@1, ov@5): unfiltered per re-rank depth, then every filter."""
+def _plan_label(plan) -> str:
+    if plan.exact:
+        return "exact (btree)"
+    return f"hnsw ef {plan.ef_search}" + (f" c{plan.candidates}" if plan.candidates else "")
+
+
+def static_pg(uri: str, schema: str, queries: np.ndarray, gt: GroundTruth, filters: dict, args) -> list[Row]:
+    """Rows: unfiltered per re-rank depth, then every filter per variant (re-rank depth, fixed ef, ...)."""
     from tscm_ros.fleet import PgPlaceStore, SearchSettings
 
     rows = []
@@ -402,41 +451,74 @@ def static_pg(
                 store.search(q, 5)
             latencies, found = _measure(store, queries, {})
             r1, o5 = recall(found, gt.ids["all"])
-            rows.append((f"hnsw256+rerank{rerank}", "all", f"hnsw ef {settings.base_ef}", latencies, r1, o5))
-    variants = [("", None, depth) for depth in args.table_rerank]
+            tolerant = tolerant_recall(store, queries, found, gt.sims["all"])
+            rows.append(
+                Row(
+                    f"hnsw256+rerank{rerank}",
+                    "all",
+                    _plan_label(_plan(store, {})),
+                    latencies,
+                    r1,
+                    o5,
+                    tolerant,
+                )
+            )
+    # (suffix, max_ef_search or None, re-rank depth, brute_force_below, filtered_rerank_scale)
+    first, bf = args.table_rerank[0], args.brute_force_below
+    variants = [("", None, depth, bf, True) for depth in args.table_rerank]
+    if args.compare_unscaled_rerank:
+        variants.append((" unscaled", None, first, bf, False))
     if args.compare_fixed_ef:
-        variants.append((" fixed ef", max(args.ef_search, args.table_rerank[0]), args.table_rerank[0]))
-    for suffix, fixed, depth in variants:
+        variants.append((" fixed ef", max(args.ef_search, first), first, bf, True))
+    if args.compare_brute_force:
+        variants.append((f" bf<{args.compare_brute_force}", None, first, args.compare_brute_force, True))
+    default_exact: dict[str, bool] = {}  # per filter: ranked exactly at the default brute_force_below
+    for suffix, fixed, depth, brute_force_below, scale in variants:
         settings = SearchSettings(
             mode="reduced", ef_search=args.ef_search, rerank_candidates=depth,
-            brute_force_below=args.brute_force_below,
+            brute_force_below=brute_force_below, filtered_rerank_scale=scale,
             **({"max_ef_search": fixed} if fixed else {}),
         )  # fmt: skip
         with PgPlaceStore(uri, schema=schema, search=settings) as store:
             for name, (_, kwargs, _, share) in filters.items():
                 if name == "all" or (fixed and share < 10):  # fixed ef below 10 %: minutes of slow scans
                     continue
-                label = _plan_label(store, kwargs)
+                if not scale and default_exact[name]:  # exact plans do not scale
+                    continue
+                plan = _plan(store, kwargs)
+                if not suffix:
+                    default_exact[name] = plan.exact
+                elif brute_force_below != args.brute_force_below and (default_exact[name] or not plan.exact):
+                    continue  # --compare-brute-force: only the filters whose plan it changes
+                label = _plan_label(plan)
                 store.search(queries[0], 5, **kwargs)  # warm the plan estimate
                 latencies, found = _measure(store, queries, kwargs)
                 r1, o5 = recall(found, gt.ids[name])
-                r1 = (r1, revisit_recall(found, gt.ids[name], gt.revisit[name]))
-                rows.append((f"hnsw256+rerank{depth}{suffix}", name, label, latencies, r1, o5))
+                row = Row(
+                    f"hnsw256+rerank{depth}{suffix}", name, label, latencies, r1, o5,
+                    tolerant=tolerant_recall(store, queries, found, gt.sims[name]),
+                    revisit=revisit_recall(found, gt.ids[name], gt.revisit[name]),
+                    gap=near_tie_gap(gt.sims[name], gt.revisit[name]),
+                )  # fmt: skip
+                rows.append(row)
                 log(
                     f"  {name} rerank {depth}{suffix}: {label}, p50 {pct(latencies, 50):.2f} ms, "
-                    f"R@1 {r1[0]:.3f}"
+                    f"R@1 {r1:.3f}, tolerant {row.tolerant:.3f}"
                 )
     if args.exact_queries:
         with PgPlaceStore(uri, schema=schema) as store:
             latencies, found = _measure(store, queries[: args.exact_queries], {}, mode="exact")
             r1, o5 = recall(found, gt.ids["all"][: args.exact_queries])
-            rows.append(("exact (seq scan)", "all", "exact", latencies, r1, o5))
+            n = args.exact_queries
+            tolerant = tolerant_recall(store, queries[:n], found, gt.sims["all"][:n])
+            rows.append(Row("exact (seq scan)", "all", "exact", latencies, r1, o5, tolerant))
     return rows
 
 
 def static_faiss(
-    place_map, spec: str, queries: np.ndarray, gt: GroundTruth, to_fleet: np.ndarray, filters: dict
-) -> list[tuple]:
+    place_map, spec: str, queries: np.ndarray, gt: GroundTruth, to_fleet: np.ndarray, filters: dict, pg_store
+) -> list[Row]:
+    """The local map's rows (the tolerant R@1 reads the answers' descriptors from ``pg_store``)."""
     rows = []
     for q in queries[:20]:
         place_map.search(q, 5)
@@ -452,7 +534,12 @@ def static_faiss(
             latencies.append((time.perf_counter() - t) * 1e3)
             found.append([int(to_fleet[m.place_id]) for m in matches])
         r1, o5 = recall(found, gt.ids[name])
-        rows.append((f"faiss PlaceMap {spec}", name, "exact" if spec == "flat" else spec, latencies, r1, o5))
+        row = Row(f"faiss PlaceMap {spec}", name, "exact" if spec == "flat" else spec, latencies, r1, o5)
+        row.tolerant = tolerant_recall(pg_store, queries, found, gt.sims[name])
+        if name != "all":
+            row.revisit = revisit_recall(found, gt.ids[name], gt.revisit[name])
+            row.gap = near_tie_gap(gt.sims[name], gt.revisit[name])
+        rows.append(row)
     return rows
 
 
@@ -553,6 +640,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="SearchSettings.brute_force_below of the filter table (include filters below: exact btree scan)",
     )
     parser.add_argument(
+        "--compare-unscaled-rerank",
+        action="store_true",
+        help="also run the HNSW-planned filters without filtered_rerank_scale (re-rank "
+        "depth fixed at the first --table-rerank: the behaviour before the scaling)",
+    )
+    parser.add_argument(
+        "--compare-brute-force",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run the filters that brute_force_below=N ranks exactly but the default walks by HNSW",
+    )
+    parser.add_argument(
         "--compare-fixed-ef",
         action="store_true",
         help="also run the filters keeping >= 10 %% with ef_search fixed (no scaling: the old behaviour)",
@@ -599,18 +699,22 @@ def print_load(n: int, timings: dict, args) -> None:
     print(f"  table+TOAST+indexes {timings['table_gb']:.2f} GB, reduced HNSW {timings['hnsw_gb']:.2f} GB")
 
 
-def print_static(n: int, query_count: int, rows: list) -> None:
+def print_static(n: int, query_count: int, rows: list[Row]) -> None:
     print(f"\n## {n} places -- static queries (k=5, {query_count} queries; ms)")
     print(
-        f"  {'store':<32} {'filter':<28} {'plan':<14} {'p50':>7} {'p95':>7} {'R@1':>6} {'ov@5':>6} "
-        f"{'R@1 revisits':>12}"
+        f"  {'store':<34} {'filter':<28} {'plan':<19} {'p50':>7} {'p95':>7} {'R@1':>6} {'R@1~':>6} "
+        f"{'ov@5':>6} {'R@1 revisits':>12} {'gap':>7}"
     )
-    for store, filt, plan, lat, r1, o5 in rows:
-        r1, rev = r1 if isinstance(r1, tuple) else (r1, float("nan"))
-        print(f"  {store:<32} {filt:<28} {plan:<14} {fmt_ms(lat)} {r1:6.3f} {o5:6.3f} {rev:12.3f}")
+    for r in rows:
+        print(
+            f"  {r.store:<34} {r.filter:<28} {r.plan:<19} {fmt_ms(r.latencies)} {r.r1:6.3f} "
+            f"{r.tolerant:6.3f} {r.overlap5:6.3f} {r.revisit:12.3f} {r.gap:7.4f}"
+        )
     print(
-        "  (R@1 revisits: over the queries whose own place passes the filter; the others ask for the "
-        "best of unrelated places, a near-tie)"
+        f"  (R@1~: tolerant, a top-1 within {EPSILON:g} of the exact top-1's similarity counts "
+        "(ann-benchmarks' epsilon); R@1 revisits: over the queries whose own place passes the filter; "
+        "gap: median exact top-1 - top-2 similarity over the others, which ask for the best of unrelated "
+        "places; c: places re-ranked)"
     )
 
 
@@ -662,7 +766,10 @@ def bench_size(n: int, uri: str, workdir: Path, args) -> None:
     log(f"size {n}: static queries")
     rows = static_pg(uri, schema, queries, gt, filters, args)
     if place_map is not None:
-        rows += static_faiss(place_map, spec, queries, gt, to_fleet, filters)
+        from tscm_ros.fleet import PgPlaceStore
+
+        with PgPlaceStore(uri, schema=schema) as pg_store:
+            rows += static_faiss(place_map, spec, queries, gt, to_fleet, filters, pg_store)
     print_load(n, timings, args)
     print_static(n, len(queries), rows)
     run_live(n, uri, schema, synth, place_map, spec, workdir, args)

@@ -313,7 +313,8 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         "map_rerank_candidates",
         64,
         "fleet map, reduced search: places fetched from the PCA-reduced HNSW index and re-ranked exactly on "
-        "the full descriptor (the HNSW walk uses at least this many candidates)",
+        "the full descriptor (the HNSW walk uses at least this many candidates); a query_* filter keeping a "
+        "share s of the map re-ranks this / sqrt(s), up to map_max_ef_search",
         True,
         1,
         1000,
