@@ -119,6 +119,34 @@ def test_exact_search_equals_numpy_brute_force(db: np.ndarray) -> None:
     assert first.utm.zone == "32U" and first.source == "test.mcap:/camera/image_raw"
 
 
+def test_single_queries_run_on_one_faiss_thread_and_restore_the_callers(db: np.ndarray) -> None:
+    """A single query scans on one OpenMP thread (faster on a busy robot CPU); the caller's setting and the
+    results are unchanged."""
+    import faiss
+
+    place_map = PlaceMap.create(DIM)
+    ids = place_map.add(db, metas(len(db)))
+    query = unit_vectors(1, seed=5)
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)
+    try:
+        seen = []
+        original = place_map._index.search
+
+        def spy(*args, **kwargs):
+            seen.append(faiss.omp_get_max_threads())
+            return original(*args, **kwargs)
+
+        place_map._index.search = spy
+        _, found = place_map.search_arrays(query, 3)
+        place_map.search_arrays(unit_vectors(4, seed=6), 3)
+        assert seen == [1, 2]  # one query: one thread; a batch: the caller's
+        assert faiss.omp_get_max_threads() == 2
+        np.testing.assert_array_equal(found[0], ids[np.argsort(-(db @ query[0]))[:3]])
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 def test_ids_are_stable_and_never_reused(db: np.ndarray) -> None:
     place_map = PlaceMap.create(DIM)
     first = place_map.add(db[:5], metas(5))
