@@ -5,9 +5,11 @@ profile, ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` and a private domain, on a 
 synthetic places (built with the PlaceMap API and saved, then loaded by the node, which autosaves to it).
 Publishes demo-scene frames (best-effort sensor QoS) and ``nav_msgs/Odometry`` with the same stamps, moving
 at ``--speed`` m/s around the scene's looping street, so the keyframe travel gate works as on a robot and
-later laps revisit earlier places. In parallel a service storm calls ``~/save_map``, ``~/set_mapping``
-(off/on), ``set_parameters`` (``min_inliers`` 25 <-> 26), ``get_parameters`` and, with ``--reset-map``,
-``~/reset_map``, and times every answer; ``/diagnostics`` gaps are recorded too.
+later laps revisit earlier places. In parallel a service storm, from a process of its own (a separate
+client, as on a robot; in this process its answers queued behind the image publisher), calls
+``~/save_map``, ``~/set_mapping`` (off/on), ``set_parameters`` (``min_inliers`` 25 <-> 26),
+``get_parameters`` and, with ``--reset-map``, ``~/reset_map``, and times every answer; ``/diagnostics`` gaps
+are recorded too.
 
 Measured (printed as markdown tables):
 
@@ -39,7 +41,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing
 import os
+import queue
 import shutil
 import subprocess
 import sys
@@ -287,6 +291,57 @@ class Storm:
                 self._call("reset_map")
 
 
+class StormProcess:
+    """Starts :class:`Storm` in a spawned process; :meth:`stop` collects its timings into ``data``."""
+
+    def __init__(self, pause_s: float, reset_every: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._ready, self._go, self._stop = context.Event(), context.Event(), context.Event()
+        self._results = context.Queue()
+        self._process = context.Process(
+            target=_run_storm,
+            args=(pause_s, reset_every, self._ready, self._go, self._stop, self._results),
+            name="storm",
+            daemon=True,
+        )
+        self._process.start()
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self._ready.wait(timeout)
+
+    def start(self) -> None:
+        self._go.set()
+
+    def stop(self, data: RunData) -> None:
+        self._stop.set()
+        self._go.set()  # a storm that never started still reports (nothing)
+        try:
+            outcome = self._results.get(timeout=SERVICE_TIMEOUT_S + 30)
+        except queue.Empty:
+            outcome = None
+        self._process.join(timeout=10)
+        if self._process.is_alive():
+            self._process.kill()
+        if outcome is not None:
+            data.services, data.failures = outcome
+
+
+def _run_storm(pause_s: float, reset_every: int, ready, go, stop, results) -> None:
+    data = RunData("storm")
+    with RosProbe("soak_storm") as probe:
+        storm = Storm(probe, data, pause_s, reset_every)
+        if not storm.wait_ready(30.0):
+            results.put(None)
+            return
+        ready.set()
+        go.wait()
+        if not stop.is_set():
+            storm.start()
+            stop.wait()
+            storm.stop()
+    results.put((data.services, data.failures))
+
+
 def sampler(pid: int, data: RunData, stop: threading.Event) -> None:
     while not stop.wait(SAMPLE_PERIOD_S):
         try:
@@ -366,8 +421,9 @@ def _drive(
     odom = probe.publisher(Odometry, "/odom", best_effort_qos(10))
     if not probe.wait_for_subscribers(images, 1, 30.0):
         raise RuntimeError("the node did not subscribe to /image")
-    storm = Storm(probe, data, args.storm_pause_s, args.reset_every)
-    if not storm.wait_ready(30.0):
+    storm = StormProcess(args.storm_pause_s, args.reset_every)
+    if not storm.wait_ready(60.0):
+        storm.stop(data)
         raise RuntimeError("the node's services are not available")
     time.sleep(1.0)  # let the descriptor subscription match too
     stop = threading.Event()
@@ -399,7 +455,7 @@ def _drive(
         data.end = time.time()
         time.sleep(2.0)  # the last frame in flight
     finally:
-        storm.stop()
+        storm.stop(data)
         stop.set()
         sampling.join(timeout=5)
     data.outputs = [(when, stamp_to_ns(m.header.stamp)) for when, m in descriptors.items]
