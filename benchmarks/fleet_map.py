@@ -10,10 +10,11 @@ Per size (``--sizes 100000,1000000``):
    of filters keeping ~1/5/10/25/50/75 % of the map -- robots included, robots excluded, sessions included,
    sessions excluded -- with the plan the store chose (exact btree scan, or HNSW with its ef_search), per
    re-rank depth of ``--table-rerank``, and R@1 over the queries whose own place passes the filter
-   ("revisits"; the others ask for the best of unrelated places, a near-tie); ``--compare-fixed-ef`` adds
+   ("revisits"; the others ask for the best of unrelated places); ``--compare-fixed-ef`` adds
    the filters keeping >= 10 % with ef_search fixed (the behaviour before the scaling);
    ``--compare-unscaled-rerank`` the HNSW-planned filters with the re-rank depth not scaled
-   by the filter (``filtered_rerank_scale=False``); ``--compare-brute-force N`` the filters that
+   by the filter (``filtered_rerank_scale=False``); ``--compare-ef-factor F`` the HNSW-planned filters
+   walking F times deeper (``filtered_ef_factor``); ``--compare-brute-force N`` the filters that
    ``brute_force_below=N`` would rank exactly (btree) instead of by HNSW, to measure where the exact plan
    is the cheaper one.
    Next to the strict R@1 (the exact top-1's id), a tolerant R@1 counts a returned top-1 whose exact
@@ -463,32 +464,35 @@ def static_pg(uri: str, schema: str, queries: np.ndarray, gt: GroundTruth, filte
                     tolerant,
                 )
             )
-    # (suffix, max_ef_search or None, re-rank depth, brute_force_below, filtered_rerank_scale)
-    first, bf = args.table_rerank[0], args.brute_force_below
-    variants = [("", None, depth, bf, True) for depth in args.table_rerank]
+    # (suffix, re-rank depth, SearchSettings overrides)
+    first = args.table_rerank[0]
+    variants: list[tuple[str, int, dict]] = [("", depth, {}) for depth in args.table_rerank]
     if args.compare_unscaled_rerank:
-        variants.append((" unscaled", None, first, bf, False))
+        variants.append((" unscaled", first, {"filtered_rerank_scale": False}))
+    if args.compare_ef_factor:
+        factor = args.compare_ef_factor
+        variants.append((f" ef x{factor:g}", first, {"filtered_ef_factor": factor}))
     if args.compare_fixed_ef:
-        variants.append((" fixed ef", max(args.ef_search, first), first, bf, True))
+        variants.append((" fixed ef", first, {"max_ef_search": max(args.ef_search, first)}))
     if args.compare_brute_force:
-        variants.append((f" bf<{args.compare_brute_force}", None, first, args.compare_brute_force, True))
-    default_exact: dict[str, bool] = {}  # per filter: ranked exactly at the default brute_force_below
-    for suffix, fixed, depth, brute_force_below, scale in variants:
+        bf = args.compare_brute_force
+        variants.append((f" bf<{bf}", first, {"brute_force_below": bf}))
+    default_exact: dict[str, bool] = {}  # per filter: ranked exactly with the default settings
+    for suffix, depth, overrides in variants:
         settings = SearchSettings(
             mode="reduced", ef_search=args.ef_search, rerank_candidates=depth,
-            brute_force_below=brute_force_below, filtered_rerank_scale=scale,
-            **({"max_ef_search": fixed} if fixed else {}),
+            **{"brute_force_below": args.brute_force_below, **overrides},
         )  # fmt: skip
         with PgPlaceStore(uri, schema=schema, search=settings) as store:
             for name, (_, kwargs, _, share) in filters.items():
-                if name == "all" or (fixed and share < 10):  # fixed ef below 10 %: minutes of slow scans
+                if name == "all" or ("max_ef_search" in overrides and share < 10):  # minutes of slow scans
                     continue
-                if not scale and default_exact[name]:  # exact plans do not scale
-                    continue
+                if suffix and "brute_force_below" not in overrides and default_exact[name]:
+                    continue  # the variants change the walk: exact plans stay as they are
                 plan = _plan(store, kwargs)
                 if not suffix:
                     default_exact[name] = plan.exact
-                elif brute_force_below != args.brute_force_below and (default_exact[name] or not plan.exact):
+                elif "brute_force_below" in overrides and (default_exact[name] or not plan.exact):
                     continue  # --compare-brute-force: only the filters whose plan it changes
                 label = _plan_label(plan)
                 store.search(queries[0], 5, **kwargs)  # warm the plan estimate
@@ -644,6 +648,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also run the HNSW-planned filters without filtered_rerank_scale (re-rank "
         "depth fixed at the first --table-rerank: the behaviour before the scaling)",
+    )
+    parser.add_argument(
+        "--compare-ef-factor",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="also run the HNSW-planned filters walking F times deeper (SearchSettings.filtered_ef_factor)",
     )
     parser.add_argument(
         "--compare-brute-force",

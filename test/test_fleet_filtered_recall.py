@@ -13,6 +13,7 @@ under a filter keeping a share ``s`` (``SearchSettings.filtered_rerank_scale``);
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -158,11 +159,20 @@ def test_filtered_reduced_queries_rerank_deeper(clustered_reduced) -> None:
         assert store.plan(SearchFilter.build(robots=["r1"]), "reduced", 100).candidates >= 100  # k first
         assert store.plan(SearchFilter.build(robots=["r1"]), "full", 1).candidates == 1  # full: no re-rank
     tight = SearchSettings(
-        mode="reduced", ef_search=32, rerank_candidates=32, brute_force_below=0, max_ef_search=40
-    )
+        mode="reduced", ef_search=32, rerank_candidates=32, brute_force_below=0, max_ef_search=40,
+        capped_exact_below=0,
+    )  # fmt: skip
     with PgPlaceStore(uri, schema=name, search=tight) as store:  # max_ef_search caps both
         plan = store.plan(SearchFilter.build(robots=["r1"]), "reduced", 1)
-        assert (plan.ef_search, plan.candidates) == (40, 40)
+        assert (plan.exact, plan.ef_search, plan.candidates) == (False, 40, 40)
+    capped = dataclasses.replace(tight, capped_exact_below=60_000)
+    with PgPlaceStore(uri, schema=name, search=capped) as store:  # a truncated walk: exact below 60k rows
+        assert store.plan(SearchFilter.build(robots=["r1"]), "reduced", 1).exact
+        assert not store.plan(SearchFilter.build(), "reduced", 1).exact  # unfiltered: never
+    deeper = SearchSettings(mode="reduced", ef_search=32, rerank_candidates=32, brute_force_below=0)
+    with PgPlaceStore(uri, schema=name, search=dataclasses.replace(deeper, filtered_ef_factor=2.0)) as store:
+        plan = store.plan(SearchFilter.build(robots=["r1"]), "reduced", 1)
+        assert plan.ef_search == min(1000, math.ceil(2 * plan.candidates / plan.selectivity))
     off = SearchSettings(
         mode="reduced", ef_search=32, rerank_candidates=32, brute_force_below=0, filtered_rerank_scale=False
     )
@@ -174,6 +184,10 @@ def test_filtered_reduced_queries_rerank_deeper(clustered_reduced) -> None:
         assert plan.exact and plan.candidates == 64
     with pytest.raises(ValueError, match="filtered_rerank_scale"):
         SearchSettings(filtered_rerank_scale=1)
+    with pytest.raises(ValueError, match="filtered_ef_factor"):
+        SearchSettings(filtered_ef_factor=0.5)
+    with pytest.raises(ValueError, match="capped_exact_below"):
+        SearchSettings(capped_exact_below=-1)
 
 
 def test_deeper_filtered_rerank_finds_the_exact_top1(clustered_reduced) -> None:
