@@ -507,9 +507,13 @@ def _minute_rows(data: RunData, latencies: list[tuple[float, float]]) -> list[di
                 "stalls": _number(_diag_at(data, t1), "frames_over_1s")
                 - _number(_diag_at(data, t0), "frames_over_1s"),
                 "frame_max_ms": max(
-                    (_number(v, "frame_time_max_ms") for when, v in data.diagnostics if t0 <= when < t1),
+                    (
+                        value
+                        for when, v in data.diagnostics
+                        if t0 <= when < t1 and (value := _number(v, "frame_time_max_ms")) == value
+                    ),
                     default=float("nan"),
-                ),
+                ),  # NaN (no frame in the last 5 s) skipped: max() would return a leading NaN
                 "published": sum(1 for t in data.publish_times if t0 <= t < t1),
             }
         )
@@ -570,7 +574,9 @@ def summarise(data: RunData) -> dict:
         "rows": rows,
         "latency": percentiles([ms for _, ms in latencies]),
         "stalls": _number(last_diag, "frames_over_1s") - _number(first_diag, "frames_over_1s"),
-        "frame_max_ms": max((r["frame_max_ms"] for r in rows), default=float("nan")),
+        "frame_max_ms": max(
+            (r["frame_max_ms"] for r in rows if r["frame_max_ms"] == r["frame_max_ms"]), default=float("nan")
+        ),
         "output_gaps": output_gaps,
         "rss_slope_kb_per_place": _rss_slope_kb_per_place(data),
         "processed_hz": processed_hz,
