@@ -481,6 +481,12 @@ def _number(values: dict[str, str], key: str) -> float:
         return float("nan")
 
 
+def _finite_max(values) -> float:
+    """The largest non-NaN value (NaN: none); a NaN frame time means no frame in that window, and max()
+    would return a leading NaN."""
+    return max((value for value in values if value == value), default=float("nan"))
+
+
 def _minute_rows(data: RunData, latencies: list[tuple[float, float]]) -> list[dict]:
     """One row per minute: RSS, CPU, map size, outputs, latency percentiles, stalls, frames published."""
     minutes = max(1, math.ceil((data.end - data.start - 1.0) / 60.0))  # a last second: no row
@@ -506,14 +512,9 @@ def _minute_rows(data: RunData, latencies: list[tuple[float, float]]) -> list[di
                 "p99": percentiles(lat)[2],
                 "stalls": _number(_diag_at(data, t1), "frames_over_1s")
                 - _number(_diag_at(data, t0), "frames_over_1s"),
-                "frame_max_ms": max(
-                    (
-                        value
-                        for when, v in data.diagnostics
-                        if t0 <= when < t1 and (value := _number(v, "frame_time_max_ms")) == value
-                    ),
-                    default=float("nan"),
-                ),  # NaN (no frame in the last 5 s) skipped: max() would return a leading NaN
+                "frame_max_ms": _finite_max(
+                    _number(v, "frame_time_max_ms") for when, v in data.diagnostics if t0 <= when < t1
+                ),
                 "published": sum(1 for t in data.publish_times if t0 <= t < t1),
             }
         )
@@ -574,9 +575,7 @@ def summarise(data: RunData) -> dict:
         "rows": rows,
         "latency": percentiles([ms for _, ms in latencies]),
         "stalls": _number(last_diag, "frames_over_1s") - _number(first_diag, "frames_over_1s"),
-        "frame_max_ms": max(
-            (r["frame_max_ms"] for r in rows if r["frame_max_ms"] == r["frame_max_ms"]), default=float("nan")
-        ),
+        "frame_max_ms": _finite_max(r["frame_max_ms"] for r in rows),
         "output_gaps": output_gaps,
         "rss_slope_kb_per_place": _rss_slope_kb_per_place(data),
         "processed_hz": processed_hz,

@@ -621,7 +621,7 @@ class PgPlaceStore:
         base = max(s.base_ef, candidates)
         if mode == "exact" or base > MAX_EF_SEARCH:  # k beyond what HNSW may return: rank exactly
             return QueryPlan(True, min(base, MAX_EF_SEARCH), s.max_scan_tuples)
-        selectivity = 1.0
+        selectivity, rows = 1.0, None
         if filt.restricts_identity:
             identity = SearchFilter(
                 robots=filt.robots, exclude_robots=filt.exclude_robots, sessions=filt.sessions,
@@ -630,36 +630,30 @@ class PgPlaceStore:
             rows = self._estimate_rows(identity)
             total = max(self._estimate_rows(SearchFilter()), 1.0)
             selectivity = min(1.0, max(rows, 1.0) / total)
-            if rows < self._exact_limit(mode, candidates, selectivity):
-                return self._exact_plan(filt, base, selectivity, candidates)
-        ef = min(max(s.max_ef_search, base), math.ceil(base / selectivity))
+        depth, walk = candidates, None  # re-rank depth, and the scaled walk (None: not scaled)
         if mode == "reduced" and s.filtered_rerank_scale and selectivity < 1.0:
             cap = max(s.max_ef_search, candidates)
-            candidates = self._filtered_candidates(candidates, selectivity)
-            walk = math.ceil(s.filtered_ef_factor * candidates / selectivity)
-            ef = max(ef, min(cap, walk))  # the walk, not the re-rank, missed the exact top-1
-        scan = max(s.max_scan_tuples, math.ceil(2 * candidates / selectivity))
-        return QueryPlan(False, ef, scan, selectivity, candidates=candidates)
+            depth = min(cap, math.ceil(candidates / math.sqrt(selectivity)))
+            walk = math.ceil(s.filtered_ef_factor * depth / selectivity)
+        if rows is not None and rows < self._exact_limit(mode, walk):
+            return self._exact_plan(filt, base, selectivity, candidates)
+        ef = min(max(s.max_ef_search, base), math.ceil(base / selectivity))
+        if walk is not None:
+            ef = max(ef, min(max(s.max_ef_search, candidates), walk))  # the walk, not the re-rank, missed
+        scan = max(s.max_scan_tuples, math.ceil(2 * depth / selectivity))
+        return QueryPlan(False, ef, scan, selectivity, candidates=depth)
 
-    def _filtered_candidates(self, candidates: int, selectivity: float) -> int:
-        """Re-rank depth of a reduced-mode HNSW walk under a filter keeping ``selectivity`` of the rows."""
-        cap = max(self.settings.max_ef_search, candidates)
-        return min(cap, math.ceil(candidates / math.sqrt(selectivity)))
-
-    def _exact_limit(self, mode: str, candidates: int, selectivity: float) -> float:
+    def _exact_limit(self, mode: str, walk: int | None) -> int:
         """Filtered sets smaller than this are ranked exactly: ``brute_force_below`` rows, or in reduced mode
-        ``capped_exact_below`` when the scaled walk would need more than ``max_ef_search`` (pgvector's cap
+        ``capped_exact_below`` when the scaled ``walk`` would need more than ``max_ef_search`` (pgvector's cap
         truncates it: at 1M places a 5 % robot filter walked ef 1000 in 57 ms for R@1 0.980, the exact scan
         of its 50k reduced rows took 36 ms for 1.000). Full mode: an eighth (8x the bytes per row)."""
         s = self.settings
         if mode != "reduced":
             return s.brute_force_below // 8
-        limit = s.brute_force_below
-        if s.filtered_rerank_scale and selectivity < 1.0:
-            depth = self._filtered_candidates(candidates, selectivity)
-            if s.filtered_ef_factor * depth / selectivity > s.max_ef_search:
-                limit = max(limit, s.capped_exact_below)
-        return limit
+        if walk is not None and walk > s.max_ef_search:
+            return max(s.brute_force_below, s.capped_exact_below)
+        return s.brute_force_below
 
     def _exact_plan(self, filt: SearchFilter, base: int, selectivity: float, candidates: int) -> QueryPlan:
         """The btree plan; an exclude-only filter is rewritten as the robots / sessions it leaves."""
