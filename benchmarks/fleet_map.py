@@ -22,7 +22,7 @@ Per size (``--sizes 100000,1000000``):
    (Aumüller, Bernhardsson, Faithfull: "ANN-Benchmarks", Information Systems 87, 2020;
    ``ann_benchmarks/plotting/metrics.py``: ``knn_threshold`` = k-th true distance + epsilon, epsilon
    1e-3), with the similarity recomputed from the stored descriptor; and per filter the median gap between
-   the exact top-1 and top-2 similarities over the non-revisit queries (how near the tie is).
+   the exact top-1 and top-2 similarities over the non-revisit queries (how close the runner-up is).
    The local map: unfiltered and two filters.
 3. **Live**: ``--robots`` processes each write a keyframe at ``--rate-hz`` for ``--live-s`` seconds and
    query before every write (search with exclusion windows, then add), against pgvector and, in a second
@@ -397,7 +397,7 @@ def tolerant_recall(store, queries: np.ndarray, found: list[list[int]], truth_si
     return float(np.sum(sims >= truth_sims[answered, 0] - EPSILON) / len(found))
 
 
-def near_tie_gap(truth_sims: np.ndarray, revisit: np.ndarray) -> float:
+def runner_up_gap(truth_sims: np.ndarray, revisit: np.ndarray) -> float:
     """Median exact top-1 minus top-2 similarity over the queries whose own place is filtered out."""
     others = ~revisit
     return float(np.median(truth_sims[others, 0] - truth_sims[others, 1])) if others.any() else float("nan")
@@ -502,7 +502,7 @@ def static_pg(uri: str, schema: str, queries: np.ndarray, gt: GroundTruth, filte
                     f"hnsw256+rerank{depth}{suffix}", name, label, latencies, r1, o5,
                     tolerant=tolerant_recall(store, queries, found, gt.sims[name]),
                     revisit=revisit_recall(found, gt.ids[name], gt.revisit[name]),
-                    gap=near_tie_gap(gt.sims[name], gt.revisit[name]),
+                    gap=runner_up_gap(gt.sims[name], gt.revisit[name]),
                 )  # fmt: skip
                 rows.append(row)
                 log(
@@ -542,7 +542,7 @@ def static_faiss(
         row.tolerant = tolerant_recall(pg_store, queries, found, gt.sims[name])
         if name != "all":
             row.revisit = revisit_recall(found, gt.ids[name], gt.revisit[name])
-            row.gap = near_tie_gap(gt.sims[name], gt.revisit[name])
+            row.gap = runner_up_gap(gt.sims[name], gt.revisit[name])
         rows.append(row)
     return rows
 
