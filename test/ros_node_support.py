@@ -142,7 +142,9 @@ class NodeUnderTest:
             return any(stamp_to_ns(m.header.stamp) == stamp_ns for m in items[start:])
 
         self.images.publish(msg)
-        assert self.candidates.wait_for(answered, FRAME_TIMEOUT_S), f"no output for stamp {stamp_ns}"
+        assert self.candidates.wait_for(answered, FRAME_TIMEOUT_S), (
+            f"no output for stamp {stamp_ns}; node output:\n{self.process.output()[-4000:]}"
+        )
         assert self.process.process.poll() is None
         return next(m for m in self.candidates.messages[start:] if stamp_to_ns(m.header.stamp) == stamp_ns)
 

@@ -224,9 +224,13 @@ class RosProbe:
 
     @staticmethod
     def wait_for_subscribers(publisher, count: int = 1, timeout: float = 10.0) -> bool:
+        """Wait until ``publisher`` has matched ``count`` subscriptions, then give their side a moment to
+        match it back: a reader discards samples of a writer it has not matched yet (discovery is not
+        atomic across the two participants; best-effort samples are then lost)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if publisher.get_subscription_count() >= count:
+                time.sleep(MATCH_SETTLE_S)
                 return True
             time.sleep(0.05)
         return False
