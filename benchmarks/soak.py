@@ -26,7 +26,9 @@ Measured (printed as markdown tables):
   ``processed_Hz / (0.6 / inference_s)`` (issue #10: >= 1);
 * RSS growth per place: the least-squares slope of the node's RSS against the map size over the samples
   after the first minute (start-up excluded; a fit, because RSS moves +-40 MiB with transient buffers),
-  and the plain end-to-end ratio next to it;
+  the same slope for each part (RssAnon, RssFile, RssShmem), the plain end-to-end ratio, and the slope of
+  the per-minute RSS floor (each minute's lowest sample): the growth that stays once the worker threads'
+  transient buffers (glibc thread arenas of ~19 MiB that come and go) are left out;
 * the autosave cost at ``--preload-places`` places with 100 new places (incremental ``PlaceMap.save``,
   measured in this process before the node starts; goal < 50 ms at 30k).
 
@@ -69,6 +71,7 @@ from std_msgs.msg import Header  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 
 from tscm_ros.ros.messages import diagnostic_values, ns_to_stamp, rgb_image_msg, stamp_to_ns  # noqa: E402
+from tscm_ros.ros.place_recognition_node import DEFAULT_EXECUTOR, EXECUTORS  # noqa: E402
 from tscm_ros.ros.testing import RosProbe, best_effort_qos, cpu_seconds, reliable_qos, ros_arguments  # noqa: E402
 
 NODE = "/place_recognition_node"
@@ -81,12 +84,17 @@ SAMPLE_PERIOD_S = 1.0
 # ----------------------------------------------------------------------------------------- helpers
 
 
-def rss_mb(pid: int) -> float:
-    """VmRSS of a process from /proc/PID/status (MiB)."""
+RSS_PARTS = ("RssAnon", "RssFile", "RssShmem")  # VmRSS = their sum (/proc/PID/status)
+
+
+def rss_mb(pid: int) -> tuple[float, ...]:
+    """VmRSS and its parts (RSS_PARTS) of a process from /proc/PID/status (MiB)."""
+    values = dict.fromkeys(("VmRSS", *RSS_PARTS), float("nan"))
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024.0
-    return float("nan")
+        key, _, value = line.partition(":")
+        if key in values:
+            values[key] = int(value.split()[0]) / 1024.0
+    return tuple(values.values())
 
 
 def percentiles(values: list[float], qs: tuple[float, ...] = (50, 95, 99)) -> list[float]:
@@ -216,6 +224,7 @@ class RunData:
     published: dict[int, float] = field(default_factory=dict)  # stamp ns -> wall publish time
     publish_times: list[float] = field(default_factory=list)
     samples: list[tuple[float, float, float]] = field(default_factory=list)  # (wall, rss MiB, cpu s)
+    rss_parts: list[tuple[float, ...]] = field(default_factory=list)  # per sample: RSS_PARTS (MiB)
     services: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # name -> (wall, ms)
     failures: dict[str, int] = field(default_factory=dict)
     diagnostics: list[tuple[float, dict[str, str]]] = field(default_factory=list)
@@ -345,7 +354,9 @@ def _run_storm(pause_s: float, reset_every: int, ready, go, stop, results) -> No
 def sampler(pid: int, data: RunData, stop: threading.Event) -> None:
     while not stop.wait(SAMPLE_PERIOD_S):
         try:
-            data.samples.append((time.time(), rss_mb(pid), cpu_seconds(pid)))
+            rss, *parts = rss_mb(pid)
+            data.samples.append((time.time(), rss, cpu_seconds(pid)))
+            data.rss_parts.append(tuple(parts))
         except (OSError, ValueError):
             return
 
@@ -504,6 +515,7 @@ def _minute_rows(data: RunData, latencies: list[tuple[float, float]]) -> list[di
             {
                 "minute": m + 1,
                 "rss_mb": in_minute[-1][1] if in_minute else float("nan"),
+                "rss_floor_mb": min((s[1] for s in in_minute), default=float("nan")),
                 "cpu_s_per_min": (cpu1 - cpu0) * 60.0 / span if span > 0 else float("nan"),
                 "map_size": _number(diag, "map_size"),
                 "outputs": len(lat),
@@ -521,14 +533,26 @@ def _minute_rows(data: RunData, latencies: list[tuple[float, float]]) -> list[di
     return rows
 
 
-def _rss_slope_kb_per_place(data: RunData) -> float:
-    """Least-squares slope of RSS (KiB) against the map size, over the samples after the first minute."""
+def _rss_slope_kb_per_place(data: RunData, part: int | None = None) -> float:
+    """Least-squares slope of RSS (KiB) against the map size, over the samples after the first minute;
+    ``part``: of that RSS_PARTS entry instead."""
     points = [
-        (_number(_diag_at(data, when), "map_size"), rss * 1024.0)
-        for when, rss, _cpu in data.samples
+        (_number(_diag_at(data, when), "map_size"), (rss if part is None else parts[part]) * 1024.0)
+        for (when, rss, _cpu), parts in zip(data.samples, data.rss_parts, strict=True)
         if when >= data.start + 60.0
     ]
     points = [(places, rss) for places, rss in points if places == places]
+    if len(points) < 3 or max(p for p, _ in points) <= min(p for p, _ in points):
+        return float("nan")
+    places, rss = np.array(points).T
+    return float(np.polyfit(places, rss, 1)[0])
+
+
+def _rss_floor_slope_kb_per_place(rows: list[dict]) -> float:
+    """Least-squares slope of each minute's lowest RSS (KiB) against the map size at its end, after the
+    first minute: the growth that stays, without the transient buffers (+-20-40 MiB) of the worker threads."""
+    points = [(r["map_size"], r["rss_floor_mb"] * 1024.0) for r in rows[1:]]
+    points = [(places, rss) for places, rss in points if places == places and rss == rss]
     if len(points) < 3 or max(p for p, _ in points) <= min(p for p, _ in points):
         return float("nan")
     places, rss = np.array(points).T
@@ -578,6 +602,8 @@ def summarise(data: RunData) -> dict:
         "frame_max_ms": _finite_max(r["frame_max_ms"] for r in rows),
         "output_gaps": output_gaps,
         "rss_slope_kb_per_place": _rss_slope_kb_per_place(data),
+        "rss_floor_slope_kb_per_place": _rss_floor_slope_kb_per_place(rows),
+        "rss_part_slopes": {name: _rss_slope_kb_per_place(data, i) for i, name in enumerate(RSS_PARTS)},
         "processed_hz": processed_hz,
         "keyframe_hz": keyframes / elapsed if elapsed > 0 else float("nan"),
         "published_hz": len(data.publish_times) / elapsed if elapsed > 0 else float("nan"),
@@ -616,6 +642,7 @@ def report(data: RunData, summary: dict) -> None:
                 "keyframe outputs",
                 "map places",
                 "node RSS MiB",
+                "RSS floor MiB",
                 "node CPU s/min",
                 "latency p50 ms",
                 "p95 ms",
@@ -630,6 +657,7 @@ def report(data: RunData, summary: dict) -> None:
                     r["outputs"],
                     f"{r['map_size']:.0f}",
                     f1(r["rss_mb"]),
+                    f1(r["rss_floor_mb"]),
                     f1(r["cpu_s_per_min"]),
                     f1(r["p50"]),
                     f1(r["p95"]),
@@ -667,8 +695,11 @@ def report(data: RunData, summary: dict) -> None:
     places0, places1 = summary["places"]
     print(
         f"map: {places0:.0f} -> {places1:.0f} places; RSS growth {summary['rss_slope_kb_per_place']:.1f} KB "
-        f"per place (least-squares slope after minute 1; end of minute 1 -> end: "
-        f"{summary['rss_kb_per_place']:.1f} KB)  [goal: <= 10 KB]"
+        f"per place (least-squares slope of every sample after minute 1; end of minute 1 -> end: "
+        f"{summary['rss_kb_per_place']:.1f} KB; by part: "
+        + ", ".join(f"{name} {kb:.1f}" for name, kb in summary["rss_part_slopes"].items())
+        + f"); RSS floor growth {summary['rss_floor_slope_kb_per_place']:.1f} KB per place (slope of the "
+        "per-minute minima after minute 1)  [goal: <= 10 KB]"
     )
     print(
         f"node CPU: {summary['cpu_s_per_min']:.1f} s per minute ({summary['cpu_s_per_min'] / 60 * 100:.0f} % "
@@ -728,7 +759,7 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=30.0, help="publishing time per executor")
     parser.add_argument("--rate", type=float, default=30.0, help="image (and odometry) rate, Hz")
     parser.add_argument("--speed", type=float, default=1.5, help="robot speed along the loop, m/s")
-    parser.add_argument("--executor", default="multi_threaded", choices=("multi_threaded", "events", "both"))
+    parser.add_argument("--executor", default=DEFAULT_EXECUTOR, choices=(*EXECUTORS, "both"))
     parser.add_argument(
         "--preload-places",
         type=int,

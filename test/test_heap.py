@@ -1,7 +1,11 @@
-"""tscm_ros.ros.heap.trim_heap: freed heap pages between live blocks go back to the OS."""
+"""tscm_ros.ros.heap: trim_heap gives freed heap pages between live blocks back to the OS;
+limit_heap_arenas serves every thread from one glibc arena."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from tscm_ros.ros.heap import trim_heap
@@ -27,3 +31,48 @@ def test_trim_heap_returns_freed_pages_between_live_blocks():
     freed = BLOCKS * BLOCK * (15 / 16) / 2**20
     assert before - after > 0.5 * freed, (before, after, freed)
     assert len(kept) == BLOCKS // 16
+
+
+ARENA_PROBE = """
+import ctypes, ctypes.util, os, sys, tempfile, threading
+from tscm_ros.ros.heap import limit_heap_arenas
+limited = limit_heap_arenas() if sys.argv[1] == "limit" else False
+def work():
+    blocks = [bytearray(4096) for _ in range(100)]  # malloc in this thread: it takes an arena
+    done.wait()
+done = threading.Event()
+threads = [threading.Thread(target=work) for _ in range(4)]
+for t in threads:
+    t.start()
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+path = os.path.join(tempfile.mkdtemp(), "malloc_info.xml")
+stream = libc.fopen(path.encode(), b"w")
+libc.malloc_info(0, stream)
+libc.fclose(stream)
+done.set()
+print(limited, open(path).read().count("<heap nr="))
+"""
+
+
+def _arenas(mode: str, env: dict[str, str] | None = None) -> tuple[bool, int]:
+    """(limit_heap_arenas() returned, glibc heap arenas in use): a fresh process, 4 allocating threads."""
+    environment = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"} | (env or {})
+    result = subprocess.run(
+        [sys.executable, "-c", ARENA_PROBE, mode], capture_output=True, text=True, env=environment, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    limited, heaps = result.stdout.split()
+    return limited == "True", int(heaps)
+
+
+def test_limit_heap_arenas_serves_every_thread_from_one_arena():
+    assert _arenas("plain") == (False, 5)  # glibc's default: an arena per thread (4 threads + main)
+    assert _arenas("limit") == (True, 1)
+
+
+def test_malloc_arena_max_in_the_environment_wins():
+    assert _arenas("limit", {"MALLOC_ARENA_MAX": "3"}) == (False, 3)

@@ -4,7 +4,8 @@ The node runs with a slow map write (test/slow_save_node.py: each write phase sl
 autosave every 0.5 s, while frames stream and two clients storm it: one calls ~/save_map in a loop, the
 other ~/reset_map, ~/set_mapping, set_parameters and get_parameters. Every call but save_map must answer
 within 200 ms (p99); save_map answers once its own save is written; frames keep being processed while
-saves write; /diagnostics keeps its 1 Hz; the map on disk afterwards is whole.
+saves write; /diagnostics keeps its 1 Hz; the map on disk afterwards is whole. Both executors: the
+single-threaded EventsExecutor (default) holds nothing while ~/save_map awaits its write.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from std_srvs.srv import SetBool, Trigger
 from tscm_ros.images import rgb_to_image_fields
 from tscm_ros.placemap import PlaceMap
 from tscm_ros.ros.messages import byte_array, diagnostic_values, ns_to_stamp
+from tscm_ros.ros.place_recognition_node import EXECUTOR_ENV, EXECUTORS
 from tscm_ros.ros.testing import NodeProcess, RosProbe, reliable_qos
 
 pytestmark = pytest.mark.ros
@@ -75,7 +77,8 @@ def node_values(msg: DiagnosticArray) -> dict[str, str] | None:
     return None if status is None else diagnostic_values(status)
 
 
-def test_services_parameters_and_diagnostics_answer_during_slow_saves(tmp_path: Path):
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_services_parameters_and_diagnostics_answer_during_slow_saves(executor: str, tmp_path: Path):
     map_path = tmp_path / "map"
     python_path = os.pathsep.join(filter(None, [str(TEST_DIR), os.environ.get("PYTHONPATH", "")]))
     with RosProbe("storm_probe") as probe:
@@ -85,7 +88,11 @@ def test_services_parameters_and_diagnostics_answer_during_slow_saves(tmp_path: 
         node = NodeProcess(
             "slow_save_node",
             parameters={**PARAMETERS, "map_path": str(map_path)},
-            env={"PYTHONPATH": python_path, "TSCM_TEST_SAVE_DELAY_S": str(SAVE_DELAY_S)},
+            env={
+                "PYTHONPATH": python_path,
+                "TSCM_TEST_SAVE_DELAY_S": str(SAVE_DELAY_S),
+                EXECUTOR_ENV: executor,
+            },
         )
         try:
             assert node.wait_for_output("ready:", 180.0), node.output()

@@ -13,13 +13,14 @@ main thread decodes, describes and matches the newest frame, so the backlog neve
 frames are counted as dropped. All stamps come
 from message headers (``use_sim_time`` only affects the diagnostics stamp).
 
-Executor: services, parameter callbacks and /diagnostics never wait on inference or disk. Each kind of
-callback has its own callback group (subscriptions; parameters; reset/set_mapping; save_map; timers) and
-the executor has a thread per group, so a flood of images cannot starve them. Saves run on a dedicated
-saver thread (:class:`~tscm_ros.ros.map_saver.MapSaver`; the map's lock is held only for the snapshot);
-``~/save_map`` answers once its save is on disk, autosave never waits. Parameter changes and
-``~/reset_map`` are handed to the session without waiting for a frame (applied at once when the session is
-between frames, else at the next frame boundary). /diagnostics reads lock-free counter snapshots.
+Executor: services, parameter callbacks and /diagnostics never wait on inference or disk, so one
+executor thread serves them all (rclpy's EventsExecutor by default; ``TSCM_EXECUTOR=multi_threaded`` gives
+each kind of callback its own group and thread). Saves run on a dedicated saver thread
+(:class:`~tscm_ros.ros.map_saver.MapSaver`; the map's lock is held only for the snapshot); ``~/save_map`` is
+a coroutine that answers once its save is on disk without holding the executor, autosave never waits.
+Parameter changes and ``~/reset_map`` are handed to the session without waiting for a frame (applied at once
+when the session is between frames, else at the next frame boundary). /diagnostics reads lock-free counter
+snapshots.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ from tscm_ros.placemap import Pose
 from tscm_ros.poses import NS_PER_S, PoseBuffer
 from tscm_ros.recognition import RecognitionConfig, RecognitionError, RecognitionResult, RecognitionSession
 from tscm_ros.ros import messages
-from tscm_ros.ros.heap import trim_heap
+from tscm_ros.ros.futures import awaitable
+from tscm_ros.ros.heap import limit_heap_arenas, trim_heap
 from tscm_ros.ros.latest_slot import LatestSlot
 from tscm_ros.ros.map_saver import MapSaver, SaveOutcome
 from tscm_ros.ros.parameters import (
@@ -102,7 +104,7 @@ SAVE_SERVICE_TIMEOUT_S = 300.0  # ~/save_map answers "still running" after this 
 EXECUTOR_THREADS = 5
 EXECUTOR_ENV = "TSCM_EXECUTOR"  # which executor spins the callbacks (see create_executor)
 EXECUTORS = ("multi_threaded", "events")
-DEFAULT_EXECUTOR = "multi_threaded"
+DEFAULT_EXECUTOR = "events"
 EVENTS_SPIN_TIMEOUT_S = 0.1
 # How long a thread may keep the GIL while another waits (Python's default: 5 ms). A service call hands the
 # GIL back and forth dozens of times between the executor and the inference loop; with 5 ms per handover
@@ -174,7 +176,7 @@ class PlaceRecognitionNode(Node):
         # parameters use the node's default group; each other kind gets its own (see EXECUTOR_THREADS)
         self._subscription_group = MutuallyExclusiveCallbackGroup()  # cheap callbacks: header check, slot
         self._service_group = MutuallyExclusiveCallbackGroup()  # reset_map, set_mapping: never wait
-        self._save_group = MutuallyExclusiveCallbackGroup()  # save_map: waits for its save, nothing else
+        self._save_group = MutuallyExclusiveCallbackGroup()  # save_map: awaits its save, nothing else
         self._timer_group = MutuallyExclusiveCallbackGroup()  # /diagnostics, autosave: never wait
         self._create_interfaces()
         if hasattr(self, "add_post_set_parameters_callback"):
@@ -455,16 +457,17 @@ class PlaceRecognitionNode(Node):
             return None
         return info if info.size == (width, height) else info.scaled_to(width, height)
 
-    def _on_save_map(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        """Answers once the save is on disk (the saver thread writes; this waits in its own callback group,
-        so nothing else waits for it)."""
+    async def _on_save_map(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        """Answers once the save is on disk. A coroutine: it awaits the saver thread's write without holding
+        an executor thread, so every other callback runs meanwhile (also on the single-threaded
+        EventsExecutor)."""
         if not self._config["map_path"]:
             response.success = False
             response.message = "map_path is empty: start the node with map_path set to save the map"
             return response
-        future = self._saver.request("service")
+        save = awaitable(self._saver.request("service"), self.executor, SAVE_SERVICE_TIMEOUT_S)
         try:
-            outcome = future.result(timeout=SAVE_SERVICE_TIMEOUT_S)
+            outcome = await save
         except TimeoutError:
             response.success = False
             response.message = (
@@ -827,6 +830,7 @@ def main(args: Sequence[str] | None = None) -> int:
     """Console script: init, build the node, spin; start-up errors print one line and exit 1, and so does a
     failed shutdown save."""
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    limit_heap_arenas()  # before DDS, torch, OpenCV and faiss start their threads (see ros/heap.py)
     # Python's signal handling, not rclpy's: rclpy's handlers trigger the executors' guard conditions from a
     # C++ thread, which raced our shutdown (the executor is shut down, then the map saved) and hit a
     # destroyed guard condition: SIGSEGV before the shutdown save in about 1 of 3 SIGINTs. Here SIGINT and
@@ -866,10 +870,10 @@ def main(args: Sequence[str] | None = None) -> int:
 def create_executor(kind: str) -> Executor:
     """The executor that spins the node's callbacks in the background thread (``TSCM_EXECUTOR``).
 
-    ``multi_threaded`` (the default): a MultiThreadedExecutor with one thread per callback group
-    (:data:`EXECUTOR_THREADS`). ``events``: rclpy's experimental EventsExecutor (single-threaded, ignores
-    callback groups, so a ``~/save_map`` call holds every other callback until its save is on disk;
-    benchmarks/soak.py ``--executor both`` compares the two). ValueError names the variable otherwise.
+    ``events`` (the default): rclpy's experimental EventsExecutor, one thread for every callback (none waits;
+    ``~/save_map`` awaits its write as a coroutine). ``multi_threaded``: a MultiThreadedExecutor with one
+    thread per callback group (:data:`EXECUTOR_THREADS`). benchmarks/soak.py ``--executor both`` compares
+    the two. ValueError names the variable otherwise.
     """
     if kind == "multi_threaded":
         return MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
