@@ -223,8 +223,8 @@ class RunData:
     executor: str
     published: dict[int, float] = field(default_factory=dict)  # stamp ns -> wall publish time
     publish_times: list[float] = field(default_factory=list)
-    samples: list[tuple[float, float, float]] = field(default_factory=list)  # (wall, rss MiB, cpu s)
-    rss_parts: list[tuple[float, ...]] = field(default_factory=list)  # per sample: RSS_PARTS (MiB)
+    # (wall, rss MiB, cpu s, RSS_PARTS MiB)
+    samples: list[tuple[float, float, float, tuple[float, ...]]] = field(default_factory=list)
     services: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # name -> (wall, ms)
     failures: dict[str, int] = field(default_factory=dict)
     diagnostics: list[tuple[float, dict[str, str]]] = field(default_factory=list)
@@ -355,8 +355,7 @@ def sampler(pid: int, data: RunData, stop: threading.Event) -> None:
     while not stop.wait(SAMPLE_PERIOD_S):
         try:
             rss, *parts = rss_mb(pid)
-            data.samples.append((time.time(), rss, cpu_seconds(pid)))
-            data.rss_parts.append(tuple(parts))
+            data.samples.append((time.time(), rss, cpu_seconds(pid), tuple(parts)))
         except (OSError, ValueError):
             return
 
@@ -536,26 +535,26 @@ def _minute_rows(data: RunData, latencies: list[tuple[float, float]]) -> list[di
 def _rss_slope_kb_per_place(data: RunData, part: int | None = None) -> float:
     """Least-squares slope of RSS (KiB) against the map size, over the samples after the first minute;
     ``part``: of that RSS_PARTS entry instead."""
-    points = [
-        (_number(_diag_at(data, when), "map_size"), (rss if part is None else parts[part]) * 1024.0)
-        for (when, rss, _cpu), parts in zip(data.samples, data.rss_parts, strict=True)
+    return _kb_per_place(
+        (_number(_diag_at(data, when), "map_size"), rss if part is None else parts[part])
+        for when, rss, _cpu, parts in data.samples
         if when >= data.start + 60.0
-    ]
-    points = [(places, rss) for places, rss in points if places == places]
-    if len(points) < 3 or max(p for p, _ in points) <= min(p for p, _ in points):
-        return float("nan")
-    places, rss = np.array(points).T
-    return float(np.polyfit(places, rss, 1)[0])
+    )
 
 
 def _rss_floor_slope_kb_per_place(rows: list[dict]) -> float:
     """Least-squares slope of each minute's lowest RSS (KiB) against the map size at its end, after the
     first minute: the growth that stays, without the transient buffers (+-20-40 MiB) of the worker threads."""
-    points = [(r["map_size"], r["rss_floor_mb"] * 1024.0) for r in rows[1:]]
-    points = [(places, rss) for places, rss in points if places == places and rss == rss]
-    if len(points) < 3 or max(p for p, _ in points) <= min(p for p, _ in points):
+    return _kb_per_place((r["map_size"], r["rss_floor_mb"]) for r in rows[1:])
+
+
+def _kb_per_place(points) -> float:
+    """Least-squares slope (KiB per place) of (map size, RSS MiB) points; NaN points are left out, and
+    fewer than 3 points or one map size give NaN."""
+    kept = [(places, rss * 1024.0) for places, rss in points if places == places and rss == rss]
+    if len(kept) < 3 or max(p for p, _ in kept) <= min(p for p, _ in kept):
         return float("nan")
-    places, rss = np.array(points).T
+    places, rss = np.array(kept).T
     return float(np.polyfit(places, rss, 1)[0])
 
 
