@@ -630,42 +630,29 @@ def summarise(data: RunData) -> dict:
     }
 
 
+MINUTE_COLUMNS = (  # (header, row key, format) of the per-minute table
+    ("minute", "minute", "{}"),
+    ("published", "published", "{}"),
+    ("keyframe outputs", "outputs", "{}"),
+    ("map places", "map_size", "{:.0f}"),
+    ("node RSS MiB", "rss_mb", "{:.1f}"),
+    ("RSS floor MiB", "rss_floor_mb", "{:.1f}"),
+    ("node CPU s/min", "cpu_s_per_min", "{:.1f}"),
+    ("latency p50 ms", "p50", "{:.1f}"),
+    ("p95 ms", "p95", "{:.1f}"),
+    ("p99 ms", "p99", "{:.1f}"),
+    ("stalls > 1 s", "stalls", "{:.0f}"),
+    ("longest frame ms", "frame_max_ms", "{:.0f}"),
+)
+
+
 def report(data: RunData, summary: dict) -> None:
     f1 = "{:.1f}".format
     print(f"\n## executor: {data.executor}\n")
     print(
         table(
-            [
-                "minute",
-                "published",
-                "keyframe outputs",
-                "map places",
-                "node RSS MiB",
-                "RSS floor MiB",
-                "node CPU s/min",
-                "latency p50 ms",
-                "p95 ms",
-                "p99 ms",
-                "stalls > 1 s",
-                "longest frame ms",
-            ],
-            [
-                [
-                    r["minute"],
-                    r["published"],
-                    r["outputs"],
-                    f"{r['map_size']:.0f}",
-                    f1(r["rss_mb"]),
-                    f1(r["rss_floor_mb"]),
-                    f1(r["cpu_s_per_min"]),
-                    f1(r["p50"]),
-                    f1(r["p95"]),
-                    f1(r["p99"]),
-                    f"{r['stalls']:.0f}",
-                    f"{r['frame_max_ms']:.0f}",
-                ]
-                for r in summary["rows"]
-            ],
+            [header for header, _, _ in MINUTE_COLUMNS],
+            [[form.format(r[key]) for _, key, form in MINUTE_COLUMNS] for r in summary["rows"]],
         )
     )
     p50, p95, p99 = summary["latency"]
