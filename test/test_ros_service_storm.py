@@ -171,10 +171,19 @@ def test_services_parameters_and_diagnostics_answer_during_slow_saves(executor: 
                 if name != "save_map":
                     assert count >= 5, (name, count)
                     assert p99 <= LATENCY_P99_S, (name, report[name])
-            # save_map answered once its own save was written: at most an autosave in flight plus its own
+            # save_map answered once its own save was written: at most an autosave in flight plus its own.
+            # A save is the injected delay plus real work, which on 2 loaded cores took up to 0.7 s more
+            # (the node's /diagnostics last_save_ms), so the bound is two of the longest saves plus 1 s
             assert report["save_map"][0] >= 2
             assert min(latencies["save_map"]) >= SAVE_DELAY_S  # it did wait for the (slow) write
-            assert report["save_map"][2] <= 2 * SAVE_DELAY_S + 2.0, report["save_map"]
+            save_s = [
+                float(values["last_save_ms"]) / 1000.0
+                for _, msg in diagnostics.items
+                if (values := node_values(msg)) is not None and values.get("last_save_ms", "nan") != "nan"
+            ]
+            longest_save_s = max(save_s, default=SAVE_DELAY_S)
+            print(f"longest save {longest_save_s:.2f} s")
+            assert report["save_map"][2] <= 2 * longest_save_s + 1.0, (report["save_map"], longest_save_s)
 
             # frames kept being processed while saves were writing
             during_saves = [t for t, _ in candidates.items if any(a <= t <= b for a, b in save_windows)]
