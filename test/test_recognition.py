@@ -103,6 +103,10 @@ def test_revisits_are_verified_with_the_true_metric_relative_pose(frames):
     lap2 = results[SCENE.frames_per_lap :]
     closures = [r.closures[0] for r in lap2 if r.closures]
     assert len(closures) >= 0.5 * len(lap2), f"only {len(closures)} of {len(lap2)} revisits verified"
+    assert all(len(c.verification.inlier_pairs) == c.verification.inliers for c in closures)
+    history = list(session.closures)  # the session's closure history keeps no inlier pairs (memory)
+    assert len(history) == sum(len(r.closures) for r in results)
+    assert all(len(c.verification.inlier_pairs) == 0 and c.verification.inliers > 0 for c in history)
     wrong = [c for c in closures if math.dist(c.query_pose.position, c.match_pose.position) > 3.0]
     assert len(wrong) <= 0.05 * len(closures)
     rotation_errors, translation_errors = [], []

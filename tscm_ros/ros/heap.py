@@ -12,9 +12,9 @@ the C library is not glibc.
 
 Heap arenas: glibc gives threads their own arenas (up to 8 per core), and the node's worker threads (OpenCV,
 faiss, torch) each kept up to ~19 MiB of a SIFT pyramid's pages resident in theirs, coming and going in
-steps that buried the map's growth. :func:`limit_heap_arenas` (the node, at start) serves every thread from
-the main arena: the same replay grew a smooth 8.7 KiB per place (the index row is 8 KiB) instead of
-10-12 KiB in 19 MiB steps, 22 MiB lower, and not slower.
+steps that buried the map's growth. :func:`limit_heap_arenas` (called when :mod:`tscm_ros.ros` is imported,
+before rclpy) serves every thread from the main arena: the same replay grew a smooth 8.7 KiB per place (the
+index row is 8 KiB) instead of 10-12 KiB in 19 MiB steps, 22 MiB lower, and not slower.
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ def _malloc_trim():
 
 
 def limit_heap_arenas(arenas: int = HEAP_ARENAS) -> bool:
-    """Serve threads started from now on from at most ``arenas`` glibc heap arenas (call it before the
-    worker threads start); True when set. A no-op when ``MALLOC_ARENA_MAX`` is set or off glibc."""
+    """Serve threads from at most ``arenas`` glibc heap arenas; True when set. A no-op when
+    ``MALLOC_ARENA_MAX`` is set or off glibc. Call it before any other thread allocates: each thread that
+    allocated before it keeps an arena of its own, and later threads share those."""
     if os.environ.get("MALLOC_ARENA_MAX"):
         return False
     function = _libc_function("mallopt", ctypes.c_int, ctypes.c_int)

@@ -69,7 +69,7 @@ from tscm_ros.poses import NS_PER_S, PoseBuffer
 from tscm_ros.recognition import RecognitionConfig, RecognitionError, RecognitionResult, RecognitionSession
 from tscm_ros.ros import messages
 from tscm_ros.ros.futures import awaitable
-from tscm_ros.ros.heap import limit_heap_arenas, trim_heap
+from tscm_ros.ros.heap import trim_heap
 from tscm_ros.ros.latest_slot import LatestSlot
 from tscm_ros.ros.map_saver import MapSaver, SaveOutcome
 from tscm_ros.ros.parameters import (
@@ -830,7 +830,6 @@ def main(args: Sequence[str] | None = None) -> int:
     """Console script: init, build the node, spin; start-up errors print one line and exit 1, and so does a
     failed shutdown save."""
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    limit_heap_arenas()  # before DDS, torch, OpenCV and faiss start their threads (see ros/heap.py)
     # Python's signal handling, not rclpy's: rclpy's handlers trigger the executors' guard conditions from a
     # C++ thread, which raced our shutdown (the executor is shut down, then the map saved) and hit a
     # destroyed guard condition: SIGSEGV before the shutdown save in about 1 of 3 SIGINTs. Here SIGINT and
