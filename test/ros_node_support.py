@@ -27,7 +27,7 @@ from tscm_ros.ros.messages import (
     ns_to_stamp,
     stamp_to_ns,
 )
-from tscm_ros.ros.testing import Collector, NodeProcess, RosProbe, reliable_qos
+from tscm_ros.ros.testing import NODE_MODULE, Collector, NodeProcess, RosProbe, reliable_qos
 
 NODE = "/place_recognition_node"
 STATUS_NAME = "place_recognition_node: place recognition"
@@ -108,7 +108,15 @@ def wait_diagnostics(
 class NodeUnderTest:
     """One node process plus the probe subscriptions that observe it."""
 
-    def __init__(self, probe: RosProbe, parameters: dict, *, compressed: bool = False) -> None:
+    def __init__(
+        self,
+        probe: RosProbe,
+        parameters: dict,
+        *,
+        compressed: bool = False,
+        module: str = NODE_MODULE,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.probe = probe
         self.candidates = probe.subscribe(PointCloud2, f"{NODE}/loop_candidates", reliable_qos(50))
         self.descriptors = probe.subscribe(PointCloud2, f"{NODE}/descriptor", reliable_qos(50))
@@ -125,7 +133,7 @@ class NodeUnderTest:
         self.parameters = {**BASE_PARAMETERS, **parameters}
         if compressed:
             self.parameters["image_transport"] = "compressed"
-        self.process = NodeProcess(parameters=self.parameters)
+        self.process = NodeProcess(module, parameters=self.parameters, env=env)
         started = time.monotonic()
         assert self.process.wait_for_output("ready:", STARTUP_TIMEOUT_S), self.process.output()
         self.ready_s = time.monotonic() - started
