@@ -11,7 +11,7 @@ Importing this package sets up the process before anything loads a library that 
 * one glibc heap arena (:func:`tscm_ros.ros.heap.limit_heap_arenas`, unless ``MALLOC_ARENA_MAX`` is set),
   before ``import rclpy``: that import starts two threads, and glibc gives every thread that allocates
   before the limit an arena of its own, which later threads then share. Called from the node's ``main()``
-  (after its imports) the limit left 3 arenas in the node.
+  (after its imports) the limit left 3-4 arenas in the node.
 """
 
 import os

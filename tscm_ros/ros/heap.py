@@ -41,10 +41,6 @@ def _libc_function(name: str, *argtypes: type):
     return function
 
 
-def _malloc_trim():
-    return _libc_function("malloc_trim", ctypes.c_size_t)
-
-
 def limit_heap_arenas(arenas: int = HEAP_ARENAS) -> bool:
     """Serve threads from at most ``arenas`` glibc heap arenas; True when set. A no-op when
     ``MALLOC_ARENA_MAX`` is set or off glibc. Call it before any other thread allocates: each thread that
@@ -57,5 +53,5 @@ def limit_heap_arenas(arenas: int = HEAP_ARENAS) -> bool:
 
 def trim_heap() -> bool:
     """Release free heap memory to the OS; True when glibc released some, False otherwise or off glibc."""
-    function = _malloc_trim()
+    function = _libc_function("malloc_trim", ctypes.c_size_t)
     return bool(function(0)) if function is not None else False
